@@ -1,0 +1,215 @@
+"""train.py end to end on the tiny config: layouts, exact resume, preemption, bad input."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from optical_jax import trainer
+from optical_jax.errors import InputError
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture(autouse=True)
+def _need_tokenizer(minilm_dir):
+  del minilm_dir
+
+
+def tiny(**overrides):
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  try:
+    import tiny as tiny_cfg  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  c = tiny_cfg.get_config()
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _params(workdir):
+  from safetensors.numpy import load_file
+  return load_file(os.path.join(workdir, "student", "model.safetensors"))
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "tiny.py"),
+          "--workdir", str(workdir), *extra]
+
+
+def _env(devices=1):
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def test_tiny_trains_on_eight_devices_like_one(tmp_path):
+  r1 = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "one"), log_fn=lambda *_: None)
+  r8 = trainer.run(tiny(**{"train.devices": 8}), str(tmp_path / "eight"), log_fn=lambda *_: None)
+  assert r1.step == r8.step == 12 and r8.compilations <= 2  # buckets (16, 32)
+  for (s1, l1), (s8, l8) in zip(_losses(r1.workdir), _losses(r8.workdir)):
+    assert s1 == s8 and abs(l1 - l8) < 1e-5
+  p1, p8 = _params(r1.workdir), _params(r8.workdir)
+  for k in p1:
+    np.testing.assert_allclose(p1[k], p8[k], atol=1e-5)
+  for name in ("config.json", "metrics.jsonl", "final_metrics.json", "student/optical_jax.json"):
+    assert os.path.exists(os.path.join(r8.workdir, name))
+  assert os.listdir(os.path.join(r8.workdir, "tensorboard"))
+  # The export loads back as a model for eval.
+  from optical_jax import models
+  m = models.load_model(models.export_spec(r8.export_dir))
+  assert m.cfg.hidden_size == 32
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early with {proc.returncode}")
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+      if lines and lines[-1]["step"] >= step:
+        return
+    time.sleep(0.05)
+  raise AssertionError("timed out waiting for training")
+
+
+def test_sigterm_then_sigkill_then_resume_is_exact(tmp_path):
+  """SIGTERM leaves a complete checkpoint; SIGKILL at a random step loses nothing but time."""
+  ref = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "ref"), log_fn=lambda *_: None)
+  work = tmp_path / "run"
+  over = ["--config.train.devices=1", "--config.train.checkpoint_every=2"]
+  rng = random.Random(0)
+  # 1) SIGTERM: the run saves a checkpoint at the step it reached and exits cleanly.
+  proc = subprocess.Popen(_cmd(work, *over), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for_step(work, 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0].decode()
+  assert proc.returncode == 0, out
+  steps = sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
+  assert steps and "stopped by signal at step" in out
+  # 2) SIGKILL at a random later step.
+  kill_at = rng.randint(steps[-1] + 2, 10)
+  proc = subprocess.Popen(_cmd(work, *over), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for_step(work, kill_at, proc)
+  proc.kill()
+  proc.wait()
+  # 3) Resume to the end.
+  done = subprocess.run(_cmd(work, *over), env=_env(), capture_output=True, text=True, timeout=240)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "resumed from step" in done.stdout
+  a, b = _params(ref.workdir), _params(str(work))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])  # bitwise
+  assert _losses(ref.workdir) == _losses(str(work))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_then_resume_on_one(tmp_path):
+  """Two localhost processes (gloo, 4 CPU devices each) train; one 8-device process resumes."""
+  work = tmp_path / "mh"
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    procs.append(subprocess.Popen(
+        _cmd(work, "--config.train.steps=12", "--config.distributed.initialize=True",
+             f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+             "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}",
+             "--config.train.checkpoint_every=4"),
+        env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  # Stop both after step 8's checkpoint by running only 8 steps of 12: use SIGTERM.
+  _wait_for_step(work, 6, procs[0])
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=180)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  # Resume the same workdir in one process with 8 devices.
+  r = trainer.run(tiny(), str(work), log_fn=lambda *_: None)
+  assert r.resumed_from is not None and r.step == 12
+  ref = trainer.run(tiny(), str(tmp_path / "ref8"), log_fn=lambda *_: None)
+  a, b = _params(ref.workdir), _params(r.workdir)
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+def _write(path, text, mode="w"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, mode) as f:
+    f.write(text)
+  return path
+
+
+@pytest.mark.parametrize("case", ["missing", "unequal", "undecodable", "empty", "jsonl", "mismatch"])
+def test_bad_input_is_one_clear_error(tmp_path, case):
+  d = tmp_path / "data"
+  foreign = _write(str(d / "f.txt"), "habari\ndunia\nhabari yako\n")
+  english = _write(str(d / "e.txt"), "hello\nworld\nhow are you\n")
+  src = dict(type="lines", foreign=foreign, english=english)
+  over = {}
+  expect = None
+  if case == "missing":
+    src["foreign"] = str(d / "nope.txt")
+    expect = "nope.txt"
+  elif case == "unequal":
+    _write(english, "only one line\n")
+    expect = "line"
+  elif case == "undecodable":
+    with open(foreign, "wb") as f:
+      f.write(b"habari\n\xff\xfe bad\nhabari yako\n")
+    expect = "f.txt:2"
+  elif case == "empty":
+    _write(foreign, "habari\n\nhabari yako\n")
+    src["empty"] = "error"
+    expect = "f.txt:2"
+  elif case == "jsonl":
+    src = dict(type="jsonl", path=_write(str(d / "q.jsonl"), '{"text": "a", "text_en": "b"}\n{"text": \n'))
+    expect = "q.jsonl:2"
+  elif case == "mismatch":
+    over = {"student.arch.hidden_size": 48, "student.arch.num_heads": 4}
+    expect = "set --config.student.head_dim=32"
+  c = tiny(**{"train.devices": 1, **over})
+  c.data.bitext.sources = [src]
+  c.data.global_batch = 2
+  work = tmp_path / "work"
+  with pytest.raises(InputError) as err:
+    trainer.run(c, str(work), log_fn=lambda *_: None)
+  msg = str(err.value)
+  assert expect in msg and "\n" not in msg
+  # Nothing half-written: only the resolved config is there.
+  assert sorted(os.listdir(work)) == ["config.json"]
+
+
+def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
+  out = subprocess.run(_cmd(tmp_path / "w", "--config.nope=1"),
+                       env=_env(), capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "nope" in out.stderr
+  out = subprocess.run(_cmd(tmp_path / "w2", "--config.student.weights=magic"), env=_env(),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  err_lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(err_lines) == 1 and "student.weights must be one of" in err_lines[0]
