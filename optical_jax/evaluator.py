@@ -41,7 +41,7 @@ import numpy as np
 
 from optical_jax import assets, metrics, models, retrieval
 from optical_jax.data import beir
-from optical_jax.data.retrieval_train import passage_text
+from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 

@@ -15,7 +15,7 @@ import pytest
 
 from optical_jax import evaluator, models, retrieval
 from optical_jax.data import beir
-from optical_jax.data.retrieval_train import passage_text
+from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -22,6 +22,17 @@ Run = Dict[str, Dict[str, float]]
 IRDS_PREFIX = "irds:"
 
 
+def passage_text(title: str, text: str, title_sep: Optional[str] = " ") -> str:
+  """`title + title_sep + text`, stripped (just `text` when the title is empty or `title_sep` is None).
+
+  The one definition of a passage's text, shared by evaluation and teacher training.
+  """
+  title, text = title.strip(), text.strip()
+  if title_sep is None or not title:
+    return text
+  return f"{title}{title_sep}{text}"
+
+
 class DataWarning(UserWarning):
   """A recoverable problem in input data (entries were dropped or skipped)."""
 
@@ -55,9 +66,9 @@ class Corpus:
     """doc_id -> row position (the row of its embedding)."""
     return self._index
 
-  def full_texts(self, sep: str = " ") -> List[str]:
-    """`title + sep + text` per document (just the text when the title is empty)."""
-    return [f"{t}{sep}{x}" if t else x for t, x in zip(self.titles, self.texts)]
+  def full_texts(self, sep: Optional[str] = " ") -> List[str]:
+    """`passage_text(title, text, sep)` per document: the text models encode."""
+    return [passage_text(t, x, sep) for t, x in zip(self.titles, self.texts)]
 
   def fingerprint(self) -> str:
     """A short content hash of ids, titles and texts (for embedding caches)."""

@@ -12,6 +12,7 @@ from optical_jax.data.bitext import (PathLike, _as_paths, _check_empty_policy, j
                                      texts_hash)
 from optical_jax.data.pipeline import (_TAG_ROW_CHOICES, Batch, BatchIterator, Ragged, TokenizerLike, _rng,
                                        joint_buckets, side_buckets, tokenize_texts)
+from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
 
 
@@ -84,12 +85,6 @@ class _Builder:
                               "examples": len(self.queries)})
 
 
-def passage_text(title: str, text: str, title_sep: Optional[str] = " ") -> str:
-  """`title + title_sep + text` (just `text` when the title is empty or `title_sep` is None)."""
-  title, text = title.strip(), text.strip()
-  if title_sep is None or not title:
-    return text
-  return f"{title}{title_sep}{text}"
 
 
 def _passages(obj: Mapping[str, Any], field: str, path: str, line: int, required: bool,
