@@ -10,7 +10,7 @@ translations do. Word embeddings are frozen (250k x 384 rows: most would get no
 gradient from a few thousand sentences, and AdamW's weight decay would still move them).
 """
 
-from optical_jax.config import base_config, bitext_sources
+from optical_jax.config import base_config, parse_arg, set_distill_data
 from optical_jax.models import model_spec
 
 
@@ -22,12 +22,12 @@ def e5_spec():
 
 
 def get_config(arg: str = "swa"):
-  lang = arg or "swa"
+  lang, flags = parse_arg(arg)
   c = base_config()
   c.lang = lang
   c.teacher = e5_spec()
   c.student = e5_spec()
-  c.data.bitext.sources = bitext_sources(lang)
+  set_distill_data(c, lang, flags)
   c.data.global_batch = 32
   c.data.buckets = (16, 32, 64)
   c.optim.lr = 2e-5

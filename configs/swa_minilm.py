@@ -2,6 +2,7 @@
 
     python train.py --config configs/swa_minilm.py --workdir runs/minilm-optical
     python train.py --config configs/swa_minilm.py:hau --workdir runs/hau      # another language
+    python train.py --config configs/swa_minilm.py:swa,tune --workdir runs/t  # dev held out for tuning
     python train.py --config configs/swa_minilm.py --workdir runs/minilm-sent --config.loss.loss=sentence
 
 Teacher: all-MiniLM-L6-v2 (English retriever, mean pooling), frozen. Student: a copy of it.
@@ -10,7 +11,7 @@ Bitext: AfriQA train/dev questions with their English translations + NTREX (see
 the asset cache (`python -m optical_jax.assets fetch`).
 """
 
-from optical_jax.config import base_config, bitext_sources
+from optical_jax.config import base_config, parse_arg, set_distill_data
 from optical_jax.models import model_spec
 
 
@@ -21,12 +22,12 @@ def minilm_spec():
 
 
 def get_config(arg: str = "swa"):
-  lang = arg or "swa"
+  lang, flags = parse_arg(arg)
   c = base_config()
   c.lang = lang
   c.teacher = minilm_spec()
   c.student = minilm_spec()
-  c.data.bitext.sources = bitext_sources(lang)
+  set_distill_data(c, lang, flags)
   c.data.global_batch = 32
   c.data.buckets = (16, 32, 64)
   c.optim.lr = 5e-5

@@ -47,7 +47,8 @@ def ntrex_dir(lang: str) -> str:
   return shared_path("bitext", "ntrex")
 
 
-def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand: bool = False):
+def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand: bool = False,
+                   afriqa_splits=("train", "dev")):
   """Distillation bitext for an AfriQA language: query-domain pairs + news, test queries excluded.
 
   * AfriQA `lang` train/dev questions with their human English translations
@@ -64,7 +65,7 @@ def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand
   if afriqa:
     sources.append(dict(
         type="jsonl", label=f"afriqa-{lang}",
-        path=[os.path.join(base, "queries", f"{lang}.{split}.jsonl") for split in ("train", "dev")],
+        path=[os.path.join(base, "queries", f"{lang}.{split}.jsonl") for split in afriqa_splits],
         foreign_field="text", english_field="text_en", exclude=exclude))
   if ntrex:
     d = ntrex_dir(lang)
@@ -75,6 +76,28 @@ def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand
     sources.append(dict(type="lines", label=f"mafand-{lang}", foreign=os.path.join(d, f"train.{lang}"),
                         english=os.path.join(d, "train.en"), exclude=exclude))
   return sources
+
+
+def parse_arg(arg: str, default_lang: str = "swa"):
+  """Config-file argument `LANG[,tune][,mafand]` -> (lang, set of flags)."""
+  parts = [p.strip() for p in (arg or default_lang).split(",") if p.strip()]
+  return parts[0], set(parts[1:])
+
+
+def set_distill_data(c: ml_collections.ConfigDict, lang: str, flags=()) -> None:
+  """Fills c.data.bitext (and c.validation for 'tune') for an AfriQA language.
+
+  'tune': AfriQA dev questions are held out of the bitext and used as validation
+  pairs (translation retrieval, cosine), for choosing hyper-parameters without test
+  queries. 'mafand': add MAFAND-MT train from ../shared (non-commercial licence).
+  """
+  tune = "tune" in flags
+  c.data.bitext.sources = bitext_sources(lang, mafand="mafand" in flags,
+                                         afriqa_splits=("train",) if tune else ("train", "dev"))
+  if tune:
+    base = afriqa_dir(lang)
+    c.validation.sources = [dict(type="jsonl", path=os.path.join(base, "queries", f"{lang}.dev.jsonl"),
+                                 foreign_field="text", english_field="text_en")]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -97,6 +120,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.buckets = (16, 32, 64)
   c.data.doc_buckets = (64, 128, 256)   # teacher mode: passage lengths
   c.data.cache_dir = ""                 # '' = $OPTICAL_JAX_CACHE/tokens
+
+  # Held-out bitext for tuning (distill mode): translation retrieval and cosine between
+  # student (foreign) and teacher (English) embeddings, logged as val_* metrics at
+  # the start, every `every` steps (0 = start and end only) and at the end.
+  c.validation = ml_collections.ConfigDict(dict(sources=[], every=0))
 
   c.loss = ml_collections.ConfigDict()
   c.loss.loss = "ot"                    # 'ot' | 'sentence' | 'hard' | 'ot+sentence'

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from optical_jax import assets, checkpoint, losses, models, ot, step as step_lib
+from optical_jax import assets, checkpoint, losses, models, ot, step as step_lib, validation
 from optical_jax.config import to_json
 from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import pipeline, retrieval_train
@@ -97,11 +97,29 @@ def _build_distill(config, mesh):
   batches = pipeline.BitextBatches(mixture, student.tokenizer, teacher.tokenizer, pcfg,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
+  validate = _make_validation(config, student, teacher)
   frozen: Dict[str, Any] = {"teacher": teacher.params}
   if config.loss.marginals == "idf":
     frozen["src_idf"] = ot.compute_idf(_rows(batches.src), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(_rows(batches.tgt), teacher.cfg.vocab_size)
-  return student, spec, batches, frozen
+  return student, spec, batches, frozen, validate
+
+
+def _make_validation(config, student: models.Model, teacher: models.Model):
+  """A function params -> val_* metrics on held-out bitext, or None when none is configured."""
+  sources = list(config.validation.sources or [])
+  if not sources:
+    return None
+  pairs = [p for s in sources for p in bitext_lib.load_source(dict(s)).pairs()]
+  src = student.tokenizer.pad(*_tokenized(student, [f for f, _ in pairs]))
+  tgt = teacher.tokenizer.pad(*_tokenized(teacher, [e for _, e in pairs]))
+  return lambda params: validation.validate(params, student.cfg, teacher.params, teacher.cfg,
+                                            src, tgt, pooling=student.spec.pooling)
+
+
+def _tokenized(model: models.Model, texts):
+  ids = model.tokenize_fn("query")(texts)
+  return ids, max(len(x) for x in ids)
 
 
 def _rows(ragged):
@@ -128,7 +146,7 @@ def _build_teacher(config, mesh):
   batches = retrieval_train.RetrievalBatches(examples, model.tokenizer, rcfg, ratios=data.get("ratios"),
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count())
-  return model, spec, batches, {}
+  return model, spec, batches, {}, None
 
 
 def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) -> Result:
@@ -152,10 +170,10 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
                      f"{mesh.size} devices")
   mode = config.mode
   if mode == "distill":
-    model, spec, batches, frozen = _build_distill(config, mesh)
+    model, spec, batches, frozen, validate = _build_distill(config, mesh)
     make_step = step_lib.make_distill_step
   elif mode == "teacher":
-    model, spec, batches, frozen = _build_teacher(config, mesh)
+    model, spec, batches, frozen, validate = _build_teacher(config, mesh)
     make_step = step_lib.make_teacher_step
   else:
     raise InputError(f"mode must be 'distill' or 'teacher', got {mode!r}")
@@ -203,6 +221,18 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
       ckpt.save(step_now, state, {"data": batches.state, "step": step_now})
       last_saved[0] = step_now
 
+  val_every = int(config.validation.every)
+
+  def run_validation(step_now):
+    if validate is not None and primary:
+      val = validate(jax.device_get(state.params))
+      writer.write(step_now, val)
+      log_fn(f"validation at step {step_now}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+      return val
+    return {}
+
+  if start == 0:
+    run_validation(0)
   try:
     while step < end:
       local = next(it)
@@ -225,12 +255,16 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
                                                        "sentence_cosine") if k in metrics})
       if step % ckpt_every == 0 and step < end:
         save(step)
+      if val_every and step % val_every == 0 and step < end:
+        run_validation(step)
       if guard.should_stop():
         save(step)
         log_fn(f"stopped by signal at step {step}; checkpoint saved")
         break
     else:
       save(step)
+      if step >= steps and step > start:
+        metrics.update(run_validation(step))
   finally:
     guard.restore()
     writer.close()
