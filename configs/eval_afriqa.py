@@ -6,9 +6,11 @@
 The argument is `LANG[,key=value...]`: LANG picks `queries/LANG.test.jsonl` and
 `qrels/LANG.test.tsv`; `data=DIR` reads another copy of the AfriQA-CLIR layout (default:
 the shipped `data/afriqa-clir` when it has LANG, else `../shared/data/afriqa-clir`);
-`split=SPLIT` another split; any other `NAME=WORKDIR` adds a distilled student system
-`NAME` (`student_system(WORKDIR)`: the student exported by `train.py` to WORKDIR/student
-encodes the queries, the MiniLM teacher the passages).
+`split=SPLIT` another split; `models=minilm`, `models=e5` or `models=minilm+e5` (default)
+picks the baseline families; `baselines=A+B` names the systems to test against (default:
+the zero-shot rows); any other `NAME=WORKDIR` adds a distilled student system `NAME`
+(`student_system(WORKDIR)`: the student exported by `train.py` to WORKDIR/student encodes
+the queries, the teacher it was trained against encodes the passages).
 
 Systems (all passages are `title + ' ' + text`):
   minilm-zeroshot  all-MiniLM-L6-v2 (the English teacher) on the native-language queries
@@ -24,7 +26,7 @@ and other out directories reuse them). Cold, on 2 shared CPU cores, MiniLM's pas
 import os
 
 from optical_jax import evaluator, models
-from optical_jax.config import data_path, shared_path
+from optical_jax.config import afriqa_dir
 
 
 def minilm():
@@ -44,34 +46,37 @@ def e5():
 
 
 def student_system(workdir, teacher=None):
-  """A distilled student: queries through WORKDIR/student, passages through the teacher."""
-  return evaluator.system(models.export_spec(os.path.join(workdir, "student")),
-                          doc_model=teacher if teacher is not None else minilm())
+  """A distilled student: queries through WORKDIR/student, passages through its teacher.
 
-
-def _data_dir(lang):
-  shipped = data_path("afriqa-clir")
-  if os.path.exists(os.path.join(shipped, "queries", f"{lang}.test.jsonl")):
-    return shipped
-  return shared_path("afriqa-clir")
+  The teacher is the one recorded in the export by train.py (falling back to MiniLM).
+  """
+  export = os.path.join(workdir, "student")
+  if teacher is None:
+    teacher = models.export_teacher_spec(export) or minilm()
+  return evaluator.system(models.export_spec(export), doc_model=teacher)
 
 
 def get_config(arg="swa"):
   parts = [p for p in (arg or "swa").split(",") if p]
   lang, options = parts[0], dict(p.split("=", 1) for p in parts[1:])
-  data = options.pop("data", "") or _data_dir(lang)
+  data = options.pop("data", "") or afriqa_dir(lang)
   split = options.pop("split", "test")
   c = evaluator.default_config()
   c.dataset.corpus = os.path.join(data, "corpus.jsonl")
   c.dataset.queries = os.path.join(data, "queries", f"{lang}.{split}.jsonl")
   c.dataset.qrels = os.path.join(data, "qrels", f"{lang}.{split}.tsv")
   c.dataset.query_field = "text"
-  c.systems["minilm-zeroshot"] = evaluator.system(minilm())
-  c.systems["minilm-oracle"] = evaluator.system(minilm(), query_field="text_en")
-  c.systems["e5-zeroshot"] = evaluator.system(e5())
-  c.systems["e5-oracle"] = evaluator.system(e5(), query_field="text_en")
+  families = options.pop("models", "minilm+e5").split("+")
+  baselines = [b for b in options.pop("baselines", "").split("+") if b]
+  unknown = set(families) - {"minilm", "e5"}
+  if unknown:
+    raise ValueError(f"models= takes minilm and/or e5 (joined by +), got {sorted(unknown)}")
+  for family, spec in (("minilm", minilm), ("e5", e5)):
+    if family in families:
+      c.systems[f"{family}-zeroshot"] = evaluator.system(spec())
+      c.systems[f"{family}-oracle"] = evaluator.system(spec(), query_field="text_en")
   for name, workdir in options.items():
     c.systems[name] = student_system(workdir)
-  c.baselines = ("minilm-zeroshot", "e5-zeroshot")
+  c.baselines = tuple(baselines) or tuple(f"{f}-zeroshot" for f in families)
   c.top_k = 100
   return c

@@ -237,3 +237,15 @@ def export_spec(path: str, **overrides) -> ml_collections.ConfigDict:
                     dtype=saved["encoder"].get("dtype", "float32"), **saved["text"])
   spec.update(overrides)
   return spec
+
+
+def export_teacher_spec(path: str) -> Optional[ml_collections.ConfigDict]:
+  """The teacher spec a distilled student was trained against (its document encoder), if recorded."""
+  saved = read_export_spec(assets.resolve(path))
+  teacher = saved.get("teacher")
+  if not teacher:
+    return None
+  spec = model_spec()
+  spec.update({k: v for k, v in teacher.items() if k != "arch"})
+  spec.arch = ml_collections.ConfigDict(teacher.get("arch") or {})
+  return spec
