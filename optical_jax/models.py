@@ -124,6 +124,8 @@ def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> M
   """Loads weights and tokenizer for a model spec (see `model_spec`)."""
   validate_spec(spec, where)
   path = assets.resolve(spec.path) if spec.path else ""
+  if spec.weights == "hf" and path and not os.path.exists(path) and not path.startswith((".", os.sep)):
+    path = weights.resolve_hub(path)  # a hub name: online users only, never in tests
   tok_path = assets.resolve(spec.tokenizer) if spec.tokenizer else path
   if not tok_path:
     raise InputError(f"{where}.tokenizer is empty")
@@ -139,13 +141,10 @@ def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> M
     if spec.weights == "export":
       saved = read_export_spec(path)
       over = {**saved["encoder"], **over}
-    if spec.weights == "export" or os.path.isdir(path):
-      state = weights.read_state_dict(path)
-      head = state.pop("head.weight", None)
-      cfg = weights.config_from_hf(weights.read_hf_config(path), **over)
-      params = weights.convert_state_dict(state, cfg.replace(head_dim=None), source=path)
-    else:  # a hub name, for users who are online
-      cfg, params = weights.load_hf(path, **over)
+    state = weights.read_state_dict(path)
+    head = state.pop("head.weight", None)
+    cfg = weights.config_from_hf(weights.read_hf_config(path), **over)
+    params = weights.convert_state_dict(state, cfg.replace(head_dim=None), source=path)
   if cfg.head_dim:
     if head is not None:
       params["head"] = {"kernel": np.ascontiguousarray(np.asarray(head, np.float32).T)}

@@ -213,9 +213,13 @@ def resolve_hub(name: str) -> str:
     from huggingface_hub import snapshot_download  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise InputError(f"{name!r} is not a local directory and huggingface_hub is not installed") from e
-  return snapshot_download(name, allow_patterns=["config.json", "*.safetensors", "tokenizer.json",
-                                                 "vocab.txt", "sentencepiece.bpe.model",
-                                                 "tokenizer_config.json", "special_tokens_map.json"])
+  try:
+    return snapshot_download(name, allow_patterns=[
+        "config.json", "*.safetensors", "tokenizer.json", "vocab.txt", "sentencepiece.bpe.model",
+        "tokenizer_config.json", "special_tokens_map.json"])
+  except Exception as e:  # offline, unknown repo, auth: one line either way
+    raise InputError(f"not a local directory, and fetching it from the hub failed: "
+                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", name) from e
 
 
 def load_hf(path_or_name: str, **overrides) -> Tuple[EncoderConfig, Dict[str, Any]]:

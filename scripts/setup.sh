@@ -8,6 +8,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# torch==2.13.0 (test extra) resolves to the local CPU build; see README.
-.venv/bin/python -m pip install -q -e ".[${SETUP_EXTRAS:-test}]"
+# SETUP_EXTRAS: '' for the runtime only; default 'test' (adds torch==2.13.0, a local
+# CPU build, POT, pytest, hypothesis).
+extras=${SETUP_EXTRAS-test}
+if [ -n "$extras" ]; then
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
 .venv/bin/python -m optical_jax.assets fetch
