@@ -8,7 +8,8 @@ The argument is `LANG[,key=value...]`: LANG picks `queries/LANG.test.jsonl` and
 the shipped `data/afriqa-clir` when it has LANG, else `../shared/data/afriqa-clir`);
 `split=SPLIT` another split; `models=minilm`, `models=e5` or `models=minilm+e5` (default)
 picks the baseline families; `baselines=A+B` names the systems to test against (default:
-the zero-shot rows); any other `NAME=WORKDIR` adds a distilled student system `NAME`
+the zero-shot rows); `scoring=maxsim` scores every system by late interaction (MaxSim
+over L2-normalised token embeddings) instead of pooled vectors; any other `NAME=WORKDIR` adds a distilled student system `NAME`
 (`student_system(WORKDIR)`: the student exported by `train.py` to WORKDIR/student encodes
 the queries, the teacher it was trained against encodes the passages).
 
@@ -75,8 +76,14 @@ def get_config(arg="swa"):
     if family in families:
       c.systems[f"{family}-zeroshot"] = evaluator.system(spec())
       c.systems[f"{family}-oracle"] = evaluator.system(spec(), query_field="text_en")
+  scoring = options.pop("scoring", "dense")
   for name, workdir in options.items():
     c.systems[name] = student_system(workdir)
+  if scoring != "dense":  # e.g. scoring=maxsim: late interaction over the same encoders
+    for name in c.systems.keys():
+      for side in ("query_model", "doc_model"):
+        if c.systems[name][side] is not None:
+          c.systems[name][side].scoring = scoring
   c.baselines = tuple(baselines) or tuple(f"{f}-zeroshot" for f in families)
   c.top_k = 100
   return c
