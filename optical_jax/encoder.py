@@ -143,18 +143,21 @@ class SelfAttention(nn.Module):
     cfg = self.cfg
     b, l, _ = x.shape
     h, dh = cfg.num_heads, cfg.hidden_size // cfg.num_heads
-    split = lambda t: t.reshape(b, l, h, dh)
+    # Heads-major [b, h, l, d]: XLA:CPU lowers the two attention matmuls on this layout to
+    # fast batched GEMMs (1.45-1.7x faster forward at length 128-256 than on [b, l, h, d];
+    # see docs/performance.md); the outputs are the same.
+    split = lambda t: t.reshape(b, l, h, dh).transpose(0, 2, 1, 3)
     q = split(_dense(cfg.hidden_size, cfg, "query")(x))
     k = split(_dense(cfg.hidden_size, cfg, "key")(x))
     v = split(_dense(cfg.hidden_size, cfg, "value")(x))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(dh)
     big_neg = jnp.finfo(jnp.float32).min
     logits = jnp.where(attention_mask[:, None, None, :] > 0, logits, big_neg)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    return ctx.reshape(b, l, cfg.hidden_size)
+    ctx = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
+    return ctx.transpose(0, 2, 1, 3).reshape(b, l, cfg.hidden_size)
 
 
 class Layer(nn.Module):

@@ -359,6 +359,10 @@ def exact_search(q_emb: Array, d_emb: Array, top_k: int, *, scoring: str = "dens
     d = jnp.asarray(_pad_rows(np.asarray(d_emb[start:start + dc]), dc))
     dm = None if d_mask is None else jnp.asarray(_pad_rows(np.asarray(d_mask[start:start + dc]),
                                                            dc))
+    # Dispatch is asynchronous: without this wait every chunk could be uploaded before the
+    # first is searched (a second copy of the corpus). Waiting on the previous chunk's
+    # results keeps at most two chunks alive while the next upload still overlaps compute.
+    jax.block_until_ready(best)
     offset = jnp.int32(start)
     for j in range(n_qc):
       qs = q_dev[j * qc:(j + 1) * qc]

@@ -120,9 +120,10 @@ def _finite_tree(tree) -> jnp.ndarray:
 
 def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: bool):
   """Averaged grads -> new state; handles non-finite values; adds common metrics."""
-  grads = jax.lax.pmean(grads, AXIS)
-  loss = jax.lax.pmean(loss, AXIS)
-  metrics = jax.lax.pmean(metrics, AXIS)
+  if jax.lax.axis_size(AXIS) > 1:  # static; on one device XLA would still copy every grad
+    grads = jax.lax.pmean(grads, AXIS)
+    loss = jax.lax.pmean(loss, AXIS)
+    metrics = jax.lax.pmean(metrics, AXIS)
   finite = jnp.logical_and(jnp.isfinite(loss), _finite_tree(grads))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
