@@ -9,9 +9,10 @@ the shipped `data/afriqa-clir` when it has LANG, else `../shared/data/afriqa-cli
 `split=SPLIT` another split; `models=minilm`, `models=e5` or `models=minilm+e5` (default)
 picks the baseline families; `baselines=A+B` names the systems to test against (default:
 the zero-shot rows); `scoring=maxsim` scores every system by late interaction (MaxSim
-over L2-normalised token embeddings) instead of pooled vectors; any other `NAME=WORKDIR` adds a distilled student system `NAME`
-(`student_system(WORKDIR)`: the student exported by `train.py` to WORKDIR/student encodes
-the queries, the teacher it was trained against encodes the passages).
+over L2-normalised token embeddings) instead of pooled vectors; any other `NAME=WORKDIR`
+adds a system `NAME` trained by `train.py` (`student_system(WORKDIR)`): a distilled
+student (WORKDIR/student encodes the queries, the teacher it was trained against the
+passages), or a teacher-mode run (WORKDIR/teacher encodes `text_en` and the passages).
 
 Systems (all passages are `title + ' ' + text`):
   minilm-zeroshot  all-MiniLM-L6-v2 (the English teacher) on the native-language queries
@@ -50,8 +51,14 @@ def student_system(workdir, teacher=None):
   """A distilled student: queries through WORKDIR/student, passages through its teacher.
 
   The teacher is the one recorded in the export by train.py (falling back to MiniLM).
+  A teacher-mode workdir (WORKDIR/teacher, no student) is an English retriever: it
+  encodes the English translations (`text_en`) and the passages, to compare with the
+  `*-oracle` row of the model it was trained from.
   """
   export = os.path.join(workdir, "student")
+  trained_teacher = os.path.join(workdir, "teacher")
+  if not os.path.isdir(export) and os.path.isdir(trained_teacher):
+    return evaluator.system(models.export_spec(trained_teacher), query_field="text_en")
   if teacher is None:
     teacher = models.export_teacher_spec(export) or minilm()
   return evaluator.system(models.export_spec(export), doc_model=teacher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -50,11 +51,32 @@ def _die(msg: str) -> None:
   sys.exit(2)
 
 
+def enable_compilation_cache() -> Optional[str]:
+  """Turns on JAX's persistent compilation cache (under the asset cache, `xla/`).
+
+  Resumes, preemption restarts and repeated evaluations then load compiled steps from
+  disk (a MiniLM step: 1.3 s instead of 7-8 s per bucket). JAX_COMPILATION_CACHE_DIR, when
+  set, wins; OPTICAL_JAX_XLA_CACHE=none turns it off. Returns the directory used.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from optical_jax import assets  # pylint: disable=g-import-not-at-top
+  if os.environ.get("OPTICAL_JAX_XLA_CACHE", "") == "none":
+    return None
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  path = os.environ.get("OPTICAL_JAX_XLA_CACHE") or os.path.join(assets.cache_dir(), "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def run(main: Callable[[List[str]], int], argv: Optional[Sequence[str]] = None) -> None:
-  """Parses flags, quiets JAX's start-up logging, runs `main(argv)`, exits with its status."""
+  """Parses flags, quiets JAX's start-up logging, enables the persistent compilation
+  cache, runs `main(argv)`, exits with its status."""
   args = parse_flags(argv)
   for name in ("absl", "jax", "orbax"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  enable_compilation_cache()
   if len(args) > 1:
     _die(f"unexpected arguments: {args[1:]}")
   sys.exit(main(args))

@@ -1,6 +1,7 @@
 """Every shipped config builds, names only known fields and valid model specs."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -56,3 +57,42 @@ def test_eval_config_families_and_students(tmp_path):
   assert tuple(c.baselines) == ("minilm-zeroshot",)
   with pytest.raises(ValueError):
     mod.get_config("swa,models=bert")
+
+
+def test_eval_config_teacher_workdir_reads_english_queries(tmp_path):
+  """A teacher-mode workdir is scored on `text_en` with its own passage encoder."""
+  export = tmp_path / "run" / "teacher"
+  export.mkdir(parents=True)
+  (export / models.SPEC_FILE).write_text(json.dumps({
+      "encoder": {"dtype": "float32"}, "tokenizer": "tokenizer.json",
+      "text": {"query_prefix": "", "doc_prefix": "", "query_max_len": 32,
+               "doc_max_len": 256, "pooling": "mean", "normalize": True,
+               "scoring": "dense"}}))
+  c = _load("eval_afriqa").get_config(f"swa,models=minilm,tuned={tmp_path / 'run'}")
+  tuned = c.systems["tuned"]
+  assert tuned.query_field == "text_en" and tuned.doc_model is None
+  assert tuned.query_model.path == str(export) and tuned.query_model.query_max_len == 32
+
+
+@pytest.fixture
+def restore_compilation_cache():
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_compilation_cache_default_and_switches(tmp_path, monkeypatch, restore_compilation_cache):
+  import jax
+  from optical_jax import cli
+  jax.config.update("jax_compilation_cache_dir", None)
+  monkeypatch.setenv("OPTICAL_JAX_XLA_CACHE", "none")
+  assert cli.enable_compilation_cache() is None
+  assert not jax.config.jax_compilation_cache_dir
+  monkeypatch.delenv("OPTICAL_JAX_XLA_CACHE")
+  monkeypatch.setenv("OPTICAL_JAX_CACHE", str(tmp_path))
+  assert cli.enable_compilation_cache() == os.path.join(str(tmp_path), "xla")
+  assert jax.config.jax_compilation_cache_dir == os.path.join(str(tmp_path), "xla")
+  # An explicit setting (JAX_COMPILATION_CACHE_DIR or the user's own update) wins.
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+  assert cli.enable_compilation_cache() == str(tmp_path / "mine")
