@@ -30,8 +30,10 @@ def get_config(arg: str = "swa"):
   set_distill_data(c, lang, flags)
   c.data.global_batch = 32
   c.data.buckets = (16, 32, 64)
-  c.optim.lr = 5e-5
+  # Tuned on held-out bitext (`:swa,tune`, val_p@1): 3e-4 beat 1e-4 for the sentence
+  # and OT+sentence losses; 150 steps = 2 epochs of the shipped bitext.
+  c.optim.lr = 3e-4
   c.optim.warmup_steps = 30
-  c.train.steps = 300
-  c.train.checkpoint_every = 100
+  c.train.steps = 150
+  c.train.checkpoint_every = 50
   return c
