@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import ml_collections
 
@@ -53,7 +54,8 @@ def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand
 
   * AfriQA `lang` train/dev questions with their human English translations
     (`text`/`text_en`): the query domain. No relevance labels are used.
-  * NTREX-128 `lang`/eng news sentences.
+  * NTREX-128 `lang`/eng news sentences (left out, with a warning, for languages
+    NTREX lacks).
   * optionally MAFAND-MT en-`lang` train (CC-BY-NC-4.0: read from ../shared, never shipped).
   Every pair whose foreign or English side equals a test query or its translation is
   dropped (the trainer logs how many).
@@ -67,7 +69,12 @@ def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand
         type="jsonl", label=f"afriqa-{lang}",
         path=[os.path.join(base, "queries", f"{lang}.{split}.jsonl") for split in afriqa_splits],
         foreign_field="text", english_field="text_en", exclude=exclude))
-  if ntrex:
+  if ntrex and not os.path.exists(os.path.join(ntrex_dir(lang), f"{lang}.txt")):
+    # NTREX-128 has no Bemba, Fon or Twi: train on the query-domain pairs (and any other
+    # source) rather than fail.
+    warnings.warn(f"no NTREX-128 bitext for {lang!r} in {ntrex_dir(lang)}; "
+                  "not using NTREX for this language")
+  elif ntrex:
     d = ntrex_dir(lang)
     sources.append(dict(type="lines", label=f"ntrex-{lang}", foreign=os.path.join(d, f"{lang}.txt"),
                         english=os.path.join(d, "eng.txt"), exclude=exclude))

@@ -7,9 +7,12 @@
 #
 #   bash scripts/demo.sh                 # outputs in outputs/demo/
 #   OUT=/tmp/demo bash scripts/demo.sh
+#   AFRIQA_LANG=hau OUT=outputs/demo-hau bash scripts/demo.sh   # another AfriQA language
+#     (its queries/qrels from data/afriqa-clir or ../shared/data/afriqa-clir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/demo}
+L=${AFRIQA_LANG:-swa}
 SETUP_EXTRAS=${SETUP_EXTRAS-} bash scripts/setup.sh
 PY=.venv/bin/python
 mkdir -p "$OUT"
@@ -18,7 +21,7 @@ start=$(date +%s)
 # setting -> config file; each trains a sentence-level student and an OPTICAL student
 # with the same data, steps and initialisation.
 for setting in minilm e5; do
-  cfg=configs/swa_${setting}.py
+  cfg="configs/swa_${setting}.py:$L"
   for system in sentence optical; do
     extra=()
     [ "$system" = sentence ] && extra=(--config.loss.loss=sentence)
@@ -26,12 +29,12 @@ for setting in minilm e5; do
     $PY train.py --config "$cfg" --workdir "$OUT/train/$setting-$system" "${extra[@]}"
   done
   echo "== [$(( ($(date +%s) - start) / 60 )) min] evaluate $setting"
-  $PY eval.py --config "configs/eval_afriqa.py:swa,models=$setting,baselines=$setting-zeroshot+$setting-sentence,$setting-sentence=$OUT/train/$setting-sentence,$setting-optical=$OUT/train/$setting-optical" \
+  $PY eval.py --config "configs/eval_afriqa.py:$L,models=$setting,baselines=$setting-zeroshot+$setting-sentence,$setting-sentence=$OUT/train/$setting-sentence,$setting-optical=$OUT/train/$setting-optical" \
     --out "$OUT/eval-$setting"
 done
 
 {
-  echo "# optical-jax demo: AfriQA-CLIR swa test (295 judged queries, 5,413 passages)"
+  echo "# optical-jax demo: AfriQA-CLIR $L test, full search over the English passage pool"
   for setting in minilm e5; do
     echo
     echo "## $setting"

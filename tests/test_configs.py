@@ -96,3 +96,11 @@ def test_compilation_cache_default_and_switches(tmp_path, monkeypatch, restore_c
   # An explicit setting (JAX_COMPILATION_CACHE_DIR or the user's own update) wins.
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
   assert cli.enable_compilation_cache() == str(tmp_path / "mine")
+
+
+def test_bitext_for_language_without_ntrex_warns_and_keeps_afriqa():
+  from optical_jax.config import bitext_sources
+  with pytest.warns(UserWarning, match="no NTREX-128 bitext for 'twi'"):
+    sources = bitext_sources("twi")
+  assert [s["label"] for s in sources] == ["afriqa-twi"]
+  assert [s["label"] for s in bitext_sources("swa")] == ["afriqa-swa", "ntrex-swa"]
