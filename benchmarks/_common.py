@@ -346,3 +346,17 @@ def header(args, name: str) -> Dict[str, Any]:
   return {"benchmark": name, "command": "python " + " ".join(
       [os.path.relpath(sys.argv[0])] + sys.argv[1:]), "quick": bool(args.quick),
           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def distill_state(student, teacher, tx, mesh, seed: int = 0):
+  """Replicated (train state, frozen teacher) for `step.make_distill_step` on `mesh`.
+
+  The student's params are copied to host first, as the trainer does: the donated first
+  step would otherwise delete the caller's arrays.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from optical_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  state = step_lib.init_state(student, tx, jax.random.PRNGKey(seed))
+  state = step_lib.replicate(jax.tree.map(np.asarray, state), mesh)
+  return state, step_lib.replicate({"teacher": teacher}, mesh)

@@ -96,9 +96,7 @@ def run_loop(args, log=print):
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=args.steps, warmup_steps=30,
                                weight_decay=0.01, clip_norm=1.0)
   mesh = step_lib.make_mesh(jax.devices()[:1])
-  state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(
-      student, tx, jax.random.PRNGKey(0))), mesh)
-  frozen = step_lib.replicate({"teacher": teacher}, mesh)
+  state, frozen = C.distill_state(student, teacher, tx, mesh)
   train_step = step_lib.make_distill_step(spec, tx, mesh)
 
   it = iter(batches)
@@ -180,9 +178,7 @@ def minilm_compile_times(args, log=print):
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=1000, warmup_steps=30, weight_decay=0.01,
                                clip_norm=1.0)
   mesh = step_lib.make_mesh(jax.devices()[:1])
-  state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(
-      student, tx, jax.random.PRNGKey(0))), mesh)
-  frozen = step_lib.replicate({"teacher": teacher}, mesh)
+  state, frozen = C.distill_state(student, teacher, tx, mesh)
   rows = []
   for length in args.minilm_buckets:
     fn = step_lib.make_distill_step(spec, tx, mesh)  # a fresh jit: nothing cached in memory

@@ -84,9 +84,7 @@ def main():
   rows, ref = [], None
   for n in counts:
     mesh = step_lib.make_mesh(jax.devices()[:n])
-    state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(
-        student, tx, jax.random.PRNGKey(0))), mesh)
-    frozen = step_lib.replicate({"teacher": teacher}, mesh)
+    state, frozen = C.distill_state(student, teacher, tx, mesh)
     fn = step_lib.make_distill_step(spec, tx, mesh)
     e0 = len(events)
     losses_seen, times = [], []

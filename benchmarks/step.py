@@ -128,9 +128,7 @@ def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = Fals
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=100000, warmup_steps=10,
                                weight_decay=0.01, clip_norm=1.0)
   mesh = step_lib.make_mesh(jax.devices()[:1])
-  state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(
-      student, tx, jax.random.PRNGKey(0))), mesh)
-  frozen = step_lib.replicate({"teacher": teacher}, mesh)
+  state, frozen = C.distill_state(student, teacher, tx, mesh)
   fn = step_lib.make_distill_step(spec, tx, mesh)
   b = step_lib.shard_batch(data, mesh)
   t0 = time.perf_counter()

@@ -69,15 +69,14 @@ def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand
         type="jsonl", label=f"afriqa-{lang}",
         path=[os.path.join(base, "queries", f"{lang}.{split}.jsonl") for split in afriqa_splits],
         foreign_field="text", english_field="text_en", exclude=exclude))
-  if ntrex and not os.path.exists(os.path.join(ntrex_dir(lang), f"{lang}.txt")):
-    # NTREX-128 has no Bemba, Fon or Twi: train on the query-domain pairs (and any other
-    # source) rather than fail.
-    warnings.warn(f"no NTREX-128 bitext for {lang!r} in {ntrex_dir(lang)}; "
-                  "not using NTREX for this language")
-  elif ntrex:
+  if ntrex:
     d = ntrex_dir(lang)
-    sources.append(dict(type="lines", label=f"ntrex-{lang}", foreign=os.path.join(d, f"{lang}.txt"),
-                        english=os.path.join(d, "eng.txt"), exclude=exclude))
+    foreign = os.path.join(d, f"{lang}.txt")
+    if os.path.exists(foreign):
+      sources.append(dict(type="lines", label=f"ntrex-{lang}", foreign=foreign,
+                          english=os.path.join(d, "eng.txt"), exclude=exclude))
+    else:  # NTREX-128 has no Bemba, Fon or Twi: train on the other sources rather than fail
+      warnings.warn(f"no NTREX-128 bitext for {lang!r} in {d}; not using NTREX for this language")
   if mafand:
     d = shared_path("bitext", "lafand", f"en-{lang}")
     sources.append(dict(type="lines", label=f"mafand-{lang}", foreign=os.path.join(d, f"train.{lang}"),
