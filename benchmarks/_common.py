@@ -355,8 +355,5 @@ def distill_state(student, teacher, tx, mesh, seed: int = 0):
   step would otherwise delete the caller's arrays.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from optical_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  state = step_lib.init_state(student, tx, jax.random.PRNGKey(seed))
-  state = step_lib.replicate(jax.tree.map(np.asarray, state), mesh)
-  return state, step_lib.replicate({"teacher": teacher}, mesh)
+  return step_lib.replicated_state(student, tx, jax.random.PRNGKey(seed), {"teacher": teacher}, mesh)

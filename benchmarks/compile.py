@@ -91,8 +91,8 @@ def run_loop(args, log=print):
   cfg = enc.EncoderConfig(vocab_size=tok.vocab_size, **TINY)
   student = enc.init_params(cfg, jax.random.PRNGKey(1))
   teacher = enc.init_params(cfg, jax.random.PRNGKey(2))
-  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=losses.DistillConfig(),
-                              src_special=tok.special_ids, tgt_special=tok.special_ids)
+  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=losses.DistillConfig(
+      src_special=tuple(tok.special_ids), tgt_special=tuple(tok.special_ids)))
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=args.steps, warmup_steps=30,
                                weight_decay=0.01, clip_norm=1.0)
   mesh = step_lib.make_mesh(jax.devices()[:1])

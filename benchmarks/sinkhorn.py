@@ -44,17 +44,17 @@ def minilm_embeddings(pairs: int, n: int, m: int, passages: bool):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from optical_jax import encoder as enc, models  # pylint: disable=g-import-not-at-top
-  from optical_jax.config import data_path  # pylint: disable=g-import-not-at-top
+  from configs.common import locate  # pylint: disable=g-import-not-at-top
   from optical_jax.data import beir  # pylint: disable=g-import-not-at-top
   from optical_jax.data.bitext import read_text_lines  # pylint: disable=g-import-not-at-top
 
   model = models.load_model(models.model_spec(weights="hf", path="asset:minilm",
                                               tokenizer="asset:minilm/tokenizer.json"))
   tok = model.tokenizer
-  swa = read_text_lines(data_path("ntrex", "swa.txt"))
-  eng = read_text_lines(data_path("ntrex", "eng.txt"))
+  swa = read_text_lines(locate("ntrex", "swa.txt"))
+  eng = read_text_lines(locate("ntrex", "eng.txt"))
   if passages:
-    corpus = beir.load_corpus(data_path("afriqa-clir", "corpus.jsonl"))
+    corpus = beir.load_corpus(locate("afriqa-clir", "corpus.jsonl"))
     other = corpus.full_texts(" ")
   else:
     other = eng

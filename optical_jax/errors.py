@@ -28,3 +28,29 @@ class InputError(Exception):
       where = self.path if self.line is None else f"{self.path}:{self.line}"
       where += ": "
     return f"{where}{self.problem}"
+
+
+def config_from_mapping(cls, d, what: str):
+  """A frozen config dataclass from a mapping (parsed JSON, `ConfigDict.to_dict()`).
+
+  The dataclass checks its own values (`__post_init__`); this only turns unknown keys
+  into one InputError listing the known ones, and builds nested config dataclasses
+  (a field whose default is a dataclass instance) from nested mappings.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from collections.abc import Mapping  # pylint: disable=g-import-not-at-top
+  if isinstance(d, cls):
+    return d
+  if not isinstance(d, Mapping):
+    raise InputError(f"{what} must be a mapping, got {type(d).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - set(fields), key=str)
+  if unknown:
+    raise InputError(f"unknown {what} key(s) {', '.join(map(str, unknown))}; "
+                     f"known: {', '.join(fields)}")
+  kwargs = dict(d)
+  for name, value in kwargs.items():
+    default = fields[name].default
+    if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+      kwargs[name] = config_from_mapping(type(default), value, f"{what} {name}")
+  return cls(**kwargs)

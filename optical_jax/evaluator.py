@@ -39,7 +39,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, metrics, models, retrieval
+from optical_jax import assets, metrics, models, retrieval, scoring
+from optical_jax import mesh as mesh_lib
 from optical_jax.data import beir
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -48,8 +49,6 @@ from optical_jax.fileio import write_json, write_text
 MODES = ("full", "rerank")
 TESTS = ("t-test", "permutation")
 SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
-DATASET_FIELDS = ("path", "corpus", "queries", "qrels", "split", "query_field", "titles",
-                  "title_sep", "judged_only")
 QUERY_ONLY = ("query_prefix", "query_max_len")
 DOC_ONLY = ("doc_prefix", "doc_max_len")
 MANIFEST = "manifest.json"
@@ -91,6 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
       ~/.cache/optical_jax/embeddings; 'none' disables it).
     measures: ir_measures names; test: 't-test' or 'permutation' for the markers (both
       p-values are in comparison.json); alpha, n_permutations, seed: test settings.
+    scoring: '' (each model's own) or 'dense' / 'maxsim': score every system that way
+      (late interaction over the same encoders: `optical_jax.scoring`).
     progress: show progress bars while encoding.
   """
   c = ml_collections.ConfigDict()
@@ -113,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.alpha = 0.05
   c.n_permutations = metrics.DEFAULT_PERMUTATIONS
   c.seed = metrics.DEFAULT_SEED
+  c.scoring = ""
   c.progress = True
   return c
 
@@ -271,6 +273,10 @@ def _plan_systems(config) -> List[SystemPlan]:
     q = _check_spec(entry["query_model"], f"{where}.query_model")
     d_raw = entry.get("doc_model")
     d = q if d_raw is None else _check_spec(d_raw, f"{where}.doc_model")
+    if config.scoring:   # one scoring for every system, e.g. late interaction
+      scoring.check(config.scoring, "config.scoring", InputError)
+      q, d = q.copy_and_resolve_references(), d.copy_and_resolve_references()
+      q.scoring = d.scoring = config.scoring
     if q.scoring != d.scoring:
       raise InputError(f"{where}: query_model.scoring {q.scoring!r} and doc_model.scoring "
                        f"{d.scoring!r} differ")
@@ -285,14 +291,7 @@ def _plan_systems(config) -> List[SystemPlan]:
 
 
 def _check_settings(config, plans: Sequence[SystemPlan]) -> List[str]:
-  defaults = default_config()
-  unknown = [k for k in config.keys() if k not in defaults]
-  if unknown:
-    raise InputError(f"config: unknown field {unknown[0]!r}")
-  unknown = [k for k in config.dataset.keys() if k not in DATASET_FIELDS]
-  if unknown:
-    raise InputError(f"config.dataset: unknown field {unknown[0]!r} (allowed: "
-                     f"{', '.join(DATASET_FIELDS)})")
+  """Range checks of the eval settings (ml_collections checks their names and types)."""
   if config.mode not in MODES:
     raise InputError(f"config.mode must be one of {MODES}, got {config.mode!r}")
   if config.mode == "rerank" and not config.rerank_run:
@@ -404,10 +403,9 @@ def _buckets(buckets: Sequence[int], max_len: int) -> Tuple[int, ...]:
 
 
 def make_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
-  """A 1-d `data` mesh over all devices when batch_size splits evenly over them, else None."""
-  devices = jax.devices()
-  if len(devices) > 1 and batch_size % len(devices) == 0:
-    return jax.sharding.Mesh(np.array(devices), ("data",))
+  """The `data` mesh over all devices when batch_size splits evenly over them, else None."""
+  if jax.device_count() > 1 and batch_size % jax.device_count() == 0:
+    return mesh_lib.make_mesh()
   return None
 
 
@@ -623,15 +621,15 @@ def run(config, out_dir: str, *, log: Log = _stderr) -> EvalResult:
       raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
                        f"dimensions but passage embeddings {d_arr.shape[-1]}")
     t0 = time.perf_counter()
-    scoring = plan.query_spec.scoring
+    how = plan.query_spec.scoring
     if config.mode == "full":
       result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
-                                    int(config.top_k), scoring=scoring, q_mask=q_mask,
+                                    int(config.top_k), scoring=how, q_mask=q_mask,
                                     d_mask=d_mask)
     else:
       result_run = retrieval.rerank(data.rerank_run, queries.index, q_arr,
                                     [data.corpus.ids[i] for i in doc_rows], d_arr,
-                                    scoring=scoring, q_mask=q_mask, d_mask=d_mask,
+                                    scoring=how, q_mask=q_mask, d_mask=d_mask,
                                     depth=int(config.depth) or None,
                                     batch_size=int(config.batch_size))
       # Score what gets written (the top_k of each query), so the metrics of a run read

@@ -29,18 +29,18 @@ import jax
 import jax.numpy as jnp
 
 from optical_jax import ot as ot_lib
-from optical_jax.encoder import mean_pool
-from optical_jax.errors import InputError
-from optical_jax.scoring import dense_scores, maxsim_scores
+from optical_jax import scoring as scoring_lib
+from optical_jax.encoder import masked_mean, mean_pool
+from optical_jax.errors import InputError, config_from_mapping
 
 LOSSES = ("ot", "sentence", "hard", "ot+sentence")
 SENTENCE_DISTANCES = ("mse", "cosine")
-SCORINGS = ("dense", "maxsim")
+MARGINALS = ("uniform", "idf")
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-  """Which distillation loss to use; frozen and hashable (a jit-static argument).
+  """The distillation loss and all its settings; frozen and hashable (a jit-static argument).
 
   Attributes:
     loss: 'ot' | 'sentence' | 'hard' | 'ot+sentence'. 'ot' is OPTICAL.
@@ -50,6 +50,11 @@ class DistillConfig:
       as Reimers & Gurevych 2020) or 'cosine' (1 - cosine).
     hard_symmetric: 'hard' loss in both directions (also each teacher token
       to its nearest student token), averaged.
+    marginals: token weights of the OT and 'hard' losses: 'uniform' over real tokens
+      or 'idf'-weighted (then the step passes idf tables, see `batch_loss`).
+    include_special: whether [CLS]/[SEP] (<s>/</s>) carry mass.
+    src_special / tgt_special: the special-token ids of the student / teacher
+      tokenizer (set by the trainer from the tokenizers).
     ot: OT settings; `ot.cost` (and `ot.scale_cost`) are also the ground cost of
       the 'hard' loss.
   """
@@ -58,6 +63,10 @@ class DistillConfig:
   sentence_weight: float = 1.0
   sentence_distance: str = "mse"
   hard_symmetric: bool = False
+  marginals: str = "uniform"
+  include_special: bool = True
+  src_special: Tuple[int, ...] = ()
+  tgt_special: Tuple[int, ...] = ()
   ot: ot_lib.OTConfig = ot_lib.OTConfig()
 
   def __post_init__(self):
@@ -67,53 +76,38 @@ class DistillConfig:
     if self.sentence_distance not in SENTENCE_DISTANCES:
       problems.append(f"sentence_distance must be one of {SENTENCE_DISTANCES}, "
                       f"got {self.sentence_distance!r}")
+    if self.marginals not in MARGINALS:
+      problems.append(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
     w = self.sentence_weight
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
       problems.append(f"sentence_weight must be a finite number >= 0, got {w!r}")
-    if not isinstance(self.hard_symmetric, bool):
-      problems.append(f"hard_symmetric must be true or false, got {self.hard_symmetric!r}")
+    for name in ("hard_symmetric", "include_special"):
+      if not isinstance(getattr(self, name), bool):
+        problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+    for name in ("src_special", "tgt_special"):
+      ids = getattr(self, name)
+      if isinstance(ids, (str, bytes)) or not all(
+          isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        problems.append(f"{name} must be token ids, got {ids!r}")
     if not isinstance(self.ot, ot_lib.OTConfig):
       problems.append(f"ot must be an OTConfig, got {type(self.ot).__name__}")
     if problems:
       raise InputError("invalid distillation config: " + "; ".join(problems))
+    object.__setattr__(self, "sentence_weight", float(w))
+    for name in ("src_special", "tgt_special"):  # lists from JSON -> hashable tuples
+      object.__setattr__(self, name, tuple(getattr(self, name)))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
-    """Builds a config from a mapping whose 'ot' entry is a mapping for OTConfig.from_dict.
+    """Builds a config from a mapping whose 'ot' entry may be a mapping (OTConfig fields).
 
     Raises:
       InputError: unknown keys, wrong types or invalid values.
     """
-    if not isinstance(d, Mapping):
-      raise InputError(f"distillation config must be a mapping, got {type(d).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-      raise InputError(f"unknown loss config key(s) {', '.join(map(str, unknown))}; "
-                       f"known: {', '.join(names)}")
-    kwargs = dict(d)
-    if "ot" in kwargs:
-      ot_cfg = kwargs["ot"]
-      kwargs["ot"] = ot_cfg if isinstance(ot_cfg, ot_lib.OTConfig) else ot_lib.OTConfig.from_dict(
-          ot_cfg)
-    for key, kind in (("loss", str), ("sentence_distance", str), ("hard_symmetric", bool),
-                      ("sentence_weight", float)):
-      if key in kwargs:
-        value = kwargs[key]
-        ok = isinstance(value, kind) if kind is not float else (
-            isinstance(value, (int, float)) and not isinstance(value, bool))
-        if not ok:
-          raise InputError(f"loss config {key} must be {kind.__name__}, got {value!r}")
-        if kind is float:
-          kwargs[key] = float(value)
-    return cls(**kwargs)
+    return config_from_mapping(cls, d, "loss config")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _valid_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def _pair_valid(s_mask: jnp.ndarray, t_mask: jnp.ndarray) -> jnp.ndarray:
@@ -156,7 +150,7 @@ def sentence_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_toke
   else:
     raise ValueError(f"unknown sentence distance {distance!r}; expected one of "
                      f"{SENTENCE_DISTANCES}")
-  return _valid_mean(per_pair, valid), _valid_mean(cos, valid)
+  return masked_mean(per_pair, valid), masked_mean(cos, valid)
 
 
 # ----------------------------------------------------------------------------- hard alignment
@@ -196,7 +190,7 @@ def hard_alignment_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
   if symmetric:
     col_min = jnp.min(jnp.where(sa[:, :, None], c, big), axis=1)  # best student per teacher token
     per_pair = 0.5 * (per_pair + jnp.sum(jnp.where(sb & valid[:, None], b * col_min, 0.0), axis=1))
-  return _valid_mean(per_pair, valid)
+  return masked_mean(per_pair, valid)
 
 
 # ----------------------------------------------------------------------------- dispatcher
@@ -251,6 +245,32 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
   return loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
+def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: Mapping[str, Any],
+               cfg: DistillConfig, idf: Optional[Mapping[str, jnp.ndarray]] = None
+               ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """The distillation loss of a bitext batch: token marginals per `cfg`, then `distillation_loss`.
+
+  Args:
+    student_tokens: [B, Ls, D] student embeddings of `batch['src_ids']` (foreign side).
+    teacher_tokens: [B, Lt, D] teacher embeddings of `batch['tgt_ids']` (English side).
+    batch: 'src_ids', 'src_mask', 'tgt_ids', 'tgt_mask' ([B, L] int arrays).
+    cfg: the loss and its marginals (`marginals`, `include_special`, special ids).
+    idf: for `marginals='idf'`: {'src_idf': [student vocab], 'tgt_idf': [teacher vocab]}
+      (`optical_jax.ot.compute_idf` over the bitext).
+  """
+  use_idf = cfg.marginals == "idf"
+  if use_idf and not idf:
+    raise ValueError("marginals='idf' needs the idf tables (src_idf, tgt_idf)")
+  s_w = ot_lib.token_weights(batch["src_mask"], batch["src_ids"], special_ids=cfg.src_special,
+                             include_special=cfg.include_special,
+                             idf=idf["src_idf"] if use_idf else None)
+  t_w = ot_lib.token_weights(batch["tgt_mask"], batch["tgt_ids"], special_ids=cfg.tgt_special,
+                             include_special=cfg.include_special,
+                             idf=idf["tgt_idf"] if use_idf else None)
+  return distillation_loss(student_tokens, batch["src_mask"], s_w, teacher_tokens,
+                           batch["tgt_mask"], t_w, cfg)
+
+
 # ----------------------------------------------------------------------------- teacher ranking
 
 
@@ -283,14 +303,7 @@ def contrastive_loss(q: jnp.ndarray, d: jnp.ndarray, positive_index: Optional[jn
     (loss, metrics) float32 scalars; metrics: 'accuracy' (top-1 is the
     positive), 'positive_score' and 'mean_score' (raw scores over valid docs).
   """
-  if scoring == "dense":
-    scores = dense_scores(q, d)
-  elif scoring == "maxsim":
-    if q_mask is None or d_mask is None:
-      raise ValueError("contrastive_loss: maxsim scoring needs q_mask and d_mask")
-    scores = maxsim_scores(q, q_mask, d, d_mask)
-  else:
-    raise ValueError(f"unknown scoring {scoring!r}; expected one of {SCORINGS}")
+  scores = scoring_lib.scores(q, q_mask, d, d_mask, scoring)
   scores = scores.astype(jnp.float32)
   n_q, n_d = scores.shape
   if positive_index is None:
@@ -303,14 +316,14 @@ def contrastive_loss(q: jnp.ndarray, d: jnp.ndarray, positive_index: Optional[jn
   pos_logit = jnp.take_along_axis(logits, positive_index[:, None], axis=1)[:, 0]
   per_query = jax.nn.logsumexp(logits, axis=1) - pos_logit
   valid = jnp.ones((n_q,), bool) if q_valid is None else jnp.asarray(q_valid, bool)
-  loss = _valid_mean(per_query, valid)
+  loss = masked_mean(per_query, valid)
   fixed = jax.lax.stop_gradient(scores)
   best = jnp.argmax(jnp.where(candidate, fixed, -jnp.inf), axis=1)
   pos_score = jnp.take_along_axis(fixed, positive_index[:, None], axis=1)[:, 0]
   mean_score = jnp.sum(jnp.where(candidate, fixed, 0.0), axis=1) / jnp.sum(candidate, axis=1)
   metrics = {
-      "accuracy": _valid_mean((best == positive_index).astype(jnp.float32), valid),
-      "positive_score": _valid_mean(pos_score, valid),
-      "mean_score": _valid_mean(mean_score, valid),
+      "accuracy": masked_mean((best == positive_index).astype(jnp.float32), valid),
+      "positive_score": masked_mean(pos_score, valid),
+      "mean_score": masked_mean(mean_score, valid),
   }
   return loss, metrics

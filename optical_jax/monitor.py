@@ -104,3 +104,71 @@ class Progress:
       self.stream.write(msg + "\n")
       self.stream.flush()
     return msg
+
+
+class CompileCounter:
+  """Counts XLA compilations while active, through `jax.monitoring` (no private JAX API).
+
+  JAX reports every backend compilation as a duration event named by the compiled
+  function; one answered from the persistent compilation cache also records a cache
+  hit inside it. `compiled` counts real compilations and `loaded` the cache loads, by
+  function name; in-memory jit cache hits report nothing and count as neither.
+
+      with CompileCounter() as counter:
+        ...
+      counter.total_compiled()
+  """
+
+  BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+  CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+  def __init__(self):
+    import collections  # pylint: disable=g-import-not-at-top
+    self.compiled = collections.Counter()
+    self.loaded = collections.Counter()
+    self._hit = False
+    self._active = False
+
+  def _on_event(self, event: str, **kwargs) -> None:
+    del kwargs
+    if event == self.CACHE_HIT:
+      self._hit = True
+
+  def _on_duration(self, event: str, duration: float, **kwargs) -> None:
+    del duration
+    if event != self.BACKEND_COMPILE:
+      return
+    name = str(kwargs.get("fun_name", "?"))
+    (self.loaded if self._hit else self.compiled)[name] += 1
+    self._hit = False
+
+  def start(self) -> "CompileCounter":
+    from jax import monitoring  # pylint: disable=g-import-not-at-top
+    if not self._active:
+      monitoring.register_event_listener(self._on_event)
+      monitoring.register_event_duration_secs_listener(self._on_duration)
+      self._active = True
+    return self
+
+  def stop(self) -> None:
+    from jax import monitoring  # pylint: disable=g-import-not-at-top
+    if self._active:
+      monitoring.unregister_event_listener(self._on_event)
+      monitoring.unregister_event_duration_listener(self._on_duration)
+      self._active = False
+
+  def __enter__(self) -> "CompileCounter":
+    return self.start()
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+  def total_compiled(self, name_contains: str = "") -> int:
+    return sum(n for k, n in self.compiled.items() if name_contains in k)
+
+  def total_loaded(self, name_contains: str = "") -> int:
+    return sum(n for k, n in self.loaded.items() if name_contains in k)
+
+  def summary(self) -> str:
+    return (f"{self.total_compiled()} XLA compilation(s), {self.total_loaded()} loaded from "
+            "the persistent compilation cache")

@@ -58,7 +58,8 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
 
-from optical_jax.errors import InputError
+from optical_jax.encoder import masked_mean
+from optical_jax.errors import InputError, config_from_mapping
 
 COSTS = ("cosine", "sqeuclidean")
 GRAD_MODES = ("envelope", "implicit", "unroll")
@@ -111,46 +112,20 @@ class OTConfig:
     problems = _config_problems(self)
     if problems:
       raise InputError("invalid OT config: " + "; ".join(problems))
+    for name in ("epsilon", "threshold", "scale_cost"):  # 1 -> 1.0: equal configs hash alike
+      object.__setattr__(self, name, float(getattr(self, name)))
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "OTConfig":
-    """Builds a config from a mapping (e.g. parsed YAML/JSON), checking keys and values.
+    """Builds a config from a mapping (e.g. `config.loss.ot.to_dict()`).
 
     Raises:
       InputError: unknown keys, wrong types or invalid values.
     """
-    if not isinstance(d, Mapping):
-      raise InputError(f"OT config must be a mapping, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-      raise InputError(f"unknown OT config key(s) {', '.join(map(str, unknown))}; "
-                       f"known: {', '.join(fields)}")
-    kwargs = {}
-    for key, value in d.items():
-      kwargs[key] = _coerce(key, value, type(getattr(cls, key)))
-    return cls(**kwargs)
+    return config_from_mapping(cls, d, "OT config")
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-  """Checks one config value against the type of its default (bool is not int)."""
-  if kind is bool:
-    if isinstance(value, (bool, np.bool_)):
-      return bool(value)
-  elif kind is int:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-      return int(value)
-  elif kind is float:
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)):
-      return float(value)
-  elif kind is str:
-    if isinstance(value, str):
-      return value
-  raise InputError(f"OT config {key} must be {kind.__name__}, got {value!r}")
 
 
 def _config_problems(cfg: OTConfig) -> list:
@@ -441,11 +416,6 @@ def sinkhorn_batch(x: jnp.ndarray, a: jnp.ndarray, y: jnp.ndarray, b: jnp.ndarra
   )
 
 
-def _valid_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-  count = jnp.sum(valid)
-  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(count, 1)
-
-
 def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: jnp.ndarray,
             cfg: OTConfig = OTConfig()) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """OT distillation loss: mean over valid pairs of <T, C> between student and teacher tokens.
@@ -470,7 +440,7 @@ def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: j
   """
   res = sinkhorn_batch(x, x_weights, y, y_weights, cfg)
   per_pair = jnp.sum(res.plan * res.cost, axis=(1, 2))
-  loss = _valid_mean(per_pair, res.valid)
+  loss = masked_mean(per_pair, res.valid)
   plan = jax.lax.stop_gradient(res.plan)
   cost = jax.lax.stop_gradient(res.cost)
   entropy = -jnp.sum(jnp.where(plan > 0, plan * jnp.log(jnp.where(plan > 0, plan, 1.0)), 0.0),
@@ -479,12 +449,12 @@ def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: j
   mean_cost = jnp.sum(jnp.where(support, cost, 0.0), axis=(1, 2)) / jnp.maximum(
       jnp.sum(support, axis=(1, 2)), 1)
   diagnostics = {
-      "converged_fraction": _valid_mean(res.converged.astype(jnp.float32), res.valid),
-      "iterations": _valid_mean(res.n_iters.astype(jnp.float32), res.valid),
-      "plan_entropy": _valid_mean(entropy, res.valid),
-      "mean_cost": _valid_mean(mean_cost, res.valid),
-      "marginal_error": _valid_mean(res.marginal_error, res.valid),
-      "reg_ot_cost": _valid_mean(res.reg_ot_cost, res.valid),
+      "converged_fraction": masked_mean(res.converged.astype(jnp.float32), res.valid),
+      "iterations": masked_mean(res.n_iters.astype(jnp.float32), res.valid),
+      "plan_entropy": masked_mean(entropy, res.valid),
+      "mean_cost": masked_mean(mean_cost, res.valid),
+      "marginal_error": masked_mean(res.marginal_error, res.valid),
+      "reg_ot_cost": masked_mean(res.reg_ot_cost, res.valid),
       "valid_fraction": jnp.mean(res.valid.astype(jnp.float32)),
   }
   dtype = loss.dtype

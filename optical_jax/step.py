@@ -26,9 +26,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from optical_jax import encoder as enc
-from optical_jax import losses, ot
+from optical_jax import losses, scoring
+from optical_jax.mesh import AXIS, make_mesh, replicate, shard_batch  # noqa: F401  (the step's API)
 
-AXIS = "data"
 Batch = Dict[str, jnp.ndarray]
 
 
@@ -85,6 +85,20 @@ def init_state(params, tx: optax.GradientTransformation, rng: jax.Array) -> Trai
                     rng=rng, skipped=jnp.zeros((), jnp.int32))
 
 
+def replicated_state(params, tx: optax.GradientTransformation, rng: jax.Array,
+                     frozen: Dict[str, Any], mesh: jax.sharding.Mesh
+                     ) -> Tuple[TrainState, Dict[str, Any]]:
+  """(train state, frozen inputs) replicated on `mesh`, ready for `make_distill_step` and
+  `make_teacher_step`.
+
+  The state is built on the host first: the first (donated) step would otherwise
+  delete the caller's param arrays. `frozen` holds what the step reads but never
+  trains, e.g. {'teacher': teacher params}.
+  """
+  state = jax.tree.map(np.asarray, init_state(params, tx, rng))
+  return replicate(state, mesh), replicate(frozen, mesh)
+
+
 # --------------------------------------------------------------------------------------
 # The per-device functions
 
@@ -94,22 +108,15 @@ class DistillSpec:
 
   Attributes:
     student, teacher: encoder architectures.
-    loss: which distillation loss and its OT settings.
-    src_special / tgt_special: special-token ids of the student / teacher tokenizer,
-      for the marginals' include-special switch.
-    include_special: whether [CLS]/[SEP] (<s>/</s>) carry OT mass.
-    marginals: 'uniform' or 'idf' (then `frozen['src_idf']`/`['tgt_idf']` are used).
+    loss: the distillation loss with all its settings (`losses.DistillConfig`: OT,
+      marginals, special tokens).
     skip_nonfinite: skip (and count) an update whose loss or gradients are not finite;
       otherwise it is applied and the caller stops training on the reported flag.
   """
 
   student: enc.EncoderConfig
   teacher: enc.EncoderConfig
-  loss: Any
-  src_special: Tuple[int, ...] = ()
-  tgt_special: Tuple[int, ...] = ()
-  include_special: bool = True
-  marginals: str = "uniform"
+  loss: losses.DistillConfig = losses.DistillConfig()
   skip_nonfinite: bool = False
 
 
@@ -148,28 +155,20 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
 
   Args:
     state: the student's train state (replicated).
-    frozen: {'teacher': teacher params, optional 'src_idf'/'tgt_idf'} (replicated;
-      never differentiated).
+    frozen: {'teacher': teacher params, and 'src_idf'/'tgt_idf' for idf marginals}
+      (replicated; never differentiated).
     batch: src_ids/src_mask (foreign side, student) and tgt_ids/tgt_mask (English
       side, teacher), each [local_batch, bucket_len].
   """
   teacher_tokens = enc.apply(frozen["teacher"], batch["tgt_ids"], batch["tgt_mask"],
                              cfg=spec.teacher)
   teacher_tokens = jax.lax.stop_gradient(teacher_tokens)
-  idf = spec.marginals == "idf"
-  s_w = ot.token_weights(batch["src_mask"], batch["src_ids"], special_ids=spec.src_special,
-                         include_special=spec.include_special,
-                         idf=frozen.get("src_idf") if idf else None)
-  t_w = ot.token_weights(batch["tgt_mask"], batch["tgt_ids"], special_ids=spec.tgt_special,
-                         include_special=spec.include_special,
-                         idf=frozen.get("tgt_idf") if idf else None)
   rng = _step_rng(state)
 
   def loss_fn(params):
     student_tokens = enc.apply(params, batch["src_ids"], batch["src_mask"], cfg=spec.student,
                                deterministic=False, rng=rng)
-    return losses.distillation_loss(student_tokens, batch["src_mask"], s_w, teacher_tokens,
-                                    batch["tgt_mask"], t_w, spec.loss)
+    return losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss, idf=frozen)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite)
@@ -201,9 +200,7 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
 
   def encode(params, ids, mask, key):
     tokens = enc.apply(params, ids, mask, cfg=spec.encoder, deterministic=False, rng=key)
-    if spec.scoring == "maxsim":
-      return enc.l2_normalize(tokens), mask
-    return enc.pool(tokens, mask, spec.pooling, normalize=True), mask
+    return scoring.embed(tokens, mask, spec.scoring, spec.pooling, True), mask
 
   def loss_fn(params):
     q, q_mask = encode(params, batch["q_ids"], batch["q_mask"], r1)
@@ -236,13 +233,6 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
 # --------------------------------------------------------------------------------------
 # Mapping over devices
 
-def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
-  """A 1-D `data` mesh over all (global) devices, with Auto axis types (ott-jax needs it)."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return jax.sharding.Mesh(devices.reshape(-1), (AXIS,),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def map_over_devices(local_fn: Callable, mesh: jax.sharding.Mesh, *, donate_state: bool = True):
   """Maps `local_fn(state, frozen, batch) -> (state, metrics)` over the `data` mesh, jitted.
 
@@ -270,32 +260,6 @@ def make_teacher_step(spec: TeacherSpec, tx: optax.GradientTransformation,
                       mesh: jax.sharding.Mesh, donate_state: bool = True):
   return map_over_devices(functools.partial(teacher_step_local, spec=spec, tx=tx), mesh,
                           donate_state=donate_state)
-
-
-def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places a pytree that every host holds identically on all devices (replicated).
-
-  Works across hosts: each host supplies the shards of its own devices from its copy.
-  Keys must be raw uint32 keys (`jax.random.PRNGKey`), as the train state uses.
-  """
-  sharding = NamedSharding(mesh, P())
-
-  def put(x):
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-  return jax.tree.map(put, tree)
-
-
-def shard_batch(local_batch: Dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> Batch:
-  """This host's slice of the global batch -> global arrays split over the `data` axis.
-
-  Each host passes only its own rows (global_batch / process_count of them); the
-  leading dimension must divide evenly over this host's devices.
-  """
-  sharding = NamedSharding(mesh, P(AXIS))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
 
 
 def host_metrics(metrics: Dict[str, jax.Array]) -> Dict[str, float]:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
@@ -24,7 +24,7 @@ from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import pipeline, retrieval_train
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
-from optical_jax.monitor import MetricWriter, Progress
+from optical_jax.monitor import CompileCounter, MetricWriter, Progress
 
 log = logging.getLogger(__name__)
 
@@ -65,44 +65,60 @@ def _cache_dir(config) -> str:
   return config.data.cache_dir or os.path.join(assets.cache_dir(), "tokens")
 
 
-def _distill_spec(config, student: models.Model, teacher: models.Model) -> step_lib.DistillSpec:
+@dataclasses.dataclass
+class Setup:
+  """What a training mode needs: the trained model, the step's static spec and its
+  factory, the batches, the frozen step inputs and an optional validation function."""
+
+  model: models.Model
+  spec: Any
+  make_step: Callable
+  batches: Any
+  frozen: Dict[str, Any]
+  validate: Optional[Callable[[Any], Dict[str, float]]] = None
+
+
+def distill_loss_config(config, student: models.Model, teacher: models.Model) -> losses.DistillConfig:
+  """The loss settings of `config.loss`, with the tokenizers' special-token ids."""
+  settings = config.loss.to_dict()
+  settings.pop("temperature")   # teacher mode's contrastive temperature
+  return losses.DistillConfig.from_dict(dict(
+      settings, src_special=tuple(student.tokenizer.special_ids),
+      tgt_special=tuple(teacher.tokenizer.special_ids)))
+
+
+def _data_seed(config) -> int:
+  seed = int(config.data.bitext.seed)
+  return int(config.seed) if seed < 0 else seed
+
+
+def _build_distill(config, init_key: jax.Array) -> Setup:
+  teacher = models.load_model(config.teacher, where="teacher")
+  student = models.load_model(config.student, rng=init_key, where="student")
   if student.cfg.output_dim != teacher.cfg.output_dim:
     raise InputError(
         f"student embedding size {student.cfg.output_dim} != teacher's {teacher.cfg.output_dim}: "
         f"set --config.student.head_dim={teacher.cfg.output_dim} to add a projection head")
-  if config.loss.marginals not in ("uniform", "idf"):
-    raise InputError(f"loss.marginals must be 'uniform' or 'idf', got {config.loss.marginals!r}")
-  loss_cfg = losses.DistillConfig.from_dict(
-      dict(loss=config.loss.loss, sentence_weight=config.loss.sentence_weight,
-           sentence_distance=config.loss.sentence_distance, ot=config.loss.ot.to_dict()))
-  return step_lib.DistillSpec(
-      student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
-      src_special=tuple(student.tokenizer.special_ids),
-      tgt_special=tuple(teacher.tokenizer.special_ids),
-      include_special=bool(config.loss.include_special), marginals=config.loss.marginals,
-      skip_nonfinite=bool(config.train.skip_nonfinite))
-
-
-def _build_distill(config, mesh):
-  teacher = models.load_model(config.teacher, where="teacher")
-  student = models.load_model(config.student, rng=jax.random.PRNGKey(config.seed), where="student")
-  spec = _distill_spec(config, student, teacher)
-  mixture = bitext_lib.load_mixture(config.data.bitext.to_dict())
+  spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg,
+                              loss=distill_loss_config(config, student, teacher),
+                              skip_nonfinite=bool(config.train.skip_nonfinite))
+  mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
+                                         ratios=config.data.bitext.ratios))
   pcfg = pipeline.PipelineConfig(
       global_batch=int(config.data.global_batch),
       src_max_length=student.max_len("query"), tgt_max_length=teacher.max_len("query"),
       buckets=tuple(config.data.buckets), src_prefix=student.prefix("query"),
       tgt_prefix=teacher.prefix("query"), remainder="drop",
-      seed=int(config.seed), cache_dir=_cache_dir(config))
+      seed=_data_seed(config), cache_dir=_cache_dir(config))
   batches = pipeline.BitextBatches(mixture, student.tokenizer, teacher.tokenizer, pcfg,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  validate = _make_validation(config, student, teacher)
   frozen: Dict[str, Any] = {"teacher": teacher.params}
-  if config.loss.marginals == "idf":
+  if spec.loss.marginals == "idf":
     frozen["src_idf"] = ot.compute_idf(_rows(batches.src), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(_rows(batches.tgt), teacher.cfg.vocab_size)
-  return student, spec, batches, frozen, validate
+  return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
+               _make_validation(config, student, teacher))
 
 
 def _make_validation(config, student: models.Model, teacher: models.Model):
@@ -113,8 +129,11 @@ def _make_validation(config, student: models.Model, teacher: models.Model):
   pairs = [p for s in sources for p in bitext_lib.load_source(dict(s)).pairs()]
   src = student.tokenizer.pad(*_tokenized(student, [f for f, _ in pairs]))
   tgt = teacher.tokenizer.pad(*_tokenized(teacher, [e for _, e in pairs]))
-  return lambda params: validation.validate(params, student.cfg, teacher.params, teacher.cfg,
-                                            src, tgt, pooling=student.spec.pooling)
+  return validation.Validator(student, teacher, src, tgt)
+
+
+def _rows(ragged):
+  return [ragged.flat[a:b] for a, b in zip(ragged.offsets[:-1], ragged.offsets[1:])]
 
 
 def _tokenized(model: models.Model, texts):
@@ -122,12 +141,8 @@ def _tokenized(model: models.Model, texts):
   return ids, max(len(x) for x in ids)
 
 
-def _rows(ragged):
-  return [ragged.flat[a:b] for a, b in zip(ragged.offsets[:-1], ragged.offsets[1:])]
-
-
-def _build_teacher(config, mesh):
-  model = models.load_model(config.teacher, rng=jax.random.PRNGKey(config.seed), where="teacher")
+def _build_teacher(config, init_key: jax.Array) -> Setup:
+  model = models.load_model(config.teacher, rng=init_key, where="teacher")
   spec = step_lib.TeacherSpec(encoder=model.cfg, scoring=model.spec.scoring,
                               pooling=model.spec.pooling, temperature=float(config.loss.temperature),
                               skip_nonfinite=bool(config.train.skip_nonfinite))
@@ -136,17 +151,18 @@ def _build_teacher(config, mesh):
   if not sources:
     raise InputError("teacher mode needs data.retrieval.sources")
   examples = [retrieval_train.load_retrieval_source(s) for s in sources]
+  q_max = model.max_len("query")
   rcfg = retrieval_train.RetrievalConfig(
-      global_batch=int(config.data.global_batch), q_max_length=model.max_len("query"),
+      global_batch=int(config.data.global_batch), q_max_length=q_max,
       p_max_length=model.max_len("doc"),
-      q_buckets=tuple(b for b in config.data.buckets if b <= model.max_len("query")) or (model.max_len("query"),),
+      q_buckets=tuple(b for b in config.data.buckets if b <= q_max) or (q_max,),
       p_buckets=tuple(config.data.doc_buckets), q_prefix=model.prefix("query"),
       p_prefix=model.prefix("doc"), num_negatives=int(config.data.num_negatives),
       remainder="drop", seed=int(config.seed), cache_dir=_cache_dir(config))
   batches = retrieval_train.RetrievalBatches(examples, model.tokenizer, rcfg, ratios=data.get("ratios"),
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count())
-  return model, spec, batches, {}, None
+  return Setup(model, spec, step_lib.make_teacher_step, batches, {})
 
 
 def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) -> Result:
@@ -169,14 +185,16 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     raise InputError(f"data.global_batch {config.data.global_batch} is not divisible by the "
                      f"{mesh.size} devices")
   mode = config.mode
+  # Separate streams: the student's initialisation (random weights, a new head) and
+  # the training randomness (dropout), so changing one never changes the other.
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
   if mode == "distill":
-    model, spec, batches, frozen, validate = _build_distill(config, mesh)
-    make_step = step_lib.make_distill_step
+    setup = _build_distill(config, init_key)
   elif mode == "teacher":
-    model, spec, batches, frozen, validate = _build_teacher(config, mesh)
-    make_step = step_lib.make_teacher_step
+    setup = _build_teacher(config, init_key)
   else:
     raise InputError(f"mode must be 'distill' or 'teacher', got {mode!r}")
+  model, spec, batches, validate = setup.model, setup.spec, setup.batches, setup.validate
   log_fn(f"{mode}: {jax.device_count()} device(s) on {jax.process_count()} process(es); "
          f"{batches.batches_per_epoch(0)} batches/epoch of {config.data.global_batch}; "
          f"data {batches.stats().get('sources', '')}")
@@ -186,8 +204,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   tx = step_lib.make_optimizer(model.params, lr=o.lr, steps=steps, warmup_steps=o.warmup_steps,
                                weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1,
                                b2=o.b2, eps=o.eps, freeze=tuple(o.freeze))
-  state = step_lib.init_state(model.params, tx, jax.random.PRNGKey(int(config.seed)))
-  state = jax.tree.map(np.asarray, state)
+  state, frozen = step_lib.replicated_state(model.params, tx, train_key, setup.frozen, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.train.keep_checkpoints))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -197,13 +214,11 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     resumed_from, state, meta = restored
     batches.restore(meta["data"])
     log_fn(f"resumed from step {resumed_from} ({ckpt.directory})")
-  else:
-    state = step_lib.replicate(state, mesh)
-  frozen = step_lib.replicate(frozen, mesh)
   writer = MetricWriter(workdir, enabled=primary)
   writer.truncate_after(int(resumed_from or 0))
-  train_step = make_step(spec, tx, mesh)
+  train_step = setup.make_step(spec, tx, mesh)
   guard = checkpoint.PreemptionGuard()
+  compiles = CompileCounter().start()
 
   start = int(np.asarray(jax.device_get(state.step)))
   end = steps if max_steps is None else min(steps, start + max_steps)
@@ -268,15 +283,18 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   finally:
     guard.restore()
     writer.close()
+    compiles.stop()
   progress.close(step)
   export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
   if step >= steps and primary:
     params = jax.device_get(state.params)
     models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
-                        extra={"mode": mode, "step": step,
+                        extra={"mode": mode, "step": step, "lang": config.lang,
                                "teacher": config.teacher.to_dict() if mode == "distill" else None})
     write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
   ckpt.close()
-  compilations = train_step._cache_size() if hasattr(train_step, "_cache_size") else -1
+  # The train step's compilations in this invocation (from disk or not): once per bucket.
+  step_name = "distill_step_local" if mode == "distill" else "teacher_step_local"
+  compilations = compiles.total_compiled(step_name) + compiles.total_loaded(step_name)
   return Result(workdir=workdir, step=step, export_dir=export_dir, last_metrics=metrics,
                 resumed_from=resumed_from, compilations=compilations)

@@ -11,7 +11,7 @@ query encoder (both pooled and normalised as for retrieval), then report
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +20,15 @@ import numpy as np
 from optical_jax import encoder as enc
 
 
-def embed(params, cfg: enc.EncoderConfig, ids: np.ndarray, mask: np.ndarray, pooling: str,
+def pooled_embed_fn(cfg: enc.EncoderConfig, pooling: str) -> Callable:
+  """A jitted (params, ids, mask) -> pooled, L2-normalised embeddings [B, D]; make it once
+  and reuse it (it compiles once per batch shape)."""
+  return jax.jit(lambda p, i, m: enc.pool(enc.apply(p, i, m, cfg=cfg), m, pooling, True))
+
+
+def embed(params, embed_fn: Callable, ids: np.ndarray, mask: np.ndarray,
           batch_size: int = 64) -> np.ndarray:
-  """Pooled, L2-normalised embeddings in fixed-size batches (one compilation per length)."""
-  f = jax.jit(lambda p, i, m: enc.pool(enc.apply(p, i, m, cfg=cfg), m, pooling, True))
+  """`embed_fn` over fixed-size batches (the last one padded): one compilation per length."""
   out = []
   n = len(ids)
   for lo in range(0, n, batch_size):
@@ -31,8 +36,8 @@ def embed(params, cfg: enc.EncoderConfig, ids: np.ndarray, mask: np.ndarray, poo
     pad = batch_size - len(i)
     if pad:
       i, m = np.pad(i, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
-    out.append(np.asarray(f(params, i, m))[: batch_size - pad])
-  return np.concatenate(out) if out else np.zeros((0, cfg.output_dim), np.float32)
+    out.append(np.asarray(embed_fn(params, i, m))[: batch_size - pad])
+  return np.concatenate(out)
 
 
 def translation_metrics(student_emb: np.ndarray, teacher_emb: np.ndarray) -> Dict[str, float]:
@@ -46,9 +51,26 @@ def translation_metrics(student_emb: np.ndarray, teacher_emb: np.ndarray) -> Dic
           "val_mrr": float((1.0 / rank).mean())}
 
 
-def validate(student_params, student_cfg, teacher_params, teacher_cfg, src: Sequence[Any],
-             tgt: Sequence[Any], pooling: str = "mean") -> Dict[str, float]:
-  """`src`/`tgt` are (ids, mask) arrays of the held-out foreign / English sentences."""
-  s = embed(student_params, student_cfg, *src, pooling=pooling)
-  t = embed(teacher_params, teacher_cfg, *tgt, pooling=pooling)
-  return translation_metrics(s, t)
+class Validator:
+  """Held-out pairs -> `val_*` metrics of the student's current params.
+
+  The teacher is frozen, so its English embeddings are computed once; the student's
+  embedding function is jitted once and reused at every validation.
+
+  Args:
+    student, teacher: loaded models (`optical_jax.models.Model`); pooling is the
+      student's (`student.spec.pooling`).
+    src, tgt: (ids, mask) arrays of the foreign / English sentences, rows aligned.
+  """
+
+  def __init__(self, student, teacher, src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]):
+    if len(src[0]) == 0:
+      raise ValueError("validation needs at least one pair")
+    pooling = student.spec.pooling
+    self._src = src
+    self._student_fn = pooled_embed_fn(student.cfg, pooling)
+    self._teacher_emb = embed(teacher.params, pooled_embed_fn(teacher.cfg, pooling), *tgt)
+
+  def __call__(self, student_params) -> Dict[str, float]:
+    return translation_metrics(embed(student_params, self._student_fn, *self._src),
+                               self._teacher_emb)

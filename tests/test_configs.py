@@ -68,7 +68,7 @@ def test_eval_config_teacher_workdir_reads_english_queries(tmp_path):
       "text": {"query_prefix": "", "doc_prefix": "", "query_max_len": 32,
                "doc_max_len": 256, "pooling": "mean", "normalize": True,
                "scoring": "dense"}}))
-  c = _load("eval_afriqa").get_config(f"swa,models=minilm,tuned={tmp_path / 'run'}")
+  c = _load("eval_afriqa").get_config(f"swa,models=minilm,run.tuned={tmp_path / 'run'}")
   tuned = c.systems["tuned"]
   assert tuned.query_field == "text_en" and tuned.doc_model is None
   assert tuned.query_model.path == str(export) and tuned.query_model.query_max_len == 32
@@ -99,7 +99,7 @@ def test_compilation_cache_default_and_switches(tmp_path, monkeypatch, restore_c
 
 
 def test_bitext_for_language_without_ntrex_warns_and_keeps_afriqa():
-  from optical_jax.config import bitext_sources
+  from configs.common import bitext_sources
   with pytest.warns(UserWarning, match="no NTREX-128 bitext for 'twi'"):
     sources = bitext_sources("twi")
   assert [s["label"] for s in sources] == ["afriqa-twi"]

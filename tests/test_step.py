@@ -39,9 +39,8 @@ def _setup(loss="ot", skip_nonfinite=False, steps=20):
 
 
 def _run(mesh, spec, tx, student, teacher, batches):
-  state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(
-      student, tx, jax.random.PRNGKey(0))), mesh)
-  frozen = step_lib.replicate({"teacher": teacher}, mesh)
+  state, frozen = step_lib.replicated_state(student, tx, jax.random.PRNGKey(0),
+                                            {"teacher": teacher}, mesh)
   fn = step_lib.make_distill_step(spec, tx, mesh)
   losses_seen = []
   for b in batches:
@@ -92,9 +91,9 @@ def test_teacher_is_not_differentiated_or_in_state():
   n_state = sum(np.size(x) for x in jax.tree.leaves(state.params))
   assert n_state == n_student
   # Teacher params are never donated or changed by the step.
-  frozen = step_lib.replicate({"teacher": teacher}, mesh)
+  st, frozen = step_lib.replicated_state(student, tx, jax.random.PRNGKey(0), {"teacher": teacher},
+                                         mesh)
   fn = step_lib.make_distill_step(spec, tx, mesh)
-  st = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(student, tx, jax.random.PRNGKey(0))), mesh)
   fn(st, frozen, step_lib.shard_batch(_batch(rng, 4, 6, 6), mesh))
   for a, b in zip(jax.tree.leaves(jax.device_get(frozen["teacher"])), jax.tree.leaves(teacher)):
     np.testing.assert_array_equal(a, b)
@@ -107,10 +106,11 @@ def test_nonfinite_is_flagged_and_optionally_skipped(skip):
   bad_teacher["encoder"]["embeddings"]["word_embeddings"]["embedding"] = (
       jnp.full_like(teacher["encoder"]["embeddings"]["word_embeddings"]["embedding"], jnp.nan))
   mesh = step_lib.make_mesh(jax.devices()[:2])
-  state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(student, tx, jax.random.PRNGKey(0))), mesh)
+  state, frozen = step_lib.replicated_state(student, tx, jax.random.PRNGKey(0),
+                                            {"teacher": bad_teacher}, mesh)
   fn = step_lib.make_distill_step(spec, tx, mesh)
   batch = step_lib.shard_batch(_batch(np.random.default_rng(3), 4, 6, 6), mesh)
-  state, m = fn(state, step_lib.replicate({"teacher": bad_teacher}, mesh), batch)
+  state, m = fn(state, frozen, batch)
   assert float(m["finite"]) == 0.0
   params = jax.device_get(state.params)
   if skip:
@@ -139,11 +139,11 @@ def test_teacher_step_gathers_negatives_across_devices():
   results = []
   for n_dev in (1, 4):
     mesh = step_lib.make_mesh(jax.devices()[:n_dev])
-    state = step_lib.replicate(jax.tree.map(np.asarray, step_lib.init_state(params, tx, jax.random.PRNGKey(0))), mesh)
+    state, frozen = step_lib.replicated_state(params, tx, jax.random.PRNGKey(0), {}, mesh)
     fn = step_lib.make_teacher_step(spec, tx, mesh)
     ls = []
     for b in batches:
-      state, m = fn(state, {}, step_lib.shard_batch(b, mesh))
+      state, m = fn(state, frozen, step_lib.shard_batch(b, mesh))
       ls.append(float(m["loss"]))
     results.append((ls, jax.device_get(state.params)))
   # With hard negatives the global candidate set is ordered per device, so the loss

