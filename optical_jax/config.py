@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
       skip_nonfinite=False,   # False: stop with a message naming the step
       progress=True,
       devices=0,              # 0 = all devices; n = the first n (single process only)
+      # Resuming a workdir with settings that change the math (steps, lr, data, loss...)
+      # stops with the list of differences unless this is set.
+      allow_config_change=False,
   ))
 
   # Several hosts: jax.distributed.initialize(...) when enabled (TPU pods fill these in
@@ -96,3 +99,43 @@ def base_config() -> ml_collections.ConfigDict:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+# Fields a resumed run may change freely: how it logs, checkpoints, validates and is
+# laid out on devices, not what it computes (data order and sharding do not depend on
+# the device count: the global batch is fixed).
+HARMLESS_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                   "train.progress", "train.devices", "train.skip_nonfinite",
+                   "train.allow_config_change", "validation.every", "data.cache_dir",
+                   "distributed.")
+
+
+def _flatten(tree, prefix: str = ""):
+  out = {}
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    if tree:
+      return out
+  out[prefix[:-1]] = tree
+  return out
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict):
+  """Differences between a workdir's saved `config.json` and `config`, split in two.
+
+  Returns:
+    (changes to the math, harmless changes): lists of 'field: old -> new' strings,
+    fields in sorted order; harmless fields are `HARMLESS_FIELDS` (a trailing '.'
+    names a whole subtree).
+  """
+  old, new = _flatten(saved), _flatten(json.loads(to_json(config)))
+  math, harmless = [], []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if a == b:
+      continue
+    line = f"{key}: {json.dumps(a)} -> {json.dumps(b)}"
+    is_harmless = any(key == f or (f.endswith(".") and key.startswith(f)) for f in HARMLESS_FIELDS)
+    (harmless if is_harmless else math).append(line)
+  return math, harmless

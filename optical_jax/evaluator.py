@@ -76,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
     dataset.query_field: JSONL field of the query text (a system may override it, e.g.
       'text_en' for an oracle-translation system).
     dataset.titles / title_sep: passage text = title + title_sep + text (as in training,
-      `optical_jax.data.retrieval_train.passage_text`); titles=False uses the text only.
+      `optical_jax.data.beir.passage_text`); titles=False uses the text only.
     dataset.judged_only: retrieve only for queries that have judgements.
     systems: name -> `system(...)`, in the order of the table and chart.
     baselines: system names the others are tested against (default: the first system).

@@ -29,7 +29,7 @@ for setting in minilm e5; do
     $PY train.py --config "$cfg" --workdir "$OUT/train/$setting-$system" "${extra[@]}"
   done
   echo "== [$(( ($(date +%s) - start) / 60 )) min] evaluate $setting"
-  $PY eval.py --config "configs/eval_afriqa.py:$L,models=$setting,baselines=$setting-zeroshot+$setting-sentence,$setting-sentence=$OUT/train/$setting-sentence,$setting-optical=$OUT/train/$setting-optical" \
+  $PY eval.py --config "configs/eval_afriqa.py:$L,models=$setting,baselines=$setting-zeroshot+$setting-sentence,run.$setting-sentence=$OUT/train/$setting-sentence,run.$setting-optical=$OUT/train/$setting-optical" \
     --out "$OUT/eval-$setting"
 done
 
