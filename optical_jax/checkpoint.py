@@ -6,7 +6,8 @@ iterator's position and anything else the trainer wants back). The teacher is
 never saved. Orbax writes each step into a temporary directory and renames it when
 complete, so a killed run never leaves a half checkpoint that looks finished; on
 start `restore_latest` tries the newest step and falls back to older ones if a
-restore fails, reporting each failure.
+restore fails, reporting each failure and moving the failed step aside
+(`checkpoints/STEP.corrupt`) so that the run can write that step again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from optical_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -29,11 +32,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = False):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "meta"))
+    self.manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options,
+                                 item_names=("state", "meta"))
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -53,19 +59,63 @@ class Checkpointer:
                      ) -> Optional[Tuple[int, Any, Dict[str, Any]]]:
     """The newest checkpoint that restores; None when there is none.
 
-    A step that fails to restore is reported and the previous one is tried.
+    A step that fails to restore is reported, moved aside to `STEP.corrupt` (or
+    `STEP.corrupt.N` when that exists; kept for inspection, never deleted) and the
+    previous one is tried. Moving it aside is what lets the run save that step again
+    when it gets there: Orbax refuses to overwrite an existing step.
     """
-    for step in reversed(self.all_steps()):
+    moved = False
+    try:
+      for step in reversed(self.all_steps()):
+        try:
+          state, meta = self.restore(step, abstract_state)
+          return step, state, meta
+        except Exception as e:  # pylint: disable=broad-except
+          where = os.path.join(self.directory, str(step))
+          first = str(e).splitlines()[0] if str(e) else ""
+          if len(first) > 300:
+            first = first[:300] + "..."
+          aside = self._move_aside(step)
+          moved = True
+          report(f"checkpoint {where} failed to restore ({type(e).__name__}: {first}); "
+                 f"moved to {aside}; trying the previous one")
+      return None
+    finally:
+      if moved:
+        self._reopen()
+
+  def _move_aside(self, step: int) -> str:
+    """Renames a step directory to `STEP.corrupt[.N]` (process 0 only); returns the new path."""
+    src = os.path.join(self.directory, str(step))
+    dst = corrupt_name(src)
+    if jax.process_index() == 0:
       try:
-        state, meta = self.restore(step, abstract_state)
-        return step, state, meta
-      except Exception as e:  # pylint: disable=broad-except
-        report(f"checkpoint {os.path.join(self.directory, str(step))} failed to restore "
-               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); trying the previous one")
-    return None
+        os.replace(src, dst)
+      except OSError as e:
+        raise InputError(f"checkpoint failed to restore and cannot be moved aside to {dst}: "
+                         f"{e.strerror or e}; move or delete it", src) from e
+    return dst
+
+  def _reopen(self) -> None:
+    """Re-creates the Orbax manager so that it forgets the steps moved aside."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("optical_jax.checkpoint.move_aside")
+    self.manager.close()
+    self.manager = self._open()
 
   def close(self):
     self.manager.close()
+
+
+def corrupt_name(path: str) -> str:
+  """`PATH.corrupt`, or the first free `PATH.corrupt.N` (N = 1, 2, ...)."""
+  dst = f"{path}.corrupt"
+  n = 0
+  while os.path.exists(dst):
+    n += 1
+    dst = f"{path}.corrupt.{n}"
+  return dst
 
 
 def abstract_like(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -> Any:

@@ -1,14 +1,27 @@
-"""Training observability: TensorBoard event files, a JSONL metrics log and a progress line."""
+"""Training observability: TensorBoard event files, a JSONL metrics log and progress lines.
+
+Progress goes to stderr. On a terminal it redraws one line (tqdm, or a carriage return
+for the training line); anywhere else (a log file, a pipe, a batch job) it prints plain
+lines, at most one every `OPTICAL_JAX_PROGRESS_EVERY` seconds (default 30) plus a final
+one, and never a carriage return, so logs stay readable.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from optical_jax.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_ENV = "OPTICAL_JAX_PROGRESS_EVERY"
+DEFAULT_PROGRESS_EVERY = 30.0
 
 
 class MetricWriter:
@@ -50,45 +63,251 @@ class MetricWriter:
 
 
 def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
   seconds = max(0, int(seconds))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def progress_every() -> float:
+  """Seconds between progress lines in logs: $OPTICAL_JAX_PROGRESS_EVERY, default 30."""
+  raw = os.environ.get(PROGRESS_EVERY_ENV, "").strip()
+  if not raw:
+    return DEFAULT_PROGRESS_EVERY
+  try:
+    value = float(raw)
+    if value < 0 or not math.isfinite(value):
+      raise ValueError
+    return value
+  except ValueError:
+    log.warning("%s=%r is not a number of seconds >= 0; using %g", PROGRESS_EVERY_ENV, raw,
+                DEFAULT_PROGRESS_EVERY)
+    return DEFAULT_PROGRESS_EVERY
+
+
+def is_terminal(stream) -> bool:
+  try:
+    return bool(stream.isatty())
+  except (AttributeError, ValueError):  # no isatty, or a closed stream
+    return False
+
+
+def _format_count(x: float) -> str:
+  return f"{x:.0f}" if float(x).is_integer() else f"{x:.4g}"
+
+
+class LogProgress:
+  """A progress bar for logs, with tqdm's interface (the parts this project uses).
+
+  Prints `desc: n/total unit (pct%) | rate unit/s | ETA mm:ss | postfix` as a plain
+  line at most every `every` seconds, and a final line at `close()` (always, even
+  when the bar was created with tqdm's `leave=False`). Nothing is printed when disabled.
+  The rate is measured from the end of the first update on, so a slow first batch
+  (compilation) does not skew the ETA.
+  """
+
+  def __init__(self, iterable: Optional[Iterable] = None, total: Optional[float] = None,
+               desc: Optional[str] = None, unit: str = "it", disable: bool = False,
+               stream=None, every: Optional[float] = None,
+               clock: Callable[[], float] = time.monotonic, initial: float = 0, **unused):
+    del unused  # tqdm options without a meaning here (leave, dynamic_ncols, ...)
+    self.iterable = iterable
+    if total is None and iterable is not None:
+      try:
+        total = len(iterable)  # type: ignore[arg-type]
+      except TypeError:
+        total = None
+    self.total = total
+    self.desc = desc or ""
+    self.unit = unit
+    self.disable = bool(disable)
+    self.stream = stream if stream is not None else sys.stderr
+    self.every = progress_every() if every is None else float(every)
+    self._clock = clock
+    self.n = initial
+    self.postfix = ""
+    self.t0 = clock()
+    self._last_print = self.t0
+    self._first: Optional[tuple] = None  # (time, n) at the first update
+    self._closed = False
+
+  # -- tqdm interface
+
+  def __iter__(self):
+    if self.iterable is None:
+      raise TypeError("LogProgress was created without an iterable")
+    try:
+      for item in self.iterable:
+        yield item
+        self.update(1)
+    finally:
+      self.close()
+
+  def __len__(self):
+    return int(self.total or 0)
+
+  def __enter__(self) -> "LogProgress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def update(self, n: float = 1) -> None:
+    now = self._clock()
+    self.n += n
+    if self._first is None:
+      self._first = (now, self.n)
+    if not self.disable and now - self._last_print >= self.every:
+      self._print(now)
+
+  def set_postfix(self, ordered_dict: Optional[Dict[str, Any]] = None, refresh: bool = True,
+                  **kwargs) -> None:
+    del refresh
+    items = dict(ordered_dict or {}, **kwargs)
+    self.postfix = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items.items())
+
+  def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+    del refresh
+    self.postfix = str(s)
+
+  def set_description(self, desc: Optional[str] = None, refresh: bool = True) -> None:
+    del refresh
+    self.desc = desc or ""
+
+  def refresh(self) -> None:
+    pass
+
+  def write(self, s: str) -> None:
+    if not self.disable:
+      self.stream.write(s.rstrip("\n") + "\n")
+      self.stream.flush()
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    if not self.disable:
+      self._print(self._clock(), final=True)
+
+  # -- lines
+
+  def rate(self, now: Optional[float] = None) -> float:
+    """Units per second after the first update, else overall (0 when unknown)."""
+    now = self._clock() if now is None else now
+    if self._first is not None:
+      t1, n1 = self._first
+      if now > t1 and self.n > n1:
+        return (self.n - n1) / (now - t1)
+    if now > self.t0 and self.n > 0:
+      return self.n / (now - self.t0)
+    return 0.0
+
+  def line(self, now: Optional[float] = None, final: bool = False) -> str:
+    now = self._clock() if now is None else now
+    count = _format_count(self.n)
+    parts = []
+    if self.total:
+      parts.append(f"{count}/{_format_count(self.total)} {self.unit} "
+                   f"({100.0 * self.n / self.total:.0f}%)")
+    else:
+      parts.append(f"{count} {self.unit}")
+    r = self.rate(now)
+    if r > 0:
+      parts.append(f"{r:.3g} {self.unit}/s")
+    if final:
+      parts.append(f"done in {format_duration(now - self.t0)}")
+    elif self.total:
+      eta = (self.total - self.n) / r if r > 0 else float("nan")
+      parts.append(f"ETA {format_duration(eta)}")
+    if self.postfix:
+      parts.append(self.postfix)
+    return (f"{self.desc}: " if self.desc else "") + " | ".join(parts)
+
+  def _print(self, now: float, final: bool = False) -> None:
+    self._last_print = now
+    self.stream.write(self.line(now, final) + "\n")
+    self.stream.flush()
+
+
+def progress_bar(iterable: Optional[Iterable] = None, total: Optional[float] = None,
+                 desc: Optional[str] = None, *, enabled: Optional[bool] = None,
+                 disable: bool = False, stream=None, every: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic, **tqdm_kwargs):
+  """A tqdm bar on a terminal, else a `LogProgress` printing plain lines (same interface).
+
+  A drop-in for `tqdm(...)` (`from optical_jax.monitor import progress_bar as tqdm`):
+  use as a context manager with `update(n)`, or wrap an iterable.
+
+  Args:
+    iterable: optional iterable to wrap.
+    total: expected number of units.
+    desc: label.
+    enabled: False (or `disable=True`) shows nothing.
+    stream: where to write (default stderr); tqdm is used only when it is a terminal.
+    every: seconds between log lines (default $OPTICAL_JAX_PROGRESS_EVERY, else 30).
+    clock: time source for the log lines (tests).
+    **tqdm_kwargs: passed on to tqdm (unit, leave, ...); `unit` is also used in log lines.
+  """
+  disable = bool(disable) or enabled is False
+  stream = stream if stream is not None else sys.stderr
+  if not disable and is_terminal(stream):
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    return tqdm(iterable, total=total, desc=desc, file=stream, **tqdm_kwargs)
+  return LogProgress(iterable, total=total, desc=desc, disable=disable, stream=stream,
+                     every=every, clock=clock, **tqdm_kwargs)
+
+
 class Progress:
-  """One updating line: step/total, steps/s, ETA and chosen metrics (stderr)."""
+  """The training line: step/total, steps/s, ETA and chosen metrics (stderr).
+
+  On a terminal the line is redrawn in place; otherwise a plain line is printed at the
+  first update, then at most every `every` seconds (default $OPTICAL_JAX_PROGRESS_EVERY,
+  else 30), and the last state is printed at `close()` if it was not yet.
+  """
 
   def __init__(self, total: int, start: int = 0, enabled: bool = True, desc: str = "train",
-               stream=None):
+               stream=None, every: Optional[float] = None,
+               clock: Callable[[], float] = time.monotonic):
     self.total, self.start, self.enabled, self.desc = total, start, enabled, desc
     self.stream = stream or sys.stderr
-    self.t0 = time.time()
+    self.every = progress_every() if every is None else float(every)
+    self._clock = clock
+    self.t0 = clock()
     self.t_first: Optional[float] = None
     self.step_first = start
-    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-    self._last_print = 0.0
+    self._tty = is_terminal(self.stream)
+    self._last_print = -math.inf
+    self._pending: Optional[tuple] = None  # the last update not printed yet
 
-  def rate(self, step: int) -> float:
+  def rate(self, step: int, now: Optional[float] = None) -> float:
     # Steps/s measured after the first (compiling) step.
     if self.t_first is None or step <= self.step_first:
       return 0.0
-    return (step - self.step_first) / max(time.time() - self.t_first, 1e-9)
+    now = self._clock() if now is None else now
+    return (step - self.step_first) / max(now - self.t_first, 1e-9)
 
-  def update(self, step: int, metrics: Dict[str, float], force: bool = False) -> None:
-    if self.t_first is None:
-      self.t_first, self.step_first = time.time(), step
-    if not self.enabled:
-      return
-    now = time.time()
-    if not force and not self._tty and now - self._last_print < 10:
-      return
-    self._last_print = now
-    r = self.rate(step)
+  def line(self, step: int, metrics: Dict[str, float], now: Optional[float] = None) -> str:
+    r = self.rate(step, now)
     eta = (self.total - step) / r if r > 0 else float("nan")
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    line = (f"{self.desc} {step}/{self.total} | {r:.2f} steps/s | "
-            f"ETA {format_duration(eta) if r > 0 else '?'} | {shown}")
+    return (f"{self.desc} {step}/{self.total} | {r:.2f} steps/s | "
+            f"ETA {format_duration(eta)} | {shown}")
+
+  def update(self, step: int, metrics: Dict[str, float], force: bool = False) -> None:
+    now = self._clock()
+    if self.t_first is None:
+      self.t_first, self.step_first = now, step
+    if not self.enabled:
+      return
+    if not force and not self._tty and now - self._last_print < self.every:
+      self._pending = (step, dict(metrics), now)
+      return
+    self._last_print = now
+    self._pending = None
+    line = self.line(step, metrics, now)
     if self._tty:
       self.stream.write("\r" + line[:200].ljust(120))
     else:
@@ -96,11 +315,16 @@ class Progress:
     self.stream.flush()
 
   def close(self, step: int) -> str:
-    elapsed = time.time() - self.t0
+    now = self._clock()
+    elapsed = now - self.t0
     msg = f"{self.desc}: {step - self.start} steps in {format_duration(elapsed)}"
     if self.enabled:
       if self._tty:
         self.stream.write("\n")
+      elif self._pending is not None:
+        p_step, p_metrics, p_now = self._pending
+        self.stream.write(self.line(p_step, p_metrics, p_now) + "\n")
+      self._pending = None
       self.stream.write(msg + "\n")
       self.stream.flush()
     return msg
