@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, metrics, models, retrieval, scoring
+from optical_jax import assets, fileio, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
 from optical_jax.data import beir
 from optical_jax.data.beir import passage_text
@@ -541,13 +541,25 @@ def _doc_rows(data: Dataset, depth: int) -> List[int]:
 def run(config, out_dir: str, *, log: Log = _stderr) -> EvalResult:
   """Evaluates every system of `config` into `out_dir` (see the module docstring).
 
-  Raises InputError (one line) for bad config or input files, before any encoding.
+  Raises InputError (one line) for bad config or input files before anything is
+  written or encoded. Then the out directory is held by this evaluation alone (a second
+  one on it stops at once, naming the holder).
   """
   plans = _plan_systems(config)
   baselines = _check_settings(config, plans)
   data = _load_dataset(config, plans)
+  hold = fileio.hold_directory(os.path.abspath(out_dir), "out directory", report=log)
+  out_dir = hold.path
+  try:
+    return _evaluate(config, out_dir, plans, baselines, data, log)
+  finally:
+    hold.release()
+
+
+def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequence[str],
+              data: Dataset, log: Log) -> EvalResult:
+  """The body of `run`: encode, search, score and compare (out directory held)."""
   cache_dir = _cache_dir(config)
-  out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
   os.makedirs(os.path.join(out_dir, "metrics"), exist_ok=True)
   write_json(os.path.join(out_dir, "config.json"),

@@ -10,16 +10,18 @@ continues exactly where its last checkpoint left it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable, Dict, Optional
 
 import jax
 import numpy as np
 
-from optical_jax import assets, checkpoint, losses, models, ot, step as step_lib, validation
-from optical_jax.config import to_json
+from optical_jax import assets, checkpoint, fileio, losses, models, ot, step as step_lib, validation
+from optical_jax.config import config_changes, to_json
 from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import pipeline, retrieval_train
 from optical_jax.errors import InputError
@@ -165,8 +167,44 @@ def _build_teacher(config, init_key: jax.Array) -> Setup:
   return Setup(model, spec, step_lib.make_teacher_step, batches, {})
 
 
+def _check_resume(config, workdir: str, log_fn) -> None:
+  """Stops a resume whose config changes the math (see `config.config_changes`)."""
+  saved_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  if not (has_steps and os.path.isfile(saved_path)):
+    return
+  try:
+    with open(saved_path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise InputError(f"cannot read the saved config of this run: {e}", saved_path) from None
+  math, harmless = config_changes(saved, config)
+  if harmless:
+    log_fn("resuming with changed settings: " + "; ".join(harmless))
+  if math and not config.train.allow_config_change:
+    raise InputError(
+        f"this workdir holds a run with another config ({'; '.join(math)}); use a new "
+        "workdir, or pass --config.train.allow_config_change=True to resume anyway", workdir)
+  if math:
+    log_fn("resuming with a changed config (allowed): " + "; ".join(math))
+
+
+def _setup(config, init_key: jax.Array) -> Setup:
+  if config.mode == "distill":
+    return _build_distill(config, init_key)
+  if config.mode == "teacher":
+    return _build_teacher(config, init_key)
+  raise InputError(f"mode must be 'distill' or 'teacher', got {config.mode!r}")
+
+
 def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) -> Result:
   """Trains (or resumes) per `config` in `workdir`; returns where it ended.
+
+  The workdir is held by this run alone (`fileio.hold_directory`: a second run on it
+  stops at once naming the holder). Models and data are loaded and checked before
+  anything is written: a run that fails on bad input leaves no workdir it created
+  behind. Resuming with a config that changes the math stops with the differences.
 
   Args:
     max_steps: stop after this many steps of this invocation (tests; preemption drills).
@@ -174,26 +212,39 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   maybe_initialize_distributed(config)
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if primary:
-    write_text(os.path.join(workdir, "config.json"), to_json(config) + "\n")
-  n_dev = int(config.train.devices)
-  if n_dev and jax.process_count() > 1:
-    raise InputError("train.devices must be 0 (all devices) when running on several processes")
-  mesh = step_lib.make_mesh(jax.devices()[:n_dev] if n_dev else None)
-  if int(config.data.global_batch) % mesh.size:
-    raise InputError(f"data.global_batch {config.data.global_batch} is not divisible by the "
-                     f"{mesh.size} devices")
+  hold = fileio.hold_directory(workdir, "workdir", report=log_fn) if primary else None
+  try:
+    _check_resume(config, workdir, log_fn)
+    n_dev = int(config.train.devices)
+    if n_dev and jax.process_count() > 1:
+      raise InputError("train.devices must be 0 (all devices) when running on several processes")
+    mesh = step_lib.make_mesh(jax.devices()[:n_dev] if n_dev else None)
+    if int(config.data.global_batch) % mesh.size:
+      raise InputError(f"data.global_batch {config.data.global_batch} is not divisible by the "
+                       f"{mesh.size} devices")
+    # Separate streams: the student's initialisation (random weights, a new head) and
+    # the training randomness (dropout), so changing one never changes the other.
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+    setup = _setup(config, init_key)
+  except BaseException:
+    if hold is not None:
+      hold.release()
+      if hold.created:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  try:
+    if primary:
+      write_text(os.path.join(workdir, "config.json"), to_json(config) + "\n")
+    return _train(config, workdir, setup, mesh, train_key, max_steps=max_steps, log_fn=log_fn)
+  finally:
+    if hold is not None:
+      hold.release()
+
+
+def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, log_fn) -> Result:
+  """The training loop of `run` (workdir held, config written)."""
+  primary = jax.process_index() == 0
   mode = config.mode
-  # Separate streams: the student's initialisation (random weights, a new head) and
-  # the training randomness (dropout), so changing one never changes the other.
-  init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  if mode == "distill":
-    setup = _build_distill(config, init_key)
-  elif mode == "teacher":
-    setup = _build_teacher(config, init_key)
-  else:
-    raise InputError(f"mode must be 'distill' or 'teacher', got {mode!r}")
   model, spec, batches, validate = setup.model, setup.spec, setup.batches, setup.validate
   log_fn(f"{mode}: {jax.device_count()} device(s) on {jax.process_count()} process(es); "
          f"{batches.batches_per_epoch(0)} batches/epoch of {config.data.global_batch}; "

@@ -328,7 +328,7 @@ def test_afriqa_config_and_student_system(tmp_path, minilm_dir):
   model = models.load_model(tiny_spec(query_prefix="q: "))
   models.export_model(str(tmp_path / "run" / "student"), model.cfg, model.params, model.spec,
                       model.tokenizer)
-  c = mod.get_config(f"swa,optical={tmp_path / 'run'}")
+  c = mod.get_config(f"swa,run.optical={tmp_path / 'run'}")
   s = c.systems["optical"]
   assert s.query_model.weights == "export" and s.query_model.query_prefix == "q: "
   assert s.doc_model.path == "asset:minilm"
