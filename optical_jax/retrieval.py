@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import warnings
@@ -15,15 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from optical_jax import fingerprint, scoring as scoring_lib
 from optical_jax.data.beir import DataWarning, Run, ranked
 from optical_jax.fileio import save_npy, write_json
-from optical_jax.scoring import dense_scores, maxsim_scores
 
 Array = Union[np.ndarray, jax.Array]
 TokenizeFn = Callable[[List[str]], List[List[int]]]
 EmbedFn = Callable[[np.ndarray, np.ndarray], Any]
-
-SCORINGS = ("dense", "maxsim")
 
 
 class TokenEmbeddings(NamedTuple):
@@ -137,55 +134,12 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
 
 
 # ---------------------------------------------------------------------------
-# Fingerprints and the embedding cache.
-
-
-def fingerprint_texts(texts: Sequence[str]) -> str:
-  """A short content hash of a list of strings (order matters)."""
-  h = hashlib.sha256()
-  for t in texts:
-    h.update(t.encode("utf-8"))
-    h.update(b"\x1e")
-  return h.hexdigest()[:16]
-
-
-def fingerprint_file(path: Union[str, os.PathLike]) -> str:
-  """A short content hash of a file (e.g. a checkpoint or tokenizer)."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()[:16]
-
-
-def fingerprint_params(params: Any) -> str:
-  """A short hash of a parameter pytree: leaf paths, shapes, dtypes and bytes."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    a = np.asarray(leaf)
-    h.update(f"{jax.tree_util.keystr(path)}:{a.shape}:{a.dtype}".encode())
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()[:16]
-
-
-def _json_default(obj: Any) -> Any:
-  if isinstance(obj, (np.generic,)):
-    return obj.item()
-  if isinstance(obj, os.PathLike):
-    return os.fspath(obj)
-  if isinstance(obj, (tuple, set, frozenset)):
-    return sorted(obj) if isinstance(obj, (set, frozenset)) else list(obj)
-  raise TypeError(f"cache key part of type {type(obj).__name__} is not JSON-serialisable")
+# The embedding cache.
 
 
 def cache_key(key_parts: Mapping[str, Any]) -> str:
-  """The hex hash naming a cache entry: sha256 of the canonical JSON of `key_parts`."""
-  try:
-    blob = json.dumps(dict(key_parts), sort_keys=True, ensure_ascii=False,
-                      default=_json_default)
-  except TypeError as e:
-    raise ValueError(str(e)) from e
-  return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+  """The hex hash naming a cache entry: `fingerprint.digest` of `key_parts`, 24 digits."""
+  return fingerprint.digest(dict(key_parts), n=24)
 
 
 CacheValue = Union[np.ndarray, TokenEmbeddings, Tuple[np.ndarray, ...]]
@@ -237,8 +191,7 @@ def cached(cache_dir: Union[str, os.PathLike, None], key_parts: Mapping[str, Any
   write_json(manifest_path, {"kind": kind, "num_arrays": len(arrays),
                              "shapes": [list(a.shape) for a in arrays],
                              "dtypes": [str(a.dtype) for a in arrays],
-                             "key_parts": json.loads(json.dumps(dict(key_parts),
-                                                                default=_json_default))})
+                             "key_parts": json.loads(fingerprint.canonical_json(dict(key_parts)))})
   return value if kind != "array" else arrays[0]
 
 
@@ -247,8 +200,7 @@ def cached(cache_dir: Union[str, os.PathLike, None], key_parts: Mapping[str, Any
 
 
 def _check_inputs(q_emb, d_emb, scoring, q_mask, d_mask):
-  if scoring not in SCORINGS:
-    raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+  scoring_lib.check(scoring)
   want = 2 if scoring == "dense" else 3
   if q_emb.ndim != want or d_emb.ndim != want:
     raise ValueError(f"{scoring} scoring needs {want}-d embeddings, got queries "
@@ -273,16 +225,10 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
   return out
 
 
-def _scores(q, q_mask, d, d_mask, scoring):
-  if scoring == "dense":
-    return dense_scores(q, d)
-  return maxsim_scores(q, q_mask, d, d_mask)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "scoring"))
 def _search_step(q, q_mask, d, d_mask, offset, n_docs, best_s, best_i, *, k, scoring):
   """Scores one (query chunk, doc chunk) pair and merges its top-k into the running top-k."""
-  s = _scores(q, q_mask, d, d_mask, scoring)
+  s = scoring_lib.scores(q, q_mask, d, d_mask, scoring)
   col = offset + jnp.arange(d.shape[0], dtype=jnp.int32)
   s = jnp.where(col[None, :] < n_docs, s, -jnp.inf)
   chunk_s, chunk_pos = jax.lax.top_k(s, min(k, d.shape[0]))
@@ -400,10 +346,9 @@ def search(qids: Sequence[str], q_emb: Array, doc_ids: Sequence[str], d_emb: Arr
 @functools.partial(jax.jit, static_argnames=("scoring",))
 def _rerank_step(q, q_mask, d, d_mask, *, scoring):
   """q [B, D] / [B, Lq, D]; d [B, C, D] / [B, C, Ld, D] -> scores [B, C]."""
-  if scoring == "dense":
-    return jax.vmap(lambda q1, d1: dense_scores(q1[None], d1)[0])(q, d)
-  return jax.vmap(lambda q1, m1, d1, dm1: maxsim_scores(q1[None], m1[None], d1, dm1)[0])(
-      q, q_mask, d, d_mask)
+  def one(q1, m1, d1, dm1):  # m1 and dm1 are None for dense scoring
+    return scoring_lib.scores(q1[None], None if m1 is None else m1[None], d1, dm1, scoring)[0]
+  return jax.vmap(one)(q, q_mask, d, d_mask)
 
 
 def _as_index(ids: Union[Sequence[str], Mapping[str, int]]) -> Mapping[str, int]:

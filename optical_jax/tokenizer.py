@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
+from optical_jax import fingerprint
 from optical_jax.errors import InputError
 
 
@@ -32,8 +32,7 @@ class Tokenizer:
     if not os.path.exists(path):
       raise InputError("tokenizer file not found", path)
     self.path = path
-    with open(path, "rb") as f:
-      self.fingerprint = hashlib.sha256(f.read()).hexdigest()[:16]
+    self.fingerprint = fingerprint.file(path)
     if path.endswith(".txt"):
       from tokenizers import BertWordPieceTokenizer  # pylint: disable=g-import-not-at-top
       wp = BertWordPieceTokenizer(path, lowercase=True if lowercase is None else lowercase)

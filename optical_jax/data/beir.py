@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
-import json
 import math
 import os
 import warnings
-from typing import (Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from optical_jax import fingerprint
+from optical_jax.data import io
+from optical_jax.data.io import PathLike
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open
 
-PathLike = Union[str, os.PathLike]
 Qrels = Dict[str, Dict[str, int]]
 Run = Dict[str, Dict[str, float]]
 
@@ -38,33 +36,39 @@ class DataWarning(UserWarning):
 
 
 @dataclasses.dataclass(frozen=True)
-class Corpus:
-  """Documents in file order as parallel lists; `corpus[doc_id]` gives (title, text)."""
+class _Rows:
+  """Rows in file order with unique ids; `ids[i]` names row i."""
 
   ids: List[str]
-  titles: List[str]
-  texts: List[str]
 
   def __post_init__(self):
-    object.__setattr__(self, "_index", {d: i for i, d in enumerate(self.ids)})
+    object.__setattr__(self, "_index", {x: i for i, x in enumerate(self.ids)})
 
   def __len__(self) -> int:
     return len(self.ids)
 
-  def __contains__(self, doc_id: object) -> bool:
-    return doc_id in self._index
-
-  def __getitem__(self, doc_id: str) -> Tuple[str, str]:
-    i = self._index[doc_id]
-    return self.titles[i], self.texts[i]
+  def __contains__(self, row_id: object) -> bool:
+    return row_id in self._index
 
   def __iter__(self) -> Iterator[str]:
     return iter(self.ids)
 
   @property
   def index(self) -> Mapping[str, int]:
-    """doc_id -> row position (the row of its embedding)."""
+    """id -> row position (the row of its embedding)."""
     return self._index
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus(_Rows):
+  """Documents in file order as parallel lists; `corpus[doc_id]` gives (title, text)."""
+
+  titles: List[str]
+  texts: List[str]
+
+  def __getitem__(self, doc_id: str) -> Tuple[str, str]:
+    i = self._index[doc_id]
+    return self.titles[i], self.texts[i]
 
   def full_texts(self, sep: Optional[str] = " ") -> List[str]:
     """`passage_text(title, text, sep)` per document: the text models encode."""
@@ -72,117 +76,24 @@ class Corpus:
 
   def fingerprint(self) -> str:
     """A short content hash of ids, titles and texts (for embedding caches)."""
-    return _fingerprint(zip(self.ids, self.titles, self.texts))
+    return fingerprint.rows(zip(self.ids, self.titles, self.texts))
 
 
 @dataclasses.dataclass(frozen=True)
-class Queries:
+class Queries(_Rows):
   """Queries in file order as parallel lists; `queries[qid]` gives the text."""
 
-  ids: List[str]
   texts: List[str]
-
-  def __post_init__(self):
-    object.__setattr__(self, "_index", {q: i for i, q in enumerate(self.ids)})
-
-  def __len__(self) -> int:
-    return len(self.ids)
-
-  def __contains__(self, qid: object) -> bool:
-    return qid in self._index
 
   def __getitem__(self, qid: str) -> str:
     return self.texts[self._index[qid]]
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self.ids)
-
-  @property
-  def index(self) -> Mapping[str, int]:
-    """qid -> row position."""
-    return self._index
 
   def items(self) -> Iterator[Tuple[str, str]]:
     return zip(self.ids, self.texts)
 
   def fingerprint(self) -> str:
-    return _fingerprint(zip(self.ids, self.texts))
-
-
-def _fingerprint(rows) -> str:
-  h = hashlib.sha256()
-  for row in rows:
-    for field in row:
-      h.update(field.encode("utf-8"))
-      h.update(b"\x1f")
-    h.update(b"\x1e")
-  return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------
-# Low-level line reading.
-
-
-def _check_file(path: PathLike) -> str:
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise InputError("file not found", path)
-  if os.path.isdir(path):
-    raise InputError("is a directory, expected a file", path)
-  return path
-
-
-def _iter_lines(path: str) -> Iterator[Tuple[int, str]]:
-  """Yields (1-based line number, line without its newline); bad UTF-8 is an InputError."""
-  opener = gzip.open if path.endswith(".gz") else open
-  try:
-    with opener(path, "rb") as f:
-      for n, raw in enumerate(f, start=1):
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise InputError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path, n) from e
-        if n == 1 and line.startswith("\ufeff"):
-          line = line[1:]
-        yield n, line.rstrip("\r\n")
-  except (OSError, EOFError) as e:
-    raise InputError(f"cannot read: {e}", path) from e
-
-
-def _iter_json_objects(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
-  for n, line in _iter_lines(path):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise InputError(f"not a JSON line: {e.msg} (column {e.colno})", path, n) from e
-    if not isinstance(obj, dict):
-      raise InputError(f"expected a JSON object, found {type(obj).__name__}", path, n)
-    yield n, obj
-
-
-def _get_id(obj: Mapping[str, Any], key: str, path: str, n: int) -> str:
-  if key not in obj:
-    raise InputError(f"missing {key!r}", path, n)
-  value = obj[key]
-  if isinstance(value, bool) or not isinstance(value, (str, int)):
-    raise InputError(f"{key!r} must be a string, found {type(value).__name__}", path, n)
-  value = str(value)
-  if not value or any(c.isspace() for c in value):
-    raise InputError(f"{key!r} must be non-empty and contain no whitespace: {value!r}", path, n)
-  return value
-
-
-def _get_str(obj: Mapping[str, Any], key: str, path: str, n: int, *, required: bool) -> str:
-  if key not in obj or obj[key] is None:
-    if required:
-      raise InputError(f"missing {key!r}", path, n)
-    return ""
-  value = obj[key]
-  if not isinstance(value, str):
-    raise InputError(f"{key!r} must be a string, found {type(value).__name__}", path, n)
-  return value
+    """A short content hash of ids and texts."""
+    return fingerprint.rows(zip(self.ids, self.texts))
 
 
 def _examples(items: Sequence[str], limit: int = 3) -> str:
@@ -261,18 +172,17 @@ def load_corpus(path: PathLike) -> Corpus:
     return _irds_corpus(spec)
   if os.path.isdir(spec):
     spec = os.path.join(spec, "corpus.jsonl")
-  spec = _check_file(spec)
   ids, titles, texts = [], [], []
   first_line: Dict[str, int] = {}
-  for n, obj in _iter_json_objects(spec):
-    doc_id = _get_id(obj, "_id", spec, n)
+  for n, obj in io.iter_json_objects(spec):
+    doc_id = io.id_field(obj, "_id", spec, n)
     if doc_id in first_line:
       raise InputError(f"duplicate document id {doc_id!r} (first on line {first_line[doc_id]})",
                        spec, n)
     first_line[doc_id] = n
     ids.append(doc_id)
-    titles.append(_get_str(obj, "title", spec, n, required=False))
-    texts.append(_get_str(obj, "text", spec, n, required=True))
+    titles.append(io.string_field(obj, "title", spec, n, required=False))
+    texts.append(io.string_field(obj, "text", spec, n))
   return _finish_corpus(ids, titles, texts, spec)
 
 
@@ -291,7 +201,7 @@ def _finish_corpus(ids, titles, texts, source: str) -> Corpus:
 
 
 def _looks_like_jsonl(path: str) -> bool:
-  for _, line in _iter_lines(path):
+  for _, line in io.iter_lines(path):
     if line.strip():
       return line.lstrip().startswith("{")
   return True
@@ -318,17 +228,16 @@ def load_queries(path: PathLike, field: str = "text", *, skip_empty: bool = Fals
     queries = _irds_queries(spec, field)
     rows = list(zip(range(1, len(queries) + 1), queries.ids, queries.texts))
   else:
-    spec = _check_file(spec)
+    spec = io.check_file(spec)
     if _looks_like_jsonl(spec):
       rows = []
-      for n, obj in _iter_json_objects(spec):
-        qid = _get_id(obj, "_id", spec, n)
-        rows.append((n, qid, _get_str(obj, field, spec, n, required=True)))
+      for n, obj in io.iter_json_objects(spec):
+        rows.append((n, io.id_field(obj, "_id", spec, n), io.string_field(obj, field, spec, n)))
     else:
       if field != "text":
         raise InputError(f"TSV queries have one text column; field {field!r} needs JSONL", spec)
       rows = []
-      for n, line in _iter_lines(spec):
+      for n, line in io.iter_lines(spec):
         if not line.strip():
           continue
         if "\t" not in line:
@@ -396,11 +305,10 @@ def load_qrels(path: PathLike, *, query_ids: Optional[Collection[str]] = None,
   if spec.startswith(IRDS_PREFIX):
     qrels = _irds_qrels(spec)
   else:
-    spec = _check_file(spec)
     qrels = {}
     ncols = None
     first = True
-    for n, line in _iter_lines(spec):
+    for n, line in io.iter_lines(spec):
       if not line.strip():
         continue
       is_first, first = first, False
@@ -484,9 +392,9 @@ def load_run(path: PathLike) -> Run:
     InputError (`path:line: problem`) for a missing file, a wrong column count, a rank or
     score that is not a number, or a document listed twice for one query.
   """
-  spec = _check_file(path)
+  spec = os.fspath(path)
   run: Run = {}
-  for n, line in _iter_lines(spec):
+  for n, line in io.iter_lines(spec):
     if not line.strip():
       continue
     cols = line.split()

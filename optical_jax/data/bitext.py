@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import unicodedata
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from optical_jax import fingerprint
+from optical_jax.data import io
+from optical_jax.data.io import PathLike
 from optical_jax.errors import InputError
 
-PathLike = Union[str, os.PathLike]
-EMPTY_POLICIES = ("skip", "error")
 SOURCE_TYPES = ("lines", "tsv", "jsonl", "tfds")
 
 
@@ -48,18 +47,7 @@ class Bitext:
 
   def content_hash(self) -> str:
     """sha256 of the pairs' text (order-sensitive); keys tokenisation caches."""
-    return "sha256:" + texts_hash(self.foreign + self.english)
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-  """sha256 hex digest of a list of strings (length-prefixed, so boundaries count)."""
-  h = hashlib.sha256()
-  h.update(str(len(texts)).encode())
-  for t in texts:
-    b = t.encode("utf-8", "surrogatepass")
-    h.update(len(b).to_bytes(8, "little"))
-    h.update(b)
-  return h.hexdigest()
+    return "sha256:" + fingerprint.texts(self.foreign + self.english, n=None)
 
 
 def normalize_text(text: str) -> str:
@@ -73,78 +61,27 @@ def normalize_text(text: str) -> str:
 # --- reading -------------------------------------------------------------------------------
 
 
-def read_text_lines(path: PathLike) -> List[str]:
-  """A UTF-8 file's lines (split on '\\n' only, '\\r' and a leading BOM removed).
-
-  Unicode line separators inside a line (U+2028, U+0085, ...) do not split it, so
-  line numbers match `wc -l` and editors. Undecodable bytes raise `path:line`.
-  """
-  path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise InputError("file not found", path) from None
-  except IsADirectoryError:
-    raise InputError("is a directory, expected a file", path) from None
-  except OSError as e:
-    raise InputError(f"cannot read: {e.strerror}", path) from None
-  raw = data.split(b"\n")
-  if raw and raw[-1] == b"":
-    raw.pop()
-  lines = []
-  for i, b in enumerate(raw):
-    if b.endswith(b"\r"):
-      b = b[:-1]
-    try:
-      s = b.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise InputError(f"not valid UTF-8 (byte {e.start} of the line: {b[e.start:e.start + 4]!r})",
-                       path, i + 1) from None
-    if i == 0 and s.startswith("\ufeff"):
-      s = s[1:]
-    lines.append(s)
-  return lines
-
-
-def _check_empty_policy(empty: str) -> None:
-  if empty not in EMPTY_POLICIES:
-    raise InputError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
-
-
-class _Collector:
+class _Collector(io.EmptyPolicy):
   """Accumulates pairs, applying the empty-sentence policy with file:line reporting."""
 
   def __init__(self, empty: str):
-    _check_empty_policy(empty)
-    self.empty = empty
+    super().__init__(empty, "pairs")
     self.foreign: List[str] = []
     self.english: List[str] = []
-    self.read = 0
-    self.skipped = 0
 
   def add(self, foreign: str, english: str, path: Optional[str], line: Optional[int],
           sides: Tuple[str, str] = ("foreign", "English"), where: str = "") -> None:
-    self.read += 1
     foreign, english = foreign.strip(), english.strip()
+    problem = None
     if not foreign or not english:
-      if self.empty == "error":
-        side = sides[0] if not foreign else sides[1]
-        raise InputError(f"{where}empty {side} sentence (set empty: skip to drop such pairs)", path, line)
-      self.skipped += 1
-      return
-    self.foreign.append(foreign)
-    self.english.append(english)
+      problem = f"{where}empty {sides[0] if not foreign else sides[1]} sentence"
+    if self.admit(problem, path, line):
+      self.foreign.append(foreign)
+      self.english.append(english)
 
   def result(self, name: str) -> Bitext:
     return Bitext(name, self.foreign, self.english,
                   {"read": self.read, "skipped_empty": self.skipped})
-
-
-def _as_paths(p: Union[PathLike, Sequence[PathLike]]) -> List[str]:
-  if isinstance(p, (str, os.PathLike)):
-    return [os.fspath(p)]
-  return [os.fspath(x) for x in p]
 
 
 def read_lines(foreign_path: Union[PathLike, Sequence[PathLike]],
@@ -155,12 +92,12 @@ def read_lines(foreign_path: Union[PathLike, Sequence[PathLike]],
   Lists of paths are zipped and concatenated in order. Unequal line counts raise an
   InputError naming both files and both counts.
   """
-  fps, eps = _as_paths(foreign_path), _as_paths(english_path)
+  fps, eps = io.as_paths(foreign_path), io.as_paths(english_path)
   if len(fps) != len(eps):
     raise InputError(f"{len(fps)} foreign files but {len(eps)} English files")
   col = _Collector(empty)
   for fp, ep in zip(fps, eps):
-    f_lines, e_lines = read_text_lines(fp), read_text_lines(ep)
+    f_lines, e_lines = io.read_text_lines(fp), io.read_text_lines(ep)
     if len(f_lines) != len(e_lines):
       raise InputError(f"has {len(f_lines)} lines but {ep} has {len(e_lines)} lines; "
                        "line-aligned bitext needs equal counts", fp)
@@ -189,44 +126,14 @@ def read_tsv(path: Union[PathLike, Sequence[PathLike]], *, foreign_column: int =
   if ncol < need:
     raise InputError(f"num_columns={ncol} but column {need - 1} is used")
   col = _Collector(empty)
-  paths = _as_paths(path)
+  paths = io.as_paths(path)
   for p in paths:
-    for i, line in enumerate(read_text_lines(p)):
-      if skip_header and i == 0:
-        continue
-      if not line.strip():
-        col.add("", "", p, i + 1)
-        continue
-      fields = line.split("\t")
-      if len(fields) != ncol:
-        raise InputError(f"expected {ncol} tab-separated columns, found {len(fields)}", p, i + 1)
-      col.add(fields[foreign_column], fields[english_column], p, i + 1)
+    for n, fields in io.iter_tsv(p, ncol, keep_blank=True, header=skip_header):
+      if not fields:
+        col.add("", "", p, n)
+      else:
+        col.add(fields[foreign_column], fields[english_column], p, n)
   return col.result(name or os.path.basename(paths[0]))
-
-
-def jsonl_records(path: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
-  """(line number, object) for each non-blank line of a JSON Lines file."""
-  for i, line in enumerate(read_text_lines(path)):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path, i + 1) from None
-    if not isinstance(obj, dict):
-      raise InputError(f"expected a JSON object, found {type(obj).__name__}", path, i + 1)
-    yield i + 1, obj
-
-
-def _text_field(obj: Mapping[str, Any], field: str, path: str, line: int) -> str:
-  if field not in obj:
-    raise InputError(f"missing field {field!r}", path, line)
-  value = obj[field]
-  if value is None:
-    return ""
-  if not isinstance(value, str):
-    raise InputError(f"field {field!r} is {type(value).__name__}, expected a string", path, line)
-  return value
 
 
 def read_jsonl(path: Union[PathLike, Sequence[PathLike]], *, foreign_field: str = "text",
@@ -237,10 +144,10 @@ def read_jsonl(path: Union[PathLike, Sequence[PathLike]], *, foreign_field: str 
   Blank lines are ignored; a `null` field counts as an empty sentence.
   """
   col = _Collector(empty)
-  paths = _as_paths(path)
+  paths = io.as_paths(path)
   for p in paths:
-    for line, obj in jsonl_records(p):
-      col.add(_text_field(obj, foreign_field, p, line), _text_field(obj, english_field, p, line),
+    for line, obj in io.iter_json_objects(p):
+      col.add(io.string_field(obj, foreign_field, p, line), io.string_field(obj, english_field, p, line),
               p, line, sides=(f"field {foreign_field!r}", f"field {english_field!r}"))
   return col.result(name or os.path.basename(paths[0]))
 
@@ -296,8 +203,7 @@ def read_tfds(name: str, *, src_key: str, tgt_key: str = "en", split: str = "tra
 
 def take(bitext: Bitext, n: int) -> Bitext:
   """The first `n` pairs (all of them if fewer); for data-amount studies."""
-  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-    raise InputError(f"take must be a non-negative integer, got {n!r}")
+  io.check_int(n, "take")
   stats = dict(bitext.stats)
   if n < len(bitext):
     stats["taken_from"] = len(bitext)
@@ -330,40 +236,31 @@ def read_texts(spec: Mapping[str, Any]) -> List[str]:
   `{'type': 'jsonl', 'path': P, 'fields': ['text', 'text_en']}` (each field of each
   record); `{'type': 'tsv', 'path': P, 'columns': [0, 1]}`. `path` may be a list.
   """
-  if not isinstance(spec, Mapping):
-    raise InputError(f"exclude entry must be a mapping, got {type(spec).__name__}")
+  io.check_mapping(spec, "exclude entry")
   kind = spec.get("type", "texts" if "texts" in spec else None)
   allowed = {"texts": {"type", "texts"}, "lines": {"type", "path"},
              "jsonl": {"type", "path", "fields"}, "tsv": {"type", "path", "columns"}}
   if kind not in allowed:
     raise InputError(f"exclude type must be one of {sorted(allowed)}, got {kind!r}")
-  unknown = set(spec) - allowed[kind]
-  if unknown:
-    raise InputError(f"exclude ({kind}): unknown keys {sorted(unknown)}")
+  io.check_keys(spec, allowed[kind], f"exclude ({kind})", required=() if kind == "texts" else ("path",))
   if kind == "texts":
     texts = spec["texts"]
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
       raise InputError("exclude texts must be a list of strings")
     return list(texts)
-  if "path" not in spec:
-    raise InputError(f"exclude ({kind}): missing 'path'")
   out: List[str] = []
-  for p in _as_paths(spec["path"]):
+  for p in io.as_paths(spec["path"]):
     if kind == "lines":
-      out.extend(read_text_lines(p))
+      out.extend(io.read_text_lines(p))
     elif kind == "jsonl":
       fields = spec.get("fields", ["text", "text_en"])
-      for line, obj in jsonl_records(p):
-        out.extend(_text_field(obj, f, p, line) for f in fields)
+      for line, obj in io.iter_json_objects(p):
+        out.extend(io.string_field(obj, f, p, line) for f in fields)
     else:
-      columns = spec.get("columns", [0, 1])
-      for i, line in enumerate(read_text_lines(p)):
-        if not line.strip():
-          continue
-        fields = line.split("\t")
-        for c in columns:
+      for line, fields in io.iter_tsv(p):
+        for c in spec.get("columns", [0, 1]):
           if c >= len(fields):
-            raise InputError(f"no column {c} (found {len(fields)})", p, i + 1)
+            raise InputError(f"no column {c} (found {len(fields)})", p, line)
           out.append(fields[c])
   return out
 
@@ -404,23 +301,15 @@ class SourceSpec:
   def from_dict(cls, d: Mapping[str, Any]) -> "SourceSpec":
     if isinstance(d, SourceSpec):
       return d
-    if not isinstance(d, Mapping):
-      raise InputError(f"a bitext source must be a mapping, got {type(d).__name__}")
-    kind = d.get("type")
+    kind = io.check_mapping(d, "a bitext source").get("type")
     if kind not in SOURCE_TYPES:
       raise InputError(f"bitext source type must be one of {SOURCE_TYPES}, got {kind!r}")
-    unknown = set(d) - _COMMON_KEYS - _TYPE_KEYS[kind]
-    if unknown:
-      raise InputError(f"bitext source ({kind}): unknown keys {sorted(unknown)}; "
-                       f"allowed: {sorted(_COMMON_KEYS | _TYPE_KEYS[kind])}")
-    missing = [k for k in _REQUIRED[kind] if k not in d]
-    if missing:
-      raise InputError(f"bitext source ({kind}): missing {missing}")
-    empty = d.get("empty", "skip")
-    _check_empty_policy(empty)
+    what = f"bitext source ({kind})"
+    io.check_keys(d, _COMMON_KEYS | _TYPE_KEYS[kind], what, required=_REQUIRED[kind])
+    empty = io.check_empty_policy(d.get("empty", "skip"))
     n = d.get("take")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-      raise InputError(f"bitext source ({kind}): take must be a non-negative integer, got {n!r}")
+    if n is not None:
+      io.check_int(n, f"{what}: take")
     excl = d.get("exclude", ()) or ()
     if isinstance(excl, Mapping):
       excl = (excl,)
@@ -486,8 +375,7 @@ def mix(sources: Sequence[Union[Bitext, SourceSpec, Mapping[str, Any]]],
   if any(not r > 0 or r != r or r == float("inf") for r in ratios):
     raise InputError(f"mixture ratios must be positive and finite, got {ratios}")
   total = sum(ratios)
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise InputError(f"mixture seed must be an integer, got {seed!r}")
+  io.check_int(seed, "mixture seed", None)
   return Mixture(loaded, [r / total for r in ratios], seed)
 
 
@@ -495,9 +383,7 @@ def load_mixture(config: Mapping[str, Any]) -> Mixture:
   """`{'sources': [spec, ...], 'ratios': [...] (optional), 'seed': 0}` -> Mixture."""
   if not isinstance(config, Mapping) or "sources" not in config:
     raise InputError("bitext config needs a 'sources' list")
-  unknown = set(config) - {"sources", "ratios", "seed"}
-  if unknown:
-    raise InputError(f"bitext config: unknown keys {sorted(unknown)}")
+  io.check_keys(config, ("sources", "ratios", "seed"), "bitext config")
   sources = config["sources"]
   if isinstance(sources, Mapping):
     sources = [sources]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -11,7 +10,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 
 import numpy as np
 
-from optical_jax.data.bitext import Bitext, Mixture, mix, texts_hash
+from optical_jax import fingerprint
+from optical_jax.data import io
+from optical_jax.data.bitext import Bitext, Mixture, mix
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open
 
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 Batch = Dict[str, np.ndarray]
 
+REMAINDERS = ("pad", "drop")
 # Seed-sequence tags, so the different random streams never coincide.
-_TAG_EPOCH_SHUFFLE = 0
-_TAG_SOURCE_PERM = 1
-_TAG_ROW_CHOICES = 2
+TAG_EPOCH_SHUFFLE = 0
+TAG_SOURCE_PERM = 1
+TAG_ROW_CHOICES = 2
 
 
 class TokenizerLike(Protocol):
@@ -88,14 +90,6 @@ class Ragged:
     return ids, mask.astype(np.int32)
 
 
-def cache_key(texts_digest: str, tokenizer_fingerprint: str, max_length: int, prefix: str) -> str:
-  """sha256 over (format, tokenizer fingerprint, text-list digest, max length, prefix)."""
-  payload = json.dumps({"format": CACHE_FORMAT, "tokenizer": tokenizer_fingerprint,
-                        "texts": texts_digest, "max_length": int(max_length), "prefix": prefix},
-                       sort_keys=True)
-  return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
 def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: int, prefix: str = "",
                    cache_dir: Optional[str] = None, chunk_size: int = 4096) -> Ragged:
   """Token ids (special tokens included, truncated to `max_length`) for each text, cached.
@@ -104,9 +98,10 @@ def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: i
   key from the tokenizer fingerprint, the texts' content hash, `max_length` and `prefix`;
   a later call with the same key loads it without calling the tokenizer.
   """
-  if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-    raise InputError(f"max_length must be an integer >= 2, got {max_length!r}")
-  key = cache_key(texts_hash(list(texts)), tokenizer.fingerprint, max_length, prefix)
+  io.check_int(max_length, "max_length", 2)
+  key = fingerprint.digest({"format": CACHE_FORMAT, "tokenizer": tokenizer.fingerprint,
+                            "texts": fingerprint.texts(list(texts), n=None),
+                            "max_length": max_length, "prefix": prefix}, n=None)
   path = None
   if cache_dir is not None:
     path = os.path.join(os.fspath(cache_dir), f"tok-{key[:32]}.npz")
@@ -180,7 +175,17 @@ def epoch_counts(ratios: Sequence[float], epoch_size: int) -> List[int]:
   return [int(c) for c in counts]
 
 
-def _rng(*parts: int) -> np.random.Generator:
+def check_batching(global_batch: Any, remainder: Any, epoch_size: Any) -> None:
+  """Range checks shared by the batching configs."""
+  io.check_int(global_batch, "global_batch", 1)
+  if remainder not in REMAINDERS:
+    raise InputError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
+  if epoch_size is not None:
+    io.check_int(epoch_size, "epoch_size", 1)
+
+
+def seeded_rng(*parts: int) -> np.random.Generator:
+  """A Generator seeded by a sequence of integers (e.g. seed, stream tag, epoch)."""
   return np.random.default_rng(np.random.SeedSequence([int(p) for p in parts]))
 
 
@@ -212,30 +217,25 @@ class BatchIterator:
   The state `{'epoch', 'batch', 'fingerprint'}` is JSON-serialisable; `restore(state)`
   resumes with exactly the batches that would have followed, also under another
   process count (the fingerprint excludes the host layout).
+
+  `global_batch`, `seed`, `epoch_size` and `remainder` come from a config dataclass
+  that has checked them (`check_batching`); this class checks the host layout.
   """
 
   def __init__(self, *, bucket_of: np.ndarray, sizes: Sequence[int], ratios: Sequence[float],
                num_buckets: int, global_batch: int, seed: int, assemble: Callable[..., Batch],
                fingerprint_payload: Mapping[str, Any], epoch_size: Optional[int] = None,
                remainder: str = "pad", process_index: int = 0, process_count: int = 1):
-    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
-      raise InputError(f"global_batch must be a positive integer, got {global_batch!r}")
     if not isinstance(process_count, int) or process_count < 1 or not 0 <= process_index < process_count:
       raise InputError(f"bad host layout: process_index={process_index} process_count={process_count}")
     if global_batch % process_count:
       raise InputError(f"global_batch {global_batch} is not divisible by process_count {process_count}")
-    if remainder not in ("pad", "drop"):
-      raise InputError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-      raise InputError(f"seed must be an integer, got {seed!r}")
     self.sizes = [int(s) for s in sizes]
     if any(s <= 0 for s in self.sizes):
       raise InputError(f"every source needs at least one example, sizes {self.sizes}")
     self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
     if epoch_size is None:
       epoch_size = int(sum(self.sizes))
-    if isinstance(epoch_size, bool) or not isinstance(epoch_size, int) or epoch_size < 1:
-      raise InputError(f"epoch_size must be a positive integer, got {epoch_size!r}")
     self.counts = epoch_counts(ratios, epoch_size)
     self.bucket_of = np.asarray(bucket_of, dtype=np.int32)
     self.num_buckets = int(num_buckets)
@@ -249,7 +249,7 @@ class BatchIterator:
     payload = dict(fingerprint_payload)
     payload.update(sizes=self.sizes, counts=self.counts, global_batch=global_batch, seed=seed,
                    remainder=remainder, num_buckets=self.num_buckets)
-    self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    self.fingerprint = fingerprint.digest(payload)
     self._plans: Dict[int, EpochPlan] = {}  # the two most recently used epochs
     self._epoch = 0
     self._batch = 0
@@ -268,12 +268,12 @@ class BatchIterator:
       q, r = s // n, s % n
       out = np.empty(c, dtype=np.int64)
       for qq in np.unique(q):
-        perm = _rng(self.seed, _TAG_SOURCE_PERM, k, qq).permutation(n)
+        perm = seeded_rng(self.seed, TAG_SOURCE_PERM, k, qq).permutation(n)
         m = q == qq
         out[m] = perm[r[m]]
       parts.append(out + self.offsets[k])
     order = np.concatenate(parts)
-    return order[_rng(self.seed, _TAG_EPOCH_SHUFFLE, epoch).permutation(len(order))]
+    return order[seeded_rng(self.seed, TAG_EPOCH_SHUFFLE, epoch).permutation(len(order))]
 
   def plan(self, epoch: int) -> EpochPlan:
     """The batches of epoch `epoch` (cached for the current epoch)."""
@@ -383,6 +383,9 @@ class PipelineConfig:
   at most `len(buckets)` batch shapes. `epoch_size` defaults to the total number of
   pairs; `remainder` is 'pad' (valid=0 filler rows) or 'drop'. `seed` overrides the
   mixture's seed when set. `cache_dir=None` disables the token cache.
+
+  Built directly (the trainer does, from the checked ml_collections config) or from a
+  mapping by `BitextBatches`; either way the ranges are checked here, once.
   """
 
   global_batch: int
@@ -397,19 +400,13 @@ class PipelineConfig:
   seed: Optional[int] = None
   cache_dir: Optional[str] = None
 
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "PipelineConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise InputError(f"pipeline config: unknown keys {sorted(unknown)}; allowed: {sorted(names)}")
-    if "global_batch" not in d:
-      raise InputError("pipeline config: missing 'global_batch'")
-    kw = dict(d)
-    for k in ("buckets", "tgt_buckets"):
-      if kw.get(k) is not None:
-        kw[k] = tuple(kw[k])
-    return cls(**kw)
+  def __post_init__(self):
+    check_batching(self.global_batch, self.remainder, self.epoch_size)
+    if self.seed is not None:
+      io.check_int(self.seed, "seed", None)
+    for k in ("buckets", "tgt_buckets"):  # lists from a mapping: tuples keep the config hashable
+      if getattr(self, k) is not None:
+        object.__setattr__(self, k, tuple(getattr(self, k)))
 
 
 class BitextBatches(BatchIterator):
@@ -422,7 +419,7 @@ class BitextBatches(BatchIterator):
   def __init__(self, data: Union[Mixture, Bitext, Sequence[Bitext]], student: TokenizerLike,
                teacher: TokenizerLike, config: Union[PipelineConfig, Mapping[str, Any]], *,
                process_index: int = 0, process_count: int = 1):
-    cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config)
+    cfg = io.build(PipelineConfig, config, "pipeline config")
     if isinstance(data, Bitext):
       data = mix([data])
     elif not isinstance(data, Mixture):

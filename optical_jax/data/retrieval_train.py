@@ -8,12 +8,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from optical_jax.data.bitext import (PathLike, _as_paths, _check_empty_policy, jsonl_records, read_text_lines,
-                                     texts_hash)
-from optical_jax.data.pipeline import (_TAG_ROW_CHOICES, Batch, BatchIterator, Ragged, TokenizerLike, _rng,
-                                       joint_buckets, side_buckets, tokenize_texts)
+from optical_jax import fingerprint
+from optical_jax.data import io
 from optical_jax.data.beir import passage_text
+from optical_jax.data.io import PathLike
+from optical_jax.data.pipeline import (TAG_ROW_CHOICES, Batch, BatchIterator, Ragged, TokenizerLike, check_batching,
+                                       joint_buckets, seeded_rng, side_buckets, tokenize_texts)
 from optical_jax.errors import InputError
+
+POSITIVE_CHOICES = ("random", "first")
 
 
 @dataclasses.dataclass
@@ -36,25 +39,22 @@ class RetrievalExamples:
     return len(self.queries)
 
   def content_hash(self) -> str:
-    h = texts_hash(self.queries + self.passages)
-    links = texts_hash([",".join(map(str, p)) + "|" + ",".join(map(str, n))
-                        for p, n in zip(self.positives, self.negatives)])
+    h = fingerprint.texts(self.queries + self.passages, n=None)
+    links = fingerprint.texts([",".join(map(str, p)) + "|" + ",".join(map(str, n))
+                               for p, n in zip(self.positives, self.negatives)], n=None)
     return f"sha256:{h}:{links}"
 
 
-class _Builder:
+class _Builder(io.EmptyPolicy):
   """Collects examples, interning passage texts."""
 
   def __init__(self, empty: str):
-    _check_empty_policy(empty)
-    self.empty = empty
+    super().__init__(empty, "examples")
     self.queries: List[str] = []
     self.passages: List[str] = []
     self._ids: Dict[str, int] = {}
     self.positives: List[List[int]] = []
     self.negatives: List[List[int]] = []
-    self.read = 0
-    self.skipped = 0
 
   def _intern(self, text: str) -> int:
     i = self._ids.get(text)
@@ -65,15 +65,11 @@ class _Builder:
 
   def add(self, query: str, positives: Sequence[str], negatives: Sequence[str],
           path: str, line: int) -> None:
-    self.read += 1
     query = query.strip()
     pos = [p.strip() for p in positives if p.strip()]
     neg = [n.strip() for n in negatives if n.strip()]
     problem = "empty query" if not query else ("no non-empty positive passage" if not pos else None)
-    if problem:
-      if self.empty == "error":
-        raise InputError(f"{problem} (set empty: skip to drop such examples)", path, line)
-      self.skipped += 1
+    if not self.admit(problem, path, line):
       return
     self.queries.append(query)
     self.positives.append([self._intern(p) for p in pos])
@@ -85,15 +81,11 @@ class _Builder:
                               "examples": len(self.queries)})
 
 
-
-
 def _passages(obj: Mapping[str, Any], field: str, path: str, line: int, required: bool,
               title_sep: Optional[str]) -> List[str]:
-  if field not in obj or obj[field] is None:
-    if required:
-      raise InputError(f"missing field {field!r}", path, line)
+  value = io.field(obj, field, path, line, required=required)
+  if value is None:  # absent and optional, or null: no passages
     return []
-  value = obj[field]
   if not isinstance(value, list):
     raise InputError(f"field {field!r} must be a list of passages, found {type(value).__name__}", path, line)
   out = []
@@ -118,13 +110,10 @@ def read_tevatron(path: Union[PathLike, Sequence[PathLike]], *, title_sep: Optio
   `negative_passages` may be missing or empty.
   """
   b = _Builder(empty)
-  paths = _as_paths(path)
+  paths = io.as_paths(path)
   for p in paths:
-    for line, obj in jsonl_records(p):
-      query = obj.get("query")
-      if not isinstance(query, str):
-        raise InputError("missing field 'query'" if query is None else
-                         f"field 'query' is {type(query).__name__}, expected a string", p, line)
+    for line, obj in io.iter_json_objects(p):
+      query = io.string_field(obj, "query", p, line)
       b.add(query, _passages(obj, "positive_passages", p, line, True, title_sep),
             _passages(obj, "negative_passages", p, line, False, title_sep), p, line)
   return b.result(name or os.path.basename(paths[0]))
@@ -134,43 +123,29 @@ def read_triples(path: Union[PathLike, Sequence[PathLike]], *, empty: str = "err
                  name: Optional[str] = None) -> RetrievalExamples:
   """TSV lines `query \\t positive \\t negative` (or `query \\t positive`: no hard negative)."""
   b = _Builder(empty)
-  paths = _as_paths(path)
+  paths = io.as_paths(path)
   for p in paths:
-    for i, line in enumerate(read_text_lines(p)):
-      if not line.strip():
-        continue
-      f = line.split("\t")
-      if len(f) not in (2, 3):
-        raise InputError(f"expected 'query<TAB>positive[<TAB>negative]', found {len(f)} columns", p, i + 1)
-      b.add(f[0], [f[1]], f[2:], p, i + 1)
+    for line, f in io.iter_tsv(p, (2, 3), layout="query<TAB>positive[<TAB>negative]"):
+      b.add(f[0], [f[1]], f[2:], p, line)
   return b.result(name or os.path.basename(paths[0]))
 
 
 def load_retrieval_source(spec: Mapping[str, Any]) -> RetrievalExamples:
   """`{'type': 'tevatron' | 'triples', 'path': P or [P...], 'empty', 'title_sep', 'take', 'label'}`."""
-  if not isinstance(spec, Mapping):
-    raise InputError(f"a retrieval source must be a mapping, got {type(spec).__name__}")
-  kind = spec.get("type")
+  kind = io.check_mapping(spec, "a retrieval source").get("type")
   allowed = {"type", "path", "empty", "take", "label"} | ({"title_sep"} if kind == "tevatron" else set())
   if kind not in ("tevatron", "triples"):
     raise InputError(f"retrieval source type must be 'tevatron' or 'triples', got {kind!r}")
-  unknown = set(spec) - allowed
-  if unknown:
-    raise InputError(f"retrieval source ({kind}): unknown keys {sorted(unknown)}")
-  if "path" not in spec:
-    raise InputError(f"retrieval source ({kind}): missing 'path'")
+  io.check_keys(spec, allowed, f"retrieval source ({kind})", required=("path",))
   empty = spec.get("empty", "error")
   if kind == "tevatron":
     ex = read_tevatron(spec["path"], title_sep=spec.get("title_sep", " "), empty=empty)
   else:
     ex = read_triples(spec["path"], empty=empty)
   n = spec.get("take")
-  if n is not None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-      raise InputError(f"take must be a non-negative integer, got {n!r}")
-    if n < len(ex):
-      stats = dict(ex.stats, taken_from=len(ex), examples=n)
-      ex = RetrievalExamples(ex.name, ex.queries[:n], ex.passages, ex.positives[:n], ex.negatives[:n], stats)
+  if n is not None and io.check_int(n, "take") < len(ex):
+    stats = dict(ex.stats, taken_from=len(ex), examples=n)
+    ex = RetrievalExamples(ex.name, ex.queries[:n], ex.passages, ex.positives[:n], ex.negatives[:n], stats)
   if spec.get("label"):
     ex.name = spec["label"]
   return ex
@@ -201,19 +176,14 @@ class RetrievalConfig:
   seed: int = 0
   cache_dir: Optional[str] = None
 
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "RetrievalConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise InputError(f"retrieval batching config: unknown keys {sorted(unknown)}")
-    if "global_batch" not in d:
-      raise InputError("retrieval batching config: missing 'global_batch'")
-    kw = dict(d)
-    for k in ("q_buckets", "p_buckets"):
-      if k in kw:
-        kw[k] = tuple(kw[k])
-    return cls(**kw)
+  def __post_init__(self):
+    check_batching(self.global_batch, self.remainder, self.epoch_size)
+    io.check_int(self.seed, "seed", None)
+    io.check_int(self.num_negatives, "num_negatives")
+    if self.positive not in POSITIVE_CHOICES:
+      raise InputError(f"positive must be 'random' or 'first', got {self.positive!r}")
+    for k in ("q_buckets", "p_buckets"):  # lists from a mapping: tuples keep the config hashable
+      object.__setattr__(self, k, tuple(getattr(self, k)))
 
 
 class RetrievalBatches(BatchIterator):
@@ -223,7 +193,7 @@ class RetrievalBatches(BatchIterator):
   def __init__(self, data: Union[RetrievalExamples, Sequence[RetrievalExamples]], tokenizer: TokenizerLike,
                config: Union[RetrievalConfig, Mapping[str, Any]], *, ratios: Optional[Sequence[float]] = None,
                process_index: int = 0, process_count: int = 1):
-    cfg = config if isinstance(config, RetrievalConfig) else RetrievalConfig.from_dict(config)
+    cfg = io.build(RetrievalConfig, config, "retrieval batching config")
     sources = [data] if isinstance(data, RetrievalExamples) else list(data)
     if not sources:
       raise InputError("no retrieval training source")
@@ -231,10 +201,6 @@ class RetrievalBatches(BatchIterator):
       if len(s) == 0:
         raise InputError(f"retrieval source {s.name!r} has no examples (stats: {s.stats})")
     k = cfg.num_negatives
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-      raise InputError(f"num_negatives must be a non-negative integer, got {k!r}")
-    if cfg.positive not in ("random", "first"):
-      raise InputError(f"positive must be 'random' or 'first', got {cfg.positive!r}")
     if k:
       for s in sources:
         lacking = sum(1 for n in s.negatives if not n)
@@ -281,7 +247,7 @@ class RetrievalBatches(BatchIterator):
 
   def _make(self, idx: np.ndarray, bucket: int, local: slice, where: Tuple[int, int, int]) -> Batch:
     seed, epoch, index = where
-    rng = _rng(seed, _TAG_ROW_CHOICES, epoch, index)
+    rng = seeded_rng(seed, TAG_ROW_CHOICES, epoch, index)
     B = len(idx)
     # Random draws for the whole global batch, so every host agrees; then keep local rows.
     u_pos = rng.random(B)
