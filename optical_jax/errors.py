@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Optional, Union
+from collections.abc import Mapping
+from typing import Any, Collection, Optional, Sequence, Type, TypeVar, Union
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
 
 
 class InputError(Exception):
@@ -30,27 +33,54 @@ class InputError(Exception):
     return f"{where}{self.problem}"
 
 
-def config_from_mapping(cls, d, what: str):
+# --- config mappings: checks for config values that arrive as plain mappings ----------------
+
+
+def check_int(value: Any, what: str, minimum: Optional[int] = 0) -> int:
+  """`value` if it is an integer (not a bool) and >= `minimum` (None: any); else an InputError."""
+  if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+    kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}")
+    raise InputError(f"{what} must be {kind}, got {value!r}")
+  return value
+
+
+def check_mapping(value: Any, what: str) -> Mapping[str, Any]:
+  """`value` if it is a mapping; else the InputError `<what> must be a mapping, got <type>`."""
+  if not isinstance(value, Mapping):
+    raise InputError(f"{what} must be a mapping, got {type(value).__name__}")
+  return value
+
+
+def check_keys(d: Mapping[str, Any], allowed: Collection[str], what: str,
+               required: Sequence[str] = ()) -> None:
+  """InputError `what: unknown keys [...]; allowed: [...]` or `what: missing [...]`."""
+  unknown = set(d) - set(allowed)
+  if unknown:
+    raise InputError(f"{what}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+  missing = [k for k in required if k not in d]
+  if missing:
+    raise InputError(f"{what}: missing {missing}")
+
+
+def build(cls: Type[T], config: Union[T, Mapping[str, Any]], what: str) -> T:
   """A frozen config dataclass from a mapping (parsed JSON, `ConfigDict.to_dict()`).
 
-  The dataclass checks its own values (`__post_init__`); this only turns unknown keys
-  into one InputError listing the known ones, and builds nested config dataclasses
-  (a field whose default is a dataclass instance) from nested mappings.
+  `config` itself if it already is a `cls`. The dataclass checks its own values
+  (`__post_init__`); this reports unknown or missing keys as one InputError naming them
+  and the known keys, and builds nested config dataclasses (a field whose default is a
+  dataclass instance) from nested mappings.
   """
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from collections.abc import Mapping  # pylint: disable=g-import-not-at-top
-  if isinstance(d, cls):
-    return d
-  if not isinstance(d, Mapping):
-    raise InputError(f"{what} must be a mapping, got {type(d).__name__}")
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - set(fields), key=str)
-  if unknown:
-    raise InputError(f"unknown {what} key(s) {', '.join(map(str, unknown))}; "
-                     f"known: {', '.join(fields)}")
-  kwargs = dict(d)
-  for name, value in kwargs.items():
-    default = fields[name].default
-    if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-      kwargs[name] = config_from_mapping(type(default), value, f"{what} {name}")
+  if isinstance(config, cls):
+    return config
+  check_mapping(config, what)
+  fields = dataclasses.fields(cls)
+  names = [f.name for f in fields]
+  required = [f.name for f in fields
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  check_keys(config, names, what, required)
+  kwargs = dict(config)
+  for f in fields:
+    if f.name in kwargs and dataclasses.is_dataclass(f.default) and isinstance(kwargs[f.name], Mapping):
+      kwargs[f.name] = build(type(f.default), kwargs[f.name], f"{what} {f.name}")
   return cls(**kwargs)

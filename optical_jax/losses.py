@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from optical_jax import ot as ot_lib
 from optical_jax import scoring as scoring_lib
 from optical_jax.encoder import masked_mean, mean_pool
-from optical_jax.errors import InputError, config_from_mapping
+from optical_jax.errors import InputError, build
 
 LOSSES = ("ot", "sentence", "hard", "ot+sentence")
 SENTENCE_DISTANCES = ("mse", "cosine")
@@ -104,7 +104,7 @@ class DistillConfig:
     Raises:
       InputError: unknown keys, wrong types or invalid values.
     """
-    return config_from_mapping(cls, d, "loss config")
+    return build(cls, d, "loss config")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -59,7 +59,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
 
 from optical_jax.encoder import masked_mean
-from optical_jax.errors import InputError, config_from_mapping
+from optical_jax.errors import InputError, build
 
 COSTS = ("cosine", "sqeuclidean")
 GRAD_MODES = ("envelope", "implicit", "unroll")
@@ -122,7 +122,7 @@ class OTConfig:
     Raises:
       InputError: unknown keys, wrong types or invalid values.
     """
-    return config_from_mapping(cls, d, "OT config")
+    return build(cls, d, "OT config")
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)

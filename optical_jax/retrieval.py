@@ -12,7 +12,7 @@ from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Se
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from optical_jax.monitor import progress_bar
 
 from optical_jax import fingerprint, scoring as scoring_lib
 from optical_jax.data.beir import DataWarning, Run, ranked
@@ -64,7 +64,7 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
     pad_id: token id used for padding.
     dtype: storage dtype of dense vectors.
     token_dtype: storage dtype of token vectors (float16 halves the memory of a collection).
-    progress: show a tqdm bar; desc: its label.
+    progress: show progress (a bar on a terminal, plain lines in logs); desc: its label.
 
   Returns:
     dense: np.ndarray [N, D] of `dtype`.
@@ -92,7 +92,7 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
   l_max = max(int(lengths.max()), 1)
   out = out_mask = None
   token_level = False
-  with tqdm(total=n, desc=desc, unit="text", disable=not progress, leave=False) as bar:
+  with progress_bar(total=n, desc=desc, unit="text", disable=not progress, leave=False) as bar:
     for start in range(0, n, batch_size):
       rows = order[start:start + batch_size]
       width = _bucket(int(lengths[rows].max()), buckets)
@@ -301,7 +301,7 @@ def exact_search(q_emb: Array, d_emb: Array, top_k: int, *, scoring: str = "dens
           for _ in range(n_qc)]
   n_docs = jnp.int32(n_d)
   starts = range(0, n_d, dc)
-  for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress, leave=False):
+  for start in progress_bar(starts, desc=desc, unit="chunk", disable=not progress, leave=False):
     d = jnp.asarray(_pad_rows(np.asarray(d_emb[start:start + dc]), dc))
     dm = None if d_mask is None else jnp.asarray(_pad_rows(np.asarray(d_mask[start:start + dc]),
                                                            dc))

@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from optical_jax import encoder as enc
 from optical_jax import losses, scoring

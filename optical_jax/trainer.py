@@ -117,8 +117,8 @@ def _build_distill(config, init_key: jax.Array) -> Setup:
                                    process_count=jax.process_count())
   frozen: Dict[str, Any] = {"teacher": teacher.params}
   if spec.loss.marginals == "idf":
-    frozen["src_idf"] = ot.compute_idf(_rows(batches.src), student.cfg.vocab_size)
-    frozen["tgt_idf"] = ot.compute_idf(_rows(batches.tgt), teacher.cfg.vocab_size)
+    frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
+    frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)
   return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
                _make_validation(config, student, teacher))
 
@@ -132,10 +132,6 @@ def _make_validation(config, student: models.Model, teacher: models.Model):
   src = student.tokenizer.pad(*_tokenized(student, [f for f, _ in pairs]))
   tgt = teacher.tokenizer.pad(*_tokenized(teacher, [e for _, e in pairs]))
   return validation.Validator(student, teacher, src, tgt)
-
-
-def _rows(ragged):
-  return [ragged.flat[a:b] for a, b in zip(ragged.offsets[:-1], ragged.offsets[1:])]
 
 
 def _tokenized(model: models.Model, texts):

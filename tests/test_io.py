@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 
 import pytest
 
+from optical_jax import errors
 from optical_jax.data import io
 from optical_jax.errors import InputError
 
@@ -176,34 +177,34 @@ class _Cfg:
   note: Optional[str] = None
 
   def __post_init__(self):
-    io.check_int(self.size, "size", 1)
+    errors.check_int(self.size, "size", 1)
 
 
 def test_build_from_mapping():
-  assert io.build(_Cfg, {"size": 2, "name": "y"}, "cfg") == _Cfg(2, "y")
+  assert errors.build(_Cfg, {"size": 2, "name": "y"}, "cfg") == _Cfg(2, "y")
   same = _Cfg(3)
-  assert io.build(_Cfg, same, "cfg") is same
+  assert errors.build(_Cfg, same, "cfg") is same
   with pytest.raises(InputError) as err:
-    io.build(_Cfg, {"size": 2, "sise": 3, "colour": 1}, "cfg")
+    errors.build(_Cfg, {"size": 2, "sise": 3, "colour": 1}, "cfg")
   assert str(err.value) == ("cfg: unknown keys ['colour', 'sise']; "
                             "allowed: ['name', 'note', 'shape', 'size']")
   with pytest.raises(InputError) as err:
-    io.build(_Cfg, {"name": "y"}, "cfg")
+    errors.build(_Cfg, {"name": "y"}, "cfg")
   assert str(err.value) == "cfg: missing ['size']"
   with pytest.raises(InputError, match="cfg must be a mapping, got list"):
-    io.build(_Cfg, [("size", 2)], "cfg")
+    errors.build(_Cfg, [("size", 2)], "cfg")
   with pytest.raises(InputError, match="size must be a positive integer, got 0"):
-    io.build(_Cfg, {"size": 0}, "cfg")
+    errors.build(_Cfg, {"size": 0}, "cfg")
 
 
 def test_check_int_and_check_keys():
-  assert io.check_int(0, "take") == 0 and io.check_int(-4, "seed", None) == -4
+  assert errors.check_int(0, "take") == 0 and errors.check_int(-4, "seed", None) == -4
   for value, minimum, kind in [(-1, 0, "a non-negative integer"), (True, 0, "a non-negative integer"),
                                (0, 1, "a positive integer"), (1, 2, "an integer >= 2"),
                                (1.0, None, "an integer")]:
     with pytest.raises(InputError) as err:
-      io.check_int(value, "n", minimum)
+      errors.check_int(value, "n", minimum)
     assert str(err.value) == f"n must be {kind}, got {value!r}"
-  io.check_keys({"a": 1}, {"a", "b"}, "spec", required=("a",))
+  errors.check_keys({"a": 1}, {"a", "b"}, "spec", required=("a",))
   with pytest.raises(InputError, match=r"^spec: missing \['b'\]$"):
-    io.check_keys({"a": 1}, {"a", "b"}, "spec", required=("a", "b"))
+    errors.check_keys({"a": 1}, {"a", "b"}, "spec", required=("a", "b"))

@@ -110,3 +110,25 @@ def get_config():
                                 intermediate_size=64, max_position_embeddings=64)))
   return c
 """
+
+
+def test_eval_logs_plain_lines_and_a_rerun_compiles_nothing(tmp_path):
+  """In a log (stderr not a terminal) progress is plain lines; with the persistent
+  compilation cache a second process on the same inputs compiles no XLA program."""
+  cfg = tmp_path / "eval_cfg.py"
+  cfg.write_text(EVAL_CONFIG.format(repo=ROOT), encoding="utf-8")
+  env = dict(_env(), OPTICAL_JAX_XLA_CACHE=str(tmp_path / "xla"), OPTICAL_JAX_PROGRESS_EVERY="1")
+  summaries = []
+  for out in ("first", "second"):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), f"--config={cfg}",
+                           f"--out={tmp_path / out}", "--config.cache_dir=none"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stderr and "passages" in proc.stderr
+    summaries.append([l for l in proc.stderr.splitlines() if l.startswith("compilation: ")])
+  first, second = summaries
+  assert len(first) == 1 and not first[0].startswith("compilation: 0 ")
+  assert len(second) == 1 and second[0].startswith("compilation: 0 XLA"), second
+  with open(tmp_path / "first" / "runs" / "tiny.trec") as a, \
+       open(tmp_path / "second" / "runs" / "tiny.trec") as b:
+    assert a.read() == b.read()

@@ -7,7 +7,7 @@ import os
 import unicodedata
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from optical_jax import fingerprint
+from optical_jax import errors, fingerprint
 from optical_jax.data import io
 from optical_jax.data.io import PathLike
 from optical_jax.errors import InputError
@@ -203,7 +203,7 @@ def read_tfds(name: str, *, src_key: str, tgt_key: str = "en", split: str = "tra
 
 def take(bitext: Bitext, n: int) -> Bitext:
   """The first `n` pairs (all of them if fewer); for data-amount studies."""
-  io.check_int(n, "take")
+  errors.check_int(n, "take")
   stats = dict(bitext.stats)
   if n < len(bitext):
     stats["taken_from"] = len(bitext)
@@ -236,13 +236,13 @@ def read_texts(spec: Mapping[str, Any]) -> List[str]:
   `{'type': 'jsonl', 'path': P, 'fields': ['text', 'text_en']}` (each field of each
   record); `{'type': 'tsv', 'path': P, 'columns': [0, 1]}`. `path` may be a list.
   """
-  io.check_mapping(spec, "exclude entry")
+  errors.check_mapping(spec, "exclude entry")
   kind = spec.get("type", "texts" if "texts" in spec else None)
   allowed = {"texts": {"type", "texts"}, "lines": {"type", "path"},
              "jsonl": {"type", "path", "fields"}, "tsv": {"type", "path", "columns"}}
   if kind not in allowed:
     raise InputError(f"exclude type must be one of {sorted(allowed)}, got {kind!r}")
-  io.check_keys(spec, allowed[kind], f"exclude ({kind})", required=() if kind == "texts" else ("path",))
+  errors.check_keys(spec, allowed[kind], f"exclude ({kind})", required=() if kind == "texts" else ("path",))
   if kind == "texts":
     texts = spec["texts"]
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
@@ -301,15 +301,15 @@ class SourceSpec:
   def from_dict(cls, d: Mapping[str, Any]) -> "SourceSpec":
     if isinstance(d, SourceSpec):
       return d
-    kind = io.check_mapping(d, "a bitext source").get("type")
+    kind = errors.check_mapping(d, "a bitext source").get("type")
     if kind not in SOURCE_TYPES:
       raise InputError(f"bitext source type must be one of {SOURCE_TYPES}, got {kind!r}")
     what = f"bitext source ({kind})"
-    io.check_keys(d, _COMMON_KEYS | _TYPE_KEYS[kind], what, required=_REQUIRED[kind])
+    errors.check_keys(d, _COMMON_KEYS | _TYPE_KEYS[kind], what, required=_REQUIRED[kind])
     empty = io.check_empty_policy(d.get("empty", "skip"))
     n = d.get("take")
     if n is not None:
-      io.check_int(n, f"{what}: take")
+      errors.check_int(n, f"{what}: take")
     excl = d.get("exclude", ()) or ()
     if isinstance(excl, Mapping):
       excl = (excl,)
@@ -375,7 +375,7 @@ def mix(sources: Sequence[Union[Bitext, SourceSpec, Mapping[str, Any]]],
   if any(not r > 0 or r != r or r == float("inf") for r in ratios):
     raise InputError(f"mixture ratios must be positive and finite, got {ratios}")
   total = sum(ratios)
-  io.check_int(seed, "mixture seed", None)
+  errors.check_int(seed, "mixture seed", None)
   return Mixture(loaded, [r / total for r in ratios], seed)
 
 
@@ -383,7 +383,7 @@ def load_mixture(config: Mapping[str, Any]) -> Mixture:
   """`{'sources': [spec, ...], 'ratios': [...] (optional), 'seed': 0}` -> Mixture."""
   if not isinstance(config, Mapping) or "sources" not in config:
     raise InputError("bitext config needs a 'sources' list")
-  io.check_keys(config, ("sources", "ratios", "seed"), "bitext config")
+  errors.check_keys(config, ("sources", "ratios", "seed"), "bitext config")
   sources = config["sources"]
   if isinstance(sources, Mapping):
     sources = [sources]

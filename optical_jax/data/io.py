@@ -1,4 +1,4 @@
-"""Reading input files and config mappings, with one `path:line: problem` error per kind of problem.
+"""Reading input files, with one `path:line: problem` error per kind of problem.
 
 Every reader of the data layer (bitext, BEIR/TREC, retrieval training data) reads
 through these functions, so a given mistake is reported the same way wherever it is
@@ -10,18 +10,16 @@ match `wc -l` and editors.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import os
 from typing import (Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
-                    Type, TypeVar, Union)
+                    Union)
 
 from optical_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]
 EMPTY_POLICIES = ("skip", "error")
-T = TypeVar("T")
 
 
 # --- files and lines -------------------------------------------------------------------------
@@ -210,49 +208,3 @@ class EmptyPolicy:
       raise InputError(f"{problem} (set empty: skip to drop such {self.what})", path, line)
     self.skipped += 1
     return False
-
-
-# --- config mappings -------------------------------------------------------------------------
-
-
-def check_int(value: Any, what: str, minimum: Optional[int] = 0) -> int:
-  """`value` if it is an integer (not a bool) and >= `minimum` (None: any); else an InputError."""
-  if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-    kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
-        minimum, f"an integer >= {minimum}")
-    raise InputError(f"{what} must be {kind}, got {value!r}")
-  return value
-
-
-def check_mapping(value: Any, what: str) -> Mapping[str, Any]:
-  """`value` if it is a mapping; else the InputError `<what> must be a mapping, got <type>`."""
-  if not isinstance(value, Mapping):
-    raise InputError(f"{what} must be a mapping, got {type(value).__name__}")
-  return value
-
-
-def check_keys(d: Mapping[str, Any], allowed: Collection[str], what: str,
-               required: Sequence[str] = ()) -> None:
-  """InputError `what: unknown keys [...]; allowed: [...]` or `what: missing [...]`."""
-  unknown = set(d) - set(allowed)
-  if unknown:
-    raise InputError(f"{what}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-  missing = [k for k in required if k not in d]
-  if missing:
-    raise InputError(f"{what}: missing {missing}")
-
-
-def build(cls: Type[T], config: Union[T, Mapping[str, Any]], what: str) -> T:
-  """`config` if it already is a `cls` (a dataclass), else `cls(**config)` with unknown or
-  missing keys reported as one-line InputErrors naming them and the known keys."""
-  if isinstance(config, cls):
-    return config
-  try:
-    return cls(**check_mapping(config, what))
-  except TypeError:
-    fields = dataclasses.fields(cls)
-    names = [f.name for f in fields]
-    required = [f.name for f in fields
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    check_keys(config, names, what, required)
-    raise

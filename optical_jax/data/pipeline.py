@@ -10,8 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 
 import numpy as np
 
-from optical_jax import fingerprint
-from optical_jax.data import io
+from optical_jax import errors, fingerprint
 from optical_jax.data.bitext import Bitext, Mixture, mix
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open
@@ -52,6 +51,10 @@ class Ragged:
   @property
   def lengths(self) -> np.ndarray:
     return np.diff(self.offsets)
+
+  def rows(self) -> List[np.ndarray]:
+    """Each row's ids (views into `flat`)."""
+    return [self.flat[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
 
   @classmethod
   def from_lists(cls, rows: Sequence[Sequence[int]]) -> "Ragged":
@@ -98,7 +101,7 @@ def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: i
   key from the tokenizer fingerprint, the texts' content hash, `max_length` and `prefix`;
   a later call with the same key loads it without calling the tokenizer.
   """
-  io.check_int(max_length, "max_length", 2)
+  errors.check_int(max_length, "max_length", 2)
   key = fingerprint.digest({"format": CACHE_FORMAT, "tokenizer": tokenizer.fingerprint,
                             "texts": fingerprint.texts(list(texts), n=None),
                             "max_length": max_length, "prefix": prefix}, n=None)
@@ -177,11 +180,11 @@ def epoch_counts(ratios: Sequence[float], epoch_size: int) -> List[int]:
 
 def check_batching(global_batch: Any, remainder: Any, epoch_size: Any) -> None:
   """Range checks shared by the batching configs."""
-  io.check_int(global_batch, "global_batch", 1)
+  errors.check_int(global_batch, "global_batch", 1)
   if remainder not in REMAINDERS:
     raise InputError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
   if epoch_size is not None:
-    io.check_int(epoch_size, "epoch_size", 1)
+    errors.check_int(epoch_size, "epoch_size", 1)
 
 
 def seeded_rng(*parts: int) -> np.random.Generator:
@@ -403,7 +406,7 @@ class PipelineConfig:
   def __post_init__(self):
     check_batching(self.global_batch, self.remainder, self.epoch_size)
     if self.seed is not None:
-      io.check_int(self.seed, "seed", None)
+      errors.check_int(self.seed, "seed", None)
     for k in ("buckets", "tgt_buckets"):  # lists from a mapping: tuples keep the config hashable
       if getattr(self, k) is not None:
         object.__setattr__(self, k, tuple(getattr(self, k)))
@@ -419,7 +422,7 @@ class BitextBatches(BatchIterator):
   def __init__(self, data: Union[Mixture, Bitext, Sequence[Bitext]], student: TokenizerLike,
                teacher: TokenizerLike, config: Union[PipelineConfig, Mapping[str, Any]], *,
                process_index: int = 0, process_count: int = 1):
-    cfg = io.build(PipelineConfig, config, "pipeline config")
+    cfg = errors.build(PipelineConfig, config, "pipeline config")
     if isinstance(data, Bitext):
       data = mix([data])
     elif not isinstance(data, Mixture):

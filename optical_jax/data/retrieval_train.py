@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from optical_jax import fingerprint
+from optical_jax import errors, fingerprint
 from optical_jax.data import io
 from optical_jax.data.beir import passage_text
 from optical_jax.data.io import PathLike
@@ -132,18 +132,18 @@ def read_triples(path: Union[PathLike, Sequence[PathLike]], *, empty: str = "err
 
 def load_retrieval_source(spec: Mapping[str, Any]) -> RetrievalExamples:
   """`{'type': 'tevatron' | 'triples', 'path': P or [P...], 'empty', 'title_sep', 'take', 'label'}`."""
-  kind = io.check_mapping(spec, "a retrieval source").get("type")
+  kind = errors.check_mapping(spec, "a retrieval source").get("type")
   allowed = {"type", "path", "empty", "take", "label"} | ({"title_sep"} if kind == "tevatron" else set())
   if kind not in ("tevatron", "triples"):
     raise InputError(f"retrieval source type must be 'tevatron' or 'triples', got {kind!r}")
-  io.check_keys(spec, allowed, f"retrieval source ({kind})", required=("path",))
+  errors.check_keys(spec, allowed, f"retrieval source ({kind})", required=("path",))
   empty = spec.get("empty", "error")
   if kind == "tevatron":
     ex = read_tevatron(spec["path"], title_sep=spec.get("title_sep", " "), empty=empty)
   else:
     ex = read_triples(spec["path"], empty=empty)
   n = spec.get("take")
-  if n is not None and io.check_int(n, "take") < len(ex):
+  if n is not None and errors.check_int(n, "take") < len(ex):
     stats = dict(ex.stats, taken_from=len(ex), examples=n)
     ex = RetrievalExamples(ex.name, ex.queries[:n], ex.passages, ex.positives[:n], ex.negatives[:n], stats)
   if spec.get("label"):
@@ -178,8 +178,8 @@ class RetrievalConfig:
 
   def __post_init__(self):
     check_batching(self.global_batch, self.remainder, self.epoch_size)
-    io.check_int(self.seed, "seed", None)
-    io.check_int(self.num_negatives, "num_negatives")
+    errors.check_int(self.seed, "seed", None)
+    errors.check_int(self.num_negatives, "num_negatives")
     if self.positive not in POSITIVE_CHOICES:
       raise InputError(f"positive must be 'random' or 'first', got {self.positive!r}")
     for k in ("q_buckets", "p_buckets"):  # lists from a mapping: tuples keep the config hashable
@@ -193,7 +193,7 @@ class RetrievalBatches(BatchIterator):
   def __init__(self, data: Union[RetrievalExamples, Sequence[RetrievalExamples]], tokenizer: TokenizerLike,
                config: Union[RetrievalConfig, Mapping[str, Any]], *, ratios: Optional[Sequence[float]] = None,
                process_index: int = 0, process_count: int = 1):
-    cfg = io.build(RetrievalConfig, config, "retrieval batching config")
+    cfg = errors.build(RetrievalConfig, config, "retrieval batching config")
     sources = [data] if isinstance(data, RetrievalExamples) else list(data)
     if not sources:
       raise InputError("no retrieval training source")
