@@ -274,7 +274,8 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     params = jax.device_get(state.params)
     models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
                         extra={"mode": mode, "step": step,
-                               "teacher": config.teacher.to_dict() if mode == "distill" else None})
+                               "teacher": config.teacher.to_dict() if mode == "distill" else None,
+                               "loss": config.loss.to_dict(), "bitext": list(config.data.bitext.sources)})
     write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
   ckpt.close()
   compilations = train_step._cache_size() if hasattr(train_step, "_cache_size") else -1

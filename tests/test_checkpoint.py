@@ -128,6 +128,9 @@ def test_trainer_resumes_past_a_corrupt_newest_checkpoint(tmp_path, minilm_dir):
   assert r2.resumed_from == 8 and r2.step == 12
   assert any("failed to restore" in m and "12.corrupt" in m for m in logged), logged
   assert os.path.exists(os.path.join(r2.export_dir, "model.safetensors"))
+  with open(os.path.join(r2.export_dir, "README.md"), encoding="utf-8") as f:
+    card = f.read()
+  assert "| steps | 12 |" in card and "| loss.loss | ot |" in card and "**ntrex**" in card
   assert {"12", "12.corrupt"} <= set(os.listdir(ckdir))
   # The rerun from step 8 reproduces the first run's student exactly.
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
