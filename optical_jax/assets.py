@@ -98,7 +98,7 @@ def resolve(path: str, root: Optional[str] = None) -> str:
   base = asset_dir(name, root)
   full = os.path.join(base, file) if file else base
   if not os.path.exists(full):
-    raise InputError(f"asset file not found (run `python -m optical_jax.assets fetch`)", full)
+    raise InputError("asset file not found (run `python -m optical_jax.assets fetch`)", full)
   return full
 
 

@@ -5,9 +5,10 @@ come from and how texts become embeddings. `load_model(spec)` returns a `Model` 
 jitted `embed_fn`s for queries and documents that `optical_jax.retrieval` drives.
 
 `export_model` writes a trained student as a self-contained directory in Hugging Face
-layout (`config.json`, `model.safetensors`, `tokenizer.json`) plus `optical_jax.json`
-(pooling, prefixes, scoring, head), which `load_model` reads back with
-`weights='export'` and transformers can also open.
+layout (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`),
+as a sentence-transformers model (`modules.json` and its modules, the text prefixes as
+prompts) with a model card, plus `optical_jax.json` (pooling, prefixes, scoring, head),
+which `load_model` reads back with `weights='export'`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -163,11 +163,30 @@ def read_export_spec(path: str) -> Dict[str, Any]:
     return json.load(f)
 
 
+ST_FORMAT_VERSION = "3.0.0"  # the oldest sentence-transformers whose files these match
+
+
 def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: Tokenizer,
                  extra: Optional[Dict[str, Any]] = None) -> None:
-  """Writes a model directory that `load_model(weights='export')` and transformers load.
+  """Writes a model directory that `load_model(weights='export')`, transformers and
+  sentence-transformers load.
+
+  Files: `config.json` + `model.safetensors` (Hugging Face `BertModel` / `XLMRobertaModel`;
+  a projection head is stored as `head.weight`, which transformers ignores), `tokenizer.json`
+  + `tokenizer_config.json` (AutoTokenizer; truncation at `query_max_len`), the
+  sentence-transformers modules for dense models (`modules.json`,
+  `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/` for the head, `*_Normalize/`,
+  `config_sentence_transformers.json` with the prefixes as the prompts 'query' (default)
+  and 'document'), `optical_jax.json` (encoder config, text settings, `extra`) and a model
+  card `README.md` built from `extra`.
 
   Written into a temporary sibling directory and renamed, so a crash leaves no half export.
+
+  Args:
+    extra: provenance saved in `optical_jax.json` and shown in the card; known keys:
+      mode ('distill' / 'teacher'), step, teacher (its model spec dict), loss (the
+      config's loss dict), bitext (source dicts or labels), lang, eval (a markdown table,
+      or {system: {measure: value}}), title.
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
@@ -176,29 +195,24 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   os.makedirs(tmp)
   params = jax.tree.map(np.asarray, jax.device_get(params))
   state = weights.state_dict_from_params(params, cfg)
+  head = None
   if cfg.head_dim:
-    state["head.weight"] = np.ascontiguousarray(params["head"]["kernel"].T)
-  save_file(state, os.path.join(tmp, "model.safetensors"))
-  hf = {
-      "model_type": "bert" if cfg.position_style == "bert" else "xlm-roberta",
-      "architectures": ["BertModel" if cfg.position_style == "bert" else "XLMRobertaModel"],
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-      "intermediate_size": cfg.intermediate_size,
-      "max_position_embeddings": cfg.max_position_embeddings,
-      "type_vocab_size": cfg.type_vocab_size, "layer_norm_eps": cfg.layer_norm_eps,
-      "pad_token_id": cfg.pad_token_id, "hidden_act": cfg.hidden_act,
-      "hidden_dropout_prob": cfg.hidden_dropout,
-      "attention_probs_dropout_prob": cfg.attention_dropout,
-      "position_embedding_type": "absolute",
-  }
-  write_json(os.path.join(tmp, "config.json"), hf)
-  tok_name = os.path.basename(tokenizer.path)
-  shutil.copyfile(tokenizer.path, os.path.join(tmp, tok_name))
+    head = np.ascontiguousarray(np.asarray(params["head"]["kernel"], np.float32).T)  # [D, H]
+    state["head.weight"] = head
+  save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+  write_json(os.path.join(tmp, "config.json"), weights.hf_config(cfg))
+  max_len = min(int(spec.query_max_len), _position_limit(cfg))
+  vocab = _write_tokenizer(tmp, tokenizer)
+  write_json(os.path.join(tmp, "tokenizer_config.json"), _tokenizer_config(vocab, max_len))
   text = {k: spec[k] for k in ("query_prefix", "doc_prefix", "query_max_len", "doc_max_len",
                                "pooling", "normalize", "scoring")}
-  write_json(os.path.join(tmp, SPEC_FILE), {"encoder": cfg.to_dict(), "text": text,
-                                            "tokenizer": tok_name, **(extra or {})})
+  saved = {"encoder": cfg.to_dict(), "text": text, "tokenizer": "tokenizer.json",
+           **_jsonable(dict(extra or {}))}
+  if spec.scoring == "dense":
+    _write_sentence_transformers(tmp, cfg, spec, head, max_len)
+  write_json(os.path.join(tmp, SPEC_FILE), saved)
+  with atomic_open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
+    f.write(model_card(saved))
   if os.path.exists(out_dir):
     old = out_dir + ".old"
     shutil.rmtree(old, ignore_errors=True)
@@ -207,6 +221,249 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(tmp, out_dir)
+
+
+def _jsonable(x: Any) -> Any:
+  """Plain JSON values from config objects (ConfigDicts, tuples, numpy scalars)."""
+  if hasattr(x, "to_dict") and callable(x.to_dict):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  if x is None or isinstance(x, (str, int, float, bool)):
+    return x
+  return str(x)
+
+
+def _position_limit(cfg: enc.EncoderConfig) -> int:
+  """The longest input the position table allows (XLM-R positions start after the pad id)."""
+  if cfg.position_style == "roberta":
+    return cfg.max_position_embeddings - cfg.pad_token_id - 1
+  return cfg.max_position_embeddings
+
+
+def _write_tokenizer(out: str, tokenizer: Tokenizer) -> Dict[str, int]:
+  """tokenizer.json (converted from a WordPiece vocab.txt if needed); returns the vocabulary."""
+  hf_tok = tokenizer._tok  # pylint: disable=protected-access
+  dst = os.path.join(out, "tokenizer.json")
+  if os.path.basename(tokenizer.path) == "tokenizer.json":
+    shutil.copyfile(tokenizer.path, dst)
+  else:  # vocab.txt: keep it, and save the equivalent tokenizer.json
+    shutil.copyfile(tokenizer.path, os.path.join(out, os.path.basename(tokenizer.path)))
+    hf_tok.save(dst)
+  return hf_tok.get_vocab()
+
+
+_SPECIAL_TOKENS = {
+    "bert": dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
+                 mask_token="[MASK]"),
+    "xlmr": dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+                 pad_token="<pad>", unk_token="<unk>", mask_token="<mask>"),
+}
+
+
+def _tokenizer_config(vocab: Dict[str, int], max_len: int) -> Dict[str, Any]:
+  """tokenizer_config.json for AutoTokenizer: the generic fast tokenizer over tokenizer.json.
+
+  `PreTrainedTokenizerFast` takes the tokenizer.json as it is (normaliser, pre-tokeniser,
+  [CLS]/[SEP] or <s>/</s> post-processor), so WordPiece and SentencePiece-unigram
+  tokenizers load alike; `model_max_length` is the student's query length, so
+  `truncation=True` cuts where the student was trained to.
+  """
+  family = "bert" if "[CLS]" in vocab else "xlmr"
+  special = {k: v for k, v in _SPECIAL_TOKENS[family].items() if v in vocab}
+  return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(max_len),
+          "padding_side": "right", "truncation_side": "right",
+          "clean_up_tokenization_spaces": False, **special}
+
+
+def _write_sentence_transformers(out: str, cfg: enc.EncoderConfig, spec,
+                                 head: Optional[np.ndarray], max_len: int) -> None:
+  """The sentence-transformers modules: Transformer -> Pooling [-> Dense] [-> Normalize].
+
+  The student pools token embeddings after its linear, bias-free head; pooling (a mean or
+  the first token) commutes with a linear map, so a Dense module after pooling gives the
+  same vectors.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling",
+              "type": "sentence_transformers.models.Pooling"}]
+  write_json(os.path.join(out, "sentence_bert_config.json"),
+             {"max_seq_length": int(max_len), "do_lower_case": False})
+  write_json(os.path.join(out, "1_Pooling", "config.json"), {
+      "word_embedding_dimension": cfg.hidden_size,
+      "pooling_mode_cls_token": spec.pooling == "cls",
+      "pooling_mode_mean_tokens": spec.pooling == "mean",
+      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+      "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False,
+      "include_prompt": True})  # the student pools over its prefix tokens too
+  if head is not None:
+    n = len(modules)
+    modules.append({"idx": n, "name": str(n), "path": f"{n}_Dense",
+                    "type": "sentence_transformers.models.Dense"})
+    write_json(os.path.join(out, f"{n}_Dense", "config.json"), {
+        "in_features": int(head.shape[1]), "out_features": int(head.shape[0]), "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"})
+    save_file({"linear.weight": head}, os.path.join(out, f"{n}_Dense", "model.safetensors"),
+              metadata={"format": "pt"})
+  if spec.normalize:
+    n = len(modules)
+    modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+    os.makedirs(os.path.join(out, f"{n}_Normalize"), exist_ok=True)
+  write_json(os.path.join(out, "modules.json"), modules)
+  write_json(os.path.join(out, "config_sentence_transformers.json"), {
+      "__version__": {"sentence_transformers": ST_FORMAT_VERSION},
+      "prompts": {"query": spec.query_prefix, "document": spec.doc_prefix},
+      "default_prompt_name": "query",
+      "similarity_fn_name": "cosine" if spec.normalize else "dot"})
+
+
+# --------------------------------------------------------------------------------------
+# Model card
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return f"{v:.4g}"
+  if isinstance(v, (list, tuple)):
+    return ", ".join(_fmt(x) for x in v)
+  if isinstance(v, dict):
+    return "; ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+  return "" if v is None else str(v)
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  out: Dict[str, Any] = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _source_line(source: Any) -> str:
+  if not isinstance(source, dict):
+    return f"`{source}`"
+  label = source.get("label") or source.get("type", "source")
+  where = [source[k] for k in ("path", "foreign", "english", "name") if source.get(k)]
+  files = ", ".join(f"`{os.path.basename(str(w))}`" if not isinstance(w, (list, tuple)) else
+                    ", ".join(f"`{os.path.basename(str(x))}`" for x in w) for w in where)
+  take = f", first {source['take']} pairs" if source.get("take") else ""
+  return f"**{label}** ({source.get('type', '?')}{': ' + files if files else ''}{take})"
+
+
+def _eval_table(ev: Any) -> str:
+  if isinstance(ev, str):
+    return ev.strip()
+  rows = list(ev.items())
+  measures: List[str] = []
+  for _, m in rows:
+    measures += [k for k in m if k not in measures]
+  lines = ["| system | " + " | ".join(measures) + " |",
+           "|---|" + "---:|" * len(measures)]
+  for name, m in rows:
+    lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in measures) + " |")
+  return "\n".join(lines)
+
+
+def model_card(saved: Dict[str, Any]) -> str:
+  """A Hugging Face model card (README.md) for an export, from its `optical_jax.json` dict."""
+  text, encoder_cfg = saved.get("text", {}), saved.get("encoder", {})
+  mode = saved.get("mode") or "distill"
+  teacher = saved.get("teacher") or {}
+  title = saved.get("title") or ("OPTICAL student query encoder" if mode == "distill"
+                                 else "Retrieval encoder trained with optical-jax")
+  dense = text.get("scoring", "dense") == "dense"
+  langs = saved.get("lang")
+  langs = [langs] if isinstance(langs, str) else list(langs or [])
+  front = ["---", "library_name: sentence-transformers" if dense else "library_name: transformers",
+           "pipeline_tag: sentence-similarity" if dense else "pipeline_tag: feature-extraction",
+           "tags:", "- optical-jax", "- cross-lingual-retrieval", "- feature-extraction"]
+  if dense:
+    front.append("- sentence-transformers")
+  if langs:
+    front += ["language:"] + [f"- {x}" for x in langs + (["en"] if "en" not in langs else [])]
+  front.append("---")
+  out = front + ["", f"# {title}", ""]
+  if mode == "distill":
+    out += ["A query encoder distilled with [optical-jax](https://arxiv.org/abs/2301.12566) "
+            "(OPTICAL: optimal-transport distillation for cross-lingual retrieval). It embeds "
+            "queries in its language into the space of the English teacher below; **encode the "
+            "documents with that teacher**, not with this model.", ""]
+  q, d = text.get("query_prefix", ""), text.get("doc_prefix", "")
+  dim = encoder_cfg.get("head_dim") or encoder_cfg.get("hidden_size")
+  out += ["## Usage", ""]
+  if dense:
+    out += ["```python", "from sentence_transformers import SentenceTransformer", "",
+            "model = SentenceTransformer('PATH/TO/THIS/DIRECTORY')",
+            "emb = model.encode(queries, prompt_name='query')  # prepends " + repr(q), "```", ""]
+  out += ["With transformers (" + ("mean pooling" if text.get("pooling") == "mean" else
+                                   "first-token pooling")
+          + (", the linear head `head.weight` of model.safetensors" if encoder_cfg.get("head_dim")
+             else "") + (", L2-normalised" if text.get("normalize") else "") + "):", "",
+          "```python", "import torch", "from transformers import AutoModel, AutoTokenizer", "",
+          "tok = AutoTokenizer.from_pretrained('PATH')", "model = AutoModel.from_pretrained('PATH')",
+          f"batch = tok([{q!r} + t for t in queries], padding=True, truncation=True, "
+          "return_tensors='pt')",
+          "tokens = model(**batch).last_hidden_state"]
+  if text.get("pooling") == "mean":
+    out += ["m = batch['attention_mask'].unsqueeze(-1).float()",
+            "emb = (tokens * m).sum(1) / m.sum(1)"]
+  else:
+    out += ["emb = tokens[:, 0]"]
+  if encoder_cfg.get("head_dim"):
+    out += ["from safetensors.torch import load_file",
+            "emb = emb @ load_file('PATH/model.safetensors')['head.weight'].T"]
+  if text.get("normalize"):
+    out += ["emb = torch.nn.functional.normalize(emb, dim=-1)"]
+  out += ["```", ""]
+  if not dense:
+    out += ["This model scores by late interaction over token vectors (`scoring: maxsim`); it "
+            "has no sentence-transformers modules, since a pooled vector is not what it was "
+            "trained to produce.", ""]
+  rows = [("embedding size", dim), ("pooling", text.get("pooling")),
+          ("normalised", text.get("normalize")), ("query prefix (prompt 'query')", repr(q)),
+          ("document prefix (prompt 'document')", repr(d)),
+          ("max query tokens", text.get("query_max_len"))]
+  out += ["## Model", "", "| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in rows] + [""]
+  out += ["## Training", "", "| | |", "|---|---|", f"| mode | {mode} |"]
+  if saved.get("step") is not None:
+    out.append(f"| steps | {saved['step']} |")
+  if teacher:
+    tdesc = f"`{teacher.get('path') or teacher.get('weights')}` ({teacher.get('weights', '?')})"
+    if teacher.get("query_prefix") or teacher.get("doc_prefix"):
+      tdesc += (f", query prefix {teacher.get('query_prefix', '')!r}, "
+                f"document prefix {teacher.get('doc_prefix', '')!r}")
+    out.append(f"| teacher | {tdesc} |")
+  loss = saved.get("loss")
+  if isinstance(loss, dict):
+    out += [f"| loss.{k} | {_fmt(v)} |" for k, v in _flatten(loss).items()]
+  elif loss:
+    out.append(f"| loss | {_fmt(loss)} |")
+  out.append("")
+  bitext = saved.get("bitext")
+  if bitext:
+    out += ["Bitext:", ""] + [f"- {_source_line(s)}" for s in bitext] + [""]
+  if saved.get("eval"):
+    out += ["## Evaluation", "", _eval_table(saved["eval"]), ""]
+  out += ["Files: `optical_jax.json` holds the settings optical-jax loads "
+          "(`models.export_spec(path)`).", ""]
+  return "\n".join(out)
+
+
+def write_model_card(path: str, **fields) -> None:
+  """Rewrites an export's README.md, adding `fields` (e.g. eval=...) to its optical_jax.json."""
+  saved = read_export_spec(path)
+  if fields:
+    saved.update(fields)
+    write_json(os.path.join(path, SPEC_FILE), saved)
+  with atomic_open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
+    f.write(model_card(saved))
 
 
 def export_spec(path: str, **overrides) -> ml_collections.ConfigDict:

@@ -337,7 +337,9 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
     params = jax.device_get(state.params)
     models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
                         extra={"mode": mode, "step": step, "lang": config.lang,
-                               "teacher": config.teacher.to_dict() if mode == "distill" else None})
+                               "teacher": config.teacher.to_dict() if mode == "distill" else None,
+                               "loss": config.loss.to_dict() if mode == "distill" else None,
+                               "bitext": list(config.data.bitext.sources) if mode == "distill" else None})
     write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
   ckpt.close()
   # The train step's compilations in this invocation (from disk or not): once per bucket.

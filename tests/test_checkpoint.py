@@ -1,7 +1,6 @@
 """Checkpoints: a step that fails to restore is moved aside, so the run can write it again."""
 
 import os
-import sys
 
 import jax
 import numpy as np
@@ -9,7 +8,8 @@ import pytest
 
 from optical_jax import checkpoint
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+from test_train import tiny  # pylint: disable=g-bad-import-order
+
 
 # A failed restore leaves a tensorstore callback that fires after Orbax closed its event
 # loop ("Event loop is closed", ignored by Python): harmless, and not ours to fix.
@@ -96,26 +96,10 @@ def test_corrupt_name(tmp_path):
   assert checkpoint.corrupt_name(p) == p + ".corrupt.2"
 
 
-def _tiny(**overrides):
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  try:
-    import tiny as tiny_cfg  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
-  c = tiny_cfg.get_config()
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
 def test_trainer_resumes_past_a_corrupt_newest_checkpoint(tmp_path, minilm_dir):
   del minilm_dir  # the tiny config's tokenizer
   from optical_jax import trainer  # pylint: disable=g-import-not-at-top
-  config = _tiny(**{"train.devices": 1, "train.checkpoint_every": 4, "train.steps": 12})
+  config = tiny(**{"train.devices": 1, "train.checkpoint_every": 4, "train.steps": 12})
   workdir = str(tmp_path / "run")
   r1 = trainer.run(config, workdir, log_fn=lambda *_: None)
   ckdir = os.path.join(workdir, "checkpoints")
@@ -128,6 +112,9 @@ def test_trainer_resumes_past_a_corrupt_newest_checkpoint(tmp_path, minilm_dir):
   assert r2.resumed_from == 8 and r2.step == 12
   assert any("failed to restore" in m and "12.corrupt" in m for m in logged), logged
   assert os.path.exists(os.path.join(r2.export_dir, "model.safetensors"))
+  with open(os.path.join(r2.export_dir, "README.md"), encoding="utf-8") as f:
+    card = f.read()
+  assert "| steps | 12 |" in card and "| loss.loss | ot |" in card and "**ntrex**" in card
   assert {"12", "12.corrupt"} <= set(os.listdir(ckdir))
   # The rerun from step 8 reproduces the first run's student exactly.
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top

@@ -164,3 +164,37 @@ def test_e5_q4_retrieves_and_matches_torch(e5_dir, shared_data):
     ref = model(input_ids=torch.tensor(q_ids).long(), attention_mask=torch.tensor(q_mask).long()).last_hidden_state.numpy()
   ours = np.asarray(encoder.apply(params, q_ids, q_mask, cfg=cfg))
   assert np.abs(ours - ref)[q_mask.astype(bool)].max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg", [
+    encoder.EncoderConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12,
+                          intermediate_size=1536, max_position_embeddings=512),  # MiniLM (BERT)
+    encoder.EncoderConfig(vocab_size=250037, hidden_size=384, num_layers=12, num_heads=12,
+                          intermediate_size=1536, max_position_embeddings=512, pad_token_id=1,
+                          position_style="bert"),  # e5-small: BERT positions, XLM-R vocabulary
+    encoder.EncoderConfig(vocab_size=250002, hidden_size=768, num_layers=12, num_heads=12,
+                          intermediate_size=3072, max_position_embeddings=514, pad_token_id=1,
+                          layer_norm_eps=1e-5, position_style="roberta", hidden_act="gelu_new",
+                          hidden_dropout=0.0, attention_dropout=0.05),  # XLM-R base
+])
+def test_hf_config_roundtrip(cfg):
+  hf = weights.hf_config(cfg)
+  assert json.loads(json.dumps(hf)) == hf
+  assert weights.config_from_hf(hf) == cfg
+  assert hf["model_type"] == ("bert" if cfg.position_style == "bert" else "xlm-roberta")
+  # The head and the compute dtype are not Hugging Face fields: they come back as overrides.
+  with_head = cfg.replace(head_dim=128, dtype="bfloat16")
+  assert weights.config_from_hf(weights.hf_config(with_head)) == cfg
+  assert weights.config_from_hf(weights.hf_config(with_head), head_dim=128,
+                                dtype="bfloat16") == with_head
+
+
+def test_hf_config_loads_in_transformers(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  for style, cls in (("bert", "BertModel"), ("roberta", "XLMRobertaModel")):
+    cfg = weights.config_from_hf(TINY_HF, position_style=style, pad_token_id=1)
+    d = tmp_path / style
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(weights.hf_config(cfg)))
+    hf = transformers.AutoConfig.from_pretrained(str(d))
+    assert hf.architectures == [cls] and hf.num_hidden_layers == 1 and hf.pad_token_id == 1

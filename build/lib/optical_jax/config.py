@@ -1,0 +1,141 @@
+"""Training config schema: documented defaults that `configs/*.py` start from and override.
+
+Every hyper-parameter the OPTICAL paper leaves open is a field here with its default:
+the cost (`loss.ot.cost`), marginals (`loss.marginals`, `loss.include_special`), epsilon
+(`loss.ot.epsilon`), iterations (`loss.ot.max_iterations`, `loss.ot.fixed_iterations`),
+and how gradients reach the student (`loss.ot.grad`). Config files call
+`base_config()` and change what they need; command lines override any field with
+`--config.a.b=value` (ml_collections refuses unknown fields and ill-typed values of the
+locked config); each run writes the resolved config to its workdir.
+
+The library knows no data locations: config files give paths (the repository's
+`configs/common.py` holds the shipped data's locations and the model presets).
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+
+from optical_jax.models import model_spec
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "distill"          # 'distill' (OPTICAL on bitext) or 'teacher' (English retrieval training)
+  c.seed = 0                  # student initialisation, dropout and (by default) data order
+  c.lang = ""                 # foreign language code, recorded with the run and its export
+
+  # The frozen teacher (distill) or the model being trained (teacher mode).
+  c.teacher = model_spec()
+  # The student's initialisation (distill mode only); the student is a query encoder.
+  c.student = model_spec()
+
+  c.data = ml_collections.ConfigDict()
+  # Bitext mixture for distill mode: see optical_jax.data.bitext.load_mixture. `seed`
+  # orders the data (sampling, shuffling); -1 = use `seed`.
+  c.data.bitext = ml_collections.ConfigDict(dict(sources=[], ratios=None, seed=-1))
+  # Retrieval training data for teacher mode: see optical_jax.data.retrieval_train.
+  c.data.retrieval = ml_collections.ConfigDict(dict(sources=[], ratios=None))
+  c.data.num_negatives = 0
+  c.data.global_batch = 32
+  c.data.buckets = (16, 32, 64)
+  c.data.doc_buckets = (64, 128, 256)   # teacher mode: passage lengths
+  c.data.cache_dir = ""                 # '' = $OPTICAL_JAX_CACHE/tokens
+
+  # Held-out bitext for tuning (distill mode): translation retrieval and cosine between
+  # student (foreign) and teacher (English) embeddings, logged as val_* metrics at
+  # the start, every `every` steps (0 = start and end only) and at the end.
+  c.validation = ml_collections.ConfigDict(dict(sources=[], every=0))
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.loss = "ot"                    # 'ot' | 'sentence' | 'hard' | 'ot+sentence'
+  c.loss.sentence_weight = 1.0          # weight of the sentence term in 'ot+sentence'
+  c.loss.sentence_distance = "mse"      # 'mse' (Reimers & Gurevych) or 'cosine' (1 - cos)
+  c.loss.marginals = "uniform"          # 'uniform' over real tokens, or 'idf'-weighted
+  c.loss.include_special = True         # do [CLS]/[SEP] (<s>/</s>) carry OT mass?
+  c.loss.hard_symmetric = False         # 'hard': also align each teacher token to a student token
+  c.loss.ot = ml_collections.ConfigDict(dict(
+      cost="cosine",          # 'cosine' (1 - cos) or 'sqeuclidean'
+      epsilon=0.05,           # absolute entropic regularisation
+      max_iterations=100,
+      min_iterations=0,
+      inner_iterations=10,
+      threshold=1e-3,
+      fixed_iterations=False,  # run exactly max_iterations
+      grad="envelope",         # 'envelope' (plan held fixed) | 'implicit' | 'unroll'
+      lse_mode=True,
+      scale_cost=1.0,
+  ))
+  # Teacher mode: contrastive loss with in-batch negatives across devices.
+  c.loss.temperature = 0.05
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=2e-5, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
+      freeze=(),   # regexes over param paths, e.g. ('word_embeddings',)
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000,
+      log_every=10,
+      checkpoint_every=200,
+      keep_checkpoints=3,
+      skip_nonfinite=False,   # False: stop with a message naming the step
+      progress=True,
+      devices=0,              # 0 = all devices; n = the first n (single process only)
+      # Resuming a workdir with settings that change the math (steps, lr, data, loss...)
+      # stops with the list of differences unless this is set.
+      allow_config_change=False,
+  ))
+
+  # Several hosts: jax.distributed.initialize(...) when enabled (TPU pods fill these in
+  # automatically; on CPU/GPU clusters give them, e.g. a 127.0.0.1 coordinator).
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address="", num_processes=0, process_id=-1,
+      local_device_ids="", cpu_collectives="gloo"))
+  return c
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+# Fields a resumed run may change freely: how it logs, checkpoints, validates and is
+# laid out on devices, not what it computes (data order and sharding do not depend on
+# the device count: the global batch is fixed).
+HARMLESS_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                   "train.progress", "train.devices", "train.skip_nonfinite",
+                   "train.allow_config_change", "validation.every", "data.cache_dir",
+                   "distributed.")
+
+
+def _flatten(tree, prefix: str = ""):
+  out = {}
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    if tree:
+      return out
+  out[prefix[:-1]] = tree
+  return out
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict):
+  """Differences between a workdir's saved `config.json` and `config`, split in two.
+
+  Returns:
+    (changes to the math, harmless changes): lists of 'field: old -> new' strings,
+    fields in sorted order; harmless fields are `HARMLESS_FIELDS` (a trailing '.'
+    names a whole subtree).
+  """
+  old, new = _flatten(saved), _flatten(json.loads(to_json(config)))
+  math, harmless = [], []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if a == b:
+      continue
+    line = f"{key}: {json.dumps(a)} -> {json.dumps(b)}"
+    is_harmless = any(key == f or (f.endswith(".") and key.startswith(f)) for f in HARMLESS_FIELDS)
+    (harmless if is_harmless else math).append(line)
+  return math, harmless

@@ -1,0 +1,1 @@
+"""Dataset readers: BEIR-layout corpora, queries, qrels and TREC runs."""

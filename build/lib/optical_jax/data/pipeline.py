@@ -1,0 +1,473 @@
+"""Training batches: cached tokenisation, length bucketing, deterministic resumable mixing, host sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+
+from optical_jax import errors, fingerprint
+from optical_jax.data.bitext import Bitext, Mixture, mix
+from optical_jax.errors import InputError
+from optical_jax.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+Batch = Dict[str, np.ndarray]
+
+REMAINDERS = ("pad", "drop")
+# Seed-sequence tags, so the different random streams never coincide.
+TAG_EPOCH_SHUFFLE = 0
+TAG_SOURCE_PERM = 1
+TAG_ROW_CHOICES = 2
+
+
+class TokenizerLike(Protocol):
+  fingerprint: str
+  pad_id: int
+
+  def encode_batch(self, texts: Sequence[str], max_length: int, prefix: str = "") -> List[List[int]]:
+    ...
+
+
+# --- tokenised text tables --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Ragged:
+  """Variable-length token id lists stored flat: row i is `flat[offsets[i]:offsets[i+1]]`."""
+
+  flat: np.ndarray  # int32 [total]
+  offsets: np.ndarray  # int64 [n + 1]
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  def rows(self) -> List[np.ndarray]:
+    """Each row's ids (views into `flat`)."""
+    return [self.flat[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+
+  @classmethod
+  def from_lists(cls, rows: Sequence[Sequence[int]]) -> "Ragged":
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=int(offsets[-1]))
+    return cls(flat, offsets)
+
+  @classmethod
+  def concat(cls, parts: Sequence["Ragged"]) -> "Ragged":
+    if len(parts) == 1:
+      return parts[0]
+    flat = np.concatenate([p.flat for p in parts]).astype(np.int32, copy=False)
+    offs = [np.zeros(1, np.int64)]
+    base = 0
+    for p in parts:
+      offs.append(p.offsets[1:] + base)
+      base += int(p.offsets[-1])
+    return cls(flat, np.concatenate(offs))
+
+  def row(self, i: int) -> np.ndarray:
+    return self.flat[self.offsets[i]:self.offsets[i + 1]]
+
+  def gather(self, idx: np.ndarray, length: int, pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows `idx` padded (or cut) to `length`: (ids int32 [len(idx), length], mask int32)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    starts = self.offsets[idx]
+    lens = np.minimum(self.offsets[idx + 1] - starts, length)
+    pos = np.arange(length, dtype=np.int64)
+    mask = pos[None, :] < lens[:, None]
+    if len(self.flat) == 0:
+      return np.full(mask.shape, pad_id, np.int32), mask.astype(np.int32)
+    src = np.where(mask, starts[:, None] + pos[None, :], 0)
+    ids = np.where(mask, self.flat[src], pad_id).astype(np.int32)
+    return ids, mask.astype(np.int32)
+
+
+def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: int, prefix: str = "",
+                   cache_dir: Optional[str] = None, chunk_size: int = 4096) -> Ragged:
+  """Token ids (special tokens included, truncated to `max_length`) for each text, cached.
+
+  With `cache_dir`, the result is stored as `tok-<key>.npz` (written atomically) under a
+  key from the tokenizer fingerprint, the texts' content hash, `max_length` and `prefix`;
+  a later call with the same key loads it without calling the tokenizer.
+  """
+  errors.check_int(max_length, "max_length", 2)
+  key = fingerprint.digest({"format": CACHE_FORMAT, "tokenizer": tokenizer.fingerprint,
+                            "texts": fingerprint.texts(list(texts), n=None),
+                            "max_length": max_length, "prefix": prefix}, n=None)
+  path = None
+  if cache_dir is not None:
+    path = os.path.join(os.fspath(cache_dir), f"tok-{key[:32]}.npz")
+    if os.path.exists(path):
+      try:
+        with np.load(path, allow_pickle=False) as z:
+          meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+          if meta.get("key") == key and meta.get("count") == len(texts):
+            return Ragged(z["flat"].astype(np.int32, copy=False), z["offsets"].astype(np.int64, copy=False))
+        log.warning("token cache %s does not match its key; re-tokenising", path)
+      except Exception as e:  # pylint: disable=broad-except  # corrupt cache: rebuild it
+        log.warning("unreadable token cache %s (%s); re-tokenising", path, e)
+  rows: List[List[int]] = []
+  for start in range(0, len(texts), chunk_size):
+    rows.extend(tokenizer.encode_batch(list(texts[start:start + chunk_size]), max_length, prefix))
+  ragged = Ragged.from_lists(rows)
+  if path is not None:
+    meta = json.dumps({"key": key, "count": len(texts), "max_length": max_length, "prefix": prefix,
+                       "tokenizer": tokenizer.fingerprint}).encode("utf-8")
+    with atomic_open(path, "wb") as f:
+      np.savez(f, flat=ragged.flat, offsets=ragged.offsets, meta=np.frombuffer(meta, dtype=np.uint8))
+  return ragged
+
+
+# --- bucketing -----------------------------------------------------------------------------
+
+
+def side_buckets(buckets: Sequence[int], max_length: int, what: str,
+                 count: Optional[int] = None) -> Tuple[int, ...]:
+  """Bucket lengths for one side: `buckets` clipped to `max_length`, whose last must reach it.
+
+  With `count`, a single length is repeated `count` times (one shape for that side) and
+  any other number of lengths than `count` is an error.
+  """
+  b = tuple(buckets)
+  if not b or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in b):
+    raise InputError(f"{what} buckets must be a non-empty list of positive integers, got {list(b)}")
+  if any(x > y for x, y in zip(b, b[1:])):
+    raise InputError(f"{what} buckets must be increasing, got {list(b)}")
+  if b[-1] < max_length:
+    raise InputError(f"largest {what} bucket {b[-1]} is shorter than its max_length {max_length}")
+  if count is not None and len(b) != count:
+    if len(b) != 1:
+      raise InputError(f"{what} buckets have {len(b)} lengths but the other side has {count}")
+    b = b * count
+  return tuple(min(x, max_length) for x in b)
+
+
+def joint_buckets(lengths: Sequence[np.ndarray], bucket_lengths: Sequence[Tuple[int, ...]]) -> np.ndarray:
+  """Per example, the smallest bucket index whose length fits every side (int32 [n])."""
+  out = None
+  for lens, bl in zip(lengths, bucket_lengths):
+    i = np.searchsorted(np.asarray(bl), lens, side="left")
+    if np.any(i >= len(bl)):  # a tokenizer ignored max_length
+      raise InputError(f"a sequence of length {int(lens.max())} exceeds the largest bucket {bl[-1]}")
+    out = i if out is None else np.maximum(out, i)
+  return out.astype(np.int32)
+
+
+def epoch_counts(ratios: Sequence[float], epoch_size: int) -> List[int]:
+  """Examples drawn per source per epoch: `ratios * epoch_size`, rounded by largest remainder."""
+  raw = np.asarray(ratios, dtype=np.float64) * epoch_size
+  counts = np.floor(raw).astype(np.int64)
+  short = epoch_size - int(counts.sum())
+  if short > 0:
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[:short]] += 1
+  if np.any(counts == 0):
+    raise InputError(f"epoch_size {epoch_size} is too small for mixture ratios {list(ratios)}: "
+                     "a source would never be sampled")
+  return [int(c) for c in counts]
+
+
+def check_batching(global_batch: Any, remainder: Any, epoch_size: Any) -> None:
+  """Range checks shared by the batching configs."""
+  errors.check_int(global_batch, "global_batch", 1)
+  if remainder not in REMAINDERS:
+    raise InputError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
+  if epoch_size is not None:
+    errors.check_int(epoch_size, "epoch_size", 1)
+
+
+def seeded_rng(*parts: int) -> np.random.Generator:
+  """A Generator seeded by a sequence of integers (e.g. seed, stream tag, epoch)."""
+  return np.random.default_rng(np.random.SeedSequence([int(p) for p in parts]))
+
+
+@dataclasses.dataclass
+class EpochPlan:
+  """The batches of one epoch: bucket index, global example indices and real-row count per batch."""
+
+  bucket: np.ndarray  # int32 [num_batches]
+  indices: np.ndarray  # int64 [num_batches, global_batch]
+  num_valid: np.ndarray  # int32 [num_batches]
+
+  def __len__(self) -> int:
+    return len(self.bucket)
+
+
+class BatchIterator:
+  """Deterministic, resumable iterator over bucketed global batches, yielding this host's rows.
+
+  Epoch `e` draws `counts[k]` examples from source `k`, continuing that source's own
+  stream of permutations (permutation `q` of source k is seeded by (seed, k, q), so a
+  source is seen in full before any example repeats, and ratios are exact per epoch);
+  the epoch's examples are then shuffled with a Generator seeded by (seed, epoch).
+  Walking that order, each example joins its bucket; a bucket emits a batch whenever
+  it holds `global_batch` examples. Leftovers at the end of the epoch are either padded
+  (remainder='pad': filler rows repeat the batch's first example and get valid=0) or
+  dropped (remainder='drop'). Every host computes the same plan and keeps rows
+  `[p * B / P, (p + 1) * B / P)` of each global batch.
+
+  The state `{'epoch', 'batch', 'fingerprint'}` is JSON-serialisable; `restore(state)`
+  resumes with exactly the batches that would have followed, also under another
+  process count (the fingerprint excludes the host layout).
+
+  `global_batch`, `seed`, `epoch_size` and `remainder` come from a config dataclass
+  that has checked them (`check_batching`); this class checks the host layout.
+  """
+
+  def __init__(self, *, bucket_of: np.ndarray, sizes: Sequence[int], ratios: Sequence[float],
+               num_buckets: int, global_batch: int, seed: int, assemble: Callable[..., Batch],
+               fingerprint_payload: Mapping[str, Any], epoch_size: Optional[int] = None,
+               remainder: str = "pad", process_index: int = 0, process_count: int = 1):
+    if not isinstance(process_count, int) or process_count < 1 or not 0 <= process_index < process_count:
+      raise InputError(f"bad host layout: process_index={process_index} process_count={process_count}")
+    if global_batch % process_count:
+      raise InputError(f"global_batch {global_batch} is not divisible by process_count {process_count}")
+    self.sizes = [int(s) for s in sizes]
+    if any(s <= 0 for s in self.sizes):
+      raise InputError(f"every source needs at least one example, sizes {self.sizes}")
+    self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+    if epoch_size is None:
+      epoch_size = int(sum(self.sizes))
+    self.counts = epoch_counts(ratios, epoch_size)
+    self.bucket_of = np.asarray(bucket_of, dtype=np.int32)
+    self.num_buckets = int(num_buckets)
+    self.global_batch = global_batch
+    self.seed = seed
+    self.remainder = remainder
+    self.process_index = process_index
+    self.process_count = process_count
+    self.local_batch = global_batch // process_count
+    self._assemble = assemble
+    payload = dict(fingerprint_payload)
+    payload.update(sizes=self.sizes, counts=self.counts, global_batch=global_batch, seed=seed,
+                   remainder=remainder, num_buckets=self.num_buckets)
+    self.fingerprint = fingerprint.digest(payload)
+    self._plans: Dict[int, EpochPlan] = {}  # the two most recently used epochs
+    self._epoch = 0
+    self._batch = 0
+    if len(self.plan(0)) == 0:
+      raise InputError(f"no batch in an epoch: {epoch_size} examples per epoch, global_batch "
+                       f"{global_batch}, remainder='drop' (per-bucket counts "
+                       f"{np.bincount(self.bucket_of, minlength=self.num_buckets).tolist()})")
+
+  # -- planning --
+
+  def epoch_examples(self, epoch: int) -> np.ndarray:
+    """Global example indices of epoch `epoch`, in shuffled order (int64)."""
+    parts = []
+    for k, (n, c) in enumerate(zip(self.sizes, self.counts)):
+      s = np.arange(epoch * c, (epoch + 1) * c, dtype=np.int64)
+      q, r = s // n, s % n
+      out = np.empty(c, dtype=np.int64)
+      for qq in np.unique(q):
+        perm = seeded_rng(self.seed, TAG_SOURCE_PERM, k, qq).permutation(n)
+        m = q == qq
+        out[m] = perm[r[m]]
+      parts.append(out + self.offsets[k])
+    order = np.concatenate(parts)
+    return order[seeded_rng(self.seed, TAG_EPOCH_SHUFFLE, epoch).permutation(len(order))]
+
+  def plan(self, epoch: int) -> EpochPlan:
+    """The batches of epoch `epoch` (cached for the current epoch)."""
+    if epoch in self._plans:
+      return self._plans[epoch]
+    order = self.epoch_examples(epoch)
+    b = self.bucket_of[order]
+    B = self.global_batch
+    keys, buckets, rows, valid = [], [], [], []
+    for k in range(self.num_buckets):
+      pos = np.flatnonzero(b == k)
+      members = order[pos]
+      full = len(members) // B
+      if full:
+        keys.append(pos[B - 1::B][:full])
+        buckets.append(np.full(full, k, np.int32))
+        rows.append(members[:full * B].reshape(full, B))
+        valid.append(np.full(full, B, np.int32))
+      rest = len(members) - full * B
+      if rest and self.remainder == "pad":
+        tail = members[full * B:]
+        keys.append(np.array([len(order) + k]))
+        buckets.append(np.array([k], np.int32))
+        rows.append(np.concatenate([tail, np.full(B - rest, tail[0])])[None])
+        valid.append(np.array([rest], np.int32))
+    if keys:
+      key = np.concatenate(keys)
+      o = np.argsort(key, kind="stable")
+      plan = EpochPlan(np.concatenate(buckets)[o], np.concatenate(rows)[o], np.concatenate(valid)[o])
+    else:
+      plan = EpochPlan(np.zeros(0, np.int32), np.zeros((0, B), np.int64), np.zeros(0, np.int32))
+    if len(self._plans) >= 2:
+      self._plans.pop(next(iter(self._plans)))
+    self._plans[epoch] = plan
+    return plan
+
+  def batches_per_epoch(self, epoch: int = 0) -> int:
+    return len(self.plan(epoch))
+
+  # -- batches --
+
+  def batch_at(self, epoch: int, index: int) -> Batch:
+    """This host's part of batch `index` of epoch `epoch` (pure: the iterator state is untouched)."""
+    plan = self.plan(epoch)
+    if not 0 <= index < len(plan):
+      raise IndexError(f"epoch {epoch} has {len(plan)} batches, asked for {index}")
+    lo = self.process_index * self.local_batch
+    local = slice(lo, lo + self.local_batch)
+    bucket = int(plan.bucket[index])
+    batch = self._assemble(plan.indices[index], bucket, local, (self.seed, epoch, index))
+    valid = (np.arange(self.global_batch) < plan.num_valid[index]).astype(np.float32)
+    batch["valid"] = valid[local]
+    return batch
+
+  @property
+  def state(self) -> Dict[str, Any]:
+    """Position of the next batch: `{'epoch': int, 'batch': int, 'fingerprint': str}`."""
+    return {"epoch": self._epoch, "batch": self._batch, "fingerprint": self.fingerprint}
+
+  def restore(self, state: Mapping[str, Any]) -> None:
+    """Continues from a saved `state` (from this iterator or one built the same way)."""
+    if not isinstance(state, Mapping) or not all(
+        isinstance(state.get(k), int) and not isinstance(state.get(k), bool) and state.get(k) >= 0
+        for k in ("epoch", "batch")):
+      raise InputError(f"bad data iterator state {state!r}: need non-negative integers 'epoch' and 'batch'")
+    fp = state.get("fingerprint")
+    if fp is not None and fp != self.fingerprint:
+      raise InputError(f"data iterator state was saved for another pipeline (fingerprint {fp}, "
+                       f"this one {self.fingerprint}): data, seed, batch size or buckets changed")
+    epoch, batch = state["epoch"], state["batch"]
+    n = len(self.plan(epoch))
+    if batch > n:
+      raise InputError(f"data iterator state points at batch {batch} of epoch {epoch}, which has {n}")
+    self._epoch, self._batch = (epoch + 1, 0) if batch == n else (epoch, batch)
+
+  def __iter__(self) -> "BatchIterator":
+    return self
+
+  def __next__(self) -> Batch:
+    for _ in range(1000):  # remainder='drop' with a skewed epoch can leave an epoch empty
+      if self._batch < len(self.plan(self._epoch)):
+        break
+      self._epoch, self._batch = self._epoch + 1, 0
+    batch = self.batch_at(self._epoch, self._batch)
+    self._batch += 1
+    if self._batch >= len(self.plan(self._epoch)):
+      self._epoch, self._batch = self._epoch + 1, 0
+    return batch
+
+  def epoch(self, epoch: int) -> Iterator[Batch]:
+    """This host's batches of one epoch, in order (does not move the iterator)."""
+    for i in range(self.batches_per_epoch(epoch)):
+      yield self.batch_at(epoch, i)
+
+
+# --- bitext batches ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Batching of bitext for distillation.
+
+  `buckets` are the sequence lengths a batch may have; each side uses them clipped to
+  its own max length (`tgt_buckets` overrides the teacher side: same count, or a single
+  length for one teacher shape).
+  A pair goes to the smallest bucket index whose length fits both sides, so there are
+  at most `len(buckets)` batch shapes. `epoch_size` defaults to the total number of
+  pairs; `remainder` is 'pad' (valid=0 filler rows) or 'drop'. `seed` overrides the
+  mixture's seed when set. `cache_dir=None` disables the token cache.
+
+  Built directly (the trainer does, from the checked ml_collections config) or from a
+  mapping by `BitextBatches`; either way the ranges are checked here, once.
+  """
+
+  global_batch: int
+  src_max_length: int = 64
+  tgt_max_length: int = 64
+  buckets: Tuple[int, ...] = (16, 32, 64)
+  tgt_buckets: Optional[Tuple[int, ...]] = None
+  src_prefix: str = ""
+  tgt_prefix: str = ""
+  remainder: str = "pad"
+  epoch_size: Optional[int] = None
+  seed: Optional[int] = None
+  cache_dir: Optional[str] = None
+
+  def __post_init__(self):
+    check_batching(self.global_batch, self.remainder, self.epoch_size)
+    if self.seed is not None:
+      errors.check_int(self.seed, "seed", None)
+    for k in ("buckets", "tgt_buckets"):  # lists from a mapping: tuples keep the config hashable
+      if getattr(self, k) is not None:
+        object.__setattr__(self, k, tuple(getattr(self, k)))
+
+
+class BitextBatches(BatchIterator):
+  """Bitext batches `src_ids, src_mask` (student, foreign) and `tgt_ids, tgt_mask` (teacher, English).
+
+  All int32 of shape [local_batch, bucket length of that side], plus `valid` float32
+  [local_batch]. `shapes()` lists the possible shapes (for ahead-of-time compilation).
+  """
+
+  def __init__(self, data: Union[Mixture, Bitext, Sequence[Bitext]], student: TokenizerLike,
+               teacher: TokenizerLike, config: Union[PipelineConfig, Mapping[str, Any]], *,
+               process_index: int = 0, process_count: int = 1):
+    cfg = errors.build(PipelineConfig, config, "pipeline config")
+    if isinstance(data, Bitext):
+      data = mix([data])
+    elif not isinstance(data, Mixture):
+      data = mix(list(data))
+    self.mixture = data
+    self.config = cfg
+    src_b = side_buckets(cfg.buckets, cfg.src_max_length, "student")
+    tgt_b = side_buckets(cfg.tgt_buckets if cfg.tgt_buckets is not None else cfg.buckets,
+                         cfg.tgt_max_length, "teacher", count=len(src_b))
+    self.src_bucket_lengths, self.tgt_bucket_lengths = src_b, tgt_b
+    srcs, tgts = [], []
+    for s in data.sources:
+      srcs.append(tokenize_texts(s.foreign, student, cfg.src_max_length, cfg.src_prefix, cfg.cache_dir))
+      tgts.append(tokenize_texts(s.english, teacher, cfg.tgt_max_length, cfg.tgt_prefix, cfg.cache_dir))
+    self.src, self.tgt = Ragged.concat(srcs), Ragged.concat(tgts)
+    self._src_pad, self._tgt_pad = int(student.pad_id), int(teacher.pad_id)
+    bucket_of = joint_buckets([self.src.lengths, self.tgt.lengths], [src_b, tgt_b])
+    payload = {"kind": "bitext", "content": [s.content_hash() for s in data.sources],
+               "student": student.fingerprint, "teacher": teacher.fingerprint,
+               "ratios": data.ratios, "src": [src_b, cfg.src_max_length, cfg.src_prefix],
+               "tgt": [tgt_b, cfg.tgt_max_length, cfg.tgt_prefix]}
+    super().__init__(bucket_of=bucket_of, sizes=[len(s) for s in data.sources], ratios=data.ratios,
+                     num_buckets=len(src_b), global_batch=cfg.global_batch,
+                     seed=data.seed if cfg.seed is None else cfg.seed, assemble=self._make,
+                     fingerprint_payload=payload, epoch_size=cfg.epoch_size,
+                     remainder=cfg.remainder, process_index=process_index,
+                     process_count=process_count)
+
+  def _make(self, idx: np.ndarray, bucket: int, local: slice, _: Tuple[int, int, int]) -> Batch:
+    idx = idx[local]
+    src_ids, src_mask = self.src.gather(idx, self.src_bucket_lengths[bucket], self._src_pad)
+    tgt_ids, tgt_mask = self.tgt.gather(idx, self.tgt_bucket_lengths[bucket], self._tgt_pad)
+    return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
+
+  def shapes(self) -> List[Dict[str, Tuple[int, int]]]:
+    """The distinct per-host batch shapes this iterator can yield."""
+    out, seen = [], set()
+    for s, t in zip(self.src_bucket_lengths, self.tgt_bucket_lengths):
+      if (s, t) not in seen:
+        seen.add((s, t))
+        out.append({"src": (self.local_batch, s), "tgt": (self.local_batch, t)})
+    return out
+
+  def stats(self) -> Dict[str, Any]:
+    """Counts for logging: per-source reading stats, per-epoch draws and bucket occupancy."""
+    return {"sources": self.mixture.stats(), "per_epoch": self.counts,
+            "bucket_pairs": np.bincount(self.bucket_of, minlength=self.num_buckets).tolist(),
+            "batches_per_epoch": self.batches_per_epoch(0)}

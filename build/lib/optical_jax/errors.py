@@ -1,0 +1,86 @@
+"""User-facing input errors: one line naming the file, the line and the problem."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Collection, Optional, Sequence, Type, TypeVar, Union
+
+PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
+
+
+class InputError(Exception):
+  """Bad input from the user (file, config or data), reported as one line.
+
+  The command-line programs catch it, print `str(err)` and exit with status 2,
+  so a user sees `path:line: problem` rather than a traceback.
+  """
+
+  def __init__(self, problem: str, path: Optional[PathLike] = None,
+               line: Optional[int] = None):
+    self.problem = problem
+    self.path = None if path is None else os.fspath(path)
+    self.line = line
+    super().__init__(self.format())
+
+  def format(self) -> str:
+    where = ""
+    if self.path is not None:
+      where = self.path if self.line is None else f"{self.path}:{self.line}"
+      where += ": "
+    return f"{where}{self.problem}"
+
+
+# --- config mappings: checks for config values that arrive as plain mappings ----------------
+
+
+def check_int(value: Any, what: str, minimum: Optional[int] = 0) -> int:
+  """`value` if it is an integer (not a bool) and >= `minimum` (None: any); else an InputError."""
+  if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+    kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}")
+    raise InputError(f"{what} must be {kind}, got {value!r}")
+  return value
+
+
+def check_mapping(value: Any, what: str) -> Mapping[str, Any]:
+  """`value` if it is a mapping; else the InputError `<what> must be a mapping, got <type>`."""
+  if not isinstance(value, Mapping):
+    raise InputError(f"{what} must be a mapping, got {type(value).__name__}")
+  return value
+
+
+def check_keys(d: Mapping[str, Any], allowed: Collection[str], what: str,
+               required: Sequence[str] = ()) -> None:
+  """InputError `what: unknown keys [...]; allowed: [...]` or `what: missing [...]`."""
+  unknown = set(d) - set(allowed)
+  if unknown:
+    raise InputError(f"{what}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+  missing = [k for k in required if k not in d]
+  if missing:
+    raise InputError(f"{what}: missing {missing}")
+
+
+def build(cls: Type[T], config: Union[T, Mapping[str, Any]], what: str) -> T:
+  """A frozen config dataclass from a mapping (parsed JSON, `ConfigDict.to_dict()`).
+
+  `config` itself if it already is a `cls`. The dataclass checks its own values
+  (`__post_init__`); this reports unknown or missing keys as one InputError naming them
+  and the known keys, and builds nested config dataclasses (a field whose default is a
+  dataclass instance) from nested mappings.
+  """
+  if isinstance(config, cls):
+    return config
+  check_mapping(config, what)
+  fields = dataclasses.fields(cls)
+  names = [f.name for f in fields]
+  required = [f.name for f in fields
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  check_keys(config, names, what, required)
+  kwargs = dict(config)
+  for f in fields:
+    if f.name in kwargs and dataclasses.is_dataclass(f.default) and isinstance(kwargs[f.name], Mapping):
+      kwargs[f.name] = build(type(f.default), kwargs[f.name], f"{what} {f.name}")
+  return cls(**kwargs)

@@ -1,0 +1,634 @@
+"""Evaluation runs: systems (query + document encoder) on a BEIR dataset -> runs, metrics, comparison.
+
+`run(config, out_dir)` is what `eval.py` calls. It wires the library together and does
+no retrieval math of its own:
+
+    dataset (optical_jax.data.beir) --> per system: queries --query model--> embeddings
+    corpus --doc model--> embeddings (cached on disk, shared by every system with that doc model)
+    --> exact top-k search or rerank (optical_jax.retrieval) --> runs/<system>.trec
+    --> metrics/<system>.json (optical_jax.metrics) --> comparison.{md,json,png}
+
+The config schema (`default_config`) lists the dataset (a BEIR directory, explicit files
+or `irds:` ids), an ordered mapping `systems` of name -> `system(query_model, doc_model,
+query_field)` (model specs as in `optical_jax.models.model_spec`), the baselines for
+significance tests, the mode ('full' search or 'rerank' of a TREC run) and encoding
+settings.
+
+Rerunning into the same out directory is cheap: `manifest.json` records, per system, a
+key over everything its run depends on (model files and text settings of both sides,
+query and corpus content, mode, top_k, input run); a system whose run file exists with a
+matching key is not recomputed, and its metrics are recomputed from the run only when
+the qrels or measures changed. Passage and query embeddings are cached separately (see
+`optical_jax.retrieval.cached`), keyed by the model fingerprint of that side, the
+content fingerprint, the max length and the prefix, so a second out directory or a new
+system reuses them too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
+from optical_jax import mesh as mesh_lib
+from optical_jax.data import beir
+from optical_jax.data.beir import passage_text
+from optical_jax.errors import InputError
+from optical_jax.fileio import write_json, write_text
+
+MODES = ("full", "rerank")
+TESTS = ("t-test", "permutation")
+SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
+MANIFEST = "manifest.json"
+# Bumped when the way runs are produced changes, so old manifests stop matching.
+RUN_FORMAT = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Config schema.
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The eval config with documented defaults; config files fill `dataset` and `systems`.
+
+  Fields:
+    dataset.path: a BEIR directory (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`)
+      or an `irds:<id>`; each of dataset.corpus / .queries / .qrels overrides its part.
+    dataset.query_field: JSONL field of the query text (a system may override it, e.g.
+      'text_en' for an oracle-translation system).
+    dataset.titles / title_sep: passage text = title + title_sep + text (as in training,
+      `optical_jax.data.beir.passage_text`); titles=False uses the text only.
+    dataset.judged_only: retrieve only for queries that have judgements.
+    systems: name -> `system(...)`, in the order of the table and chart.
+    baselines: system names the others are tested against (default: the first system).
+    mode: 'full' (exact top-k over the corpus) or 'rerank' (rescore `rerank_run`, a
+      TREC run, keeping each query's top `depth` documents; 0 = all).
+    top_k: documents kept per query in the written run.
+    batch_size: texts per encoder call (split over all devices when it divides evenly).
+    length_buckets.query / .doc: padded lengths; each model's max length is added and
+      longer buckets dropped, so every text fits.
+    cache_dir: embedding cache ('' = $OPTICAL_JAX_CACHE/embeddings or
+      ~/.cache/optical_jax/embeddings; 'none' disables it).
+    measures: ir_measures names; test: 't-test' or 'permutation' for the markers (both
+      p-values are in comparison.json); alpha, n_permutations, seed: test settings.
+    scoring: '' (each model's own) or 'dense' / 'maxsim': score every system that way
+      (late interaction over the same encoders: `optical_jax.scoring`).
+    progress: show progress bars while encoding.
+  """
+  c = ml_collections.ConfigDict()
+  c.dataset = ml_collections.ConfigDict(dict(
+      path="", corpus="", queries="", qrels="", split="test", query_field="text",
+      titles=True, title_sep=" ", judged_only=False))
+  c.systems = ml_collections.ConfigDict()
+  c.baselines = ()
+  c.mode = "full"
+  c.rerank_run = ""
+  c.depth = 100
+  c.top_k = 100
+  c.batch_size = 32
+  c.length_buckets = ml_collections.ConfigDict(dict(
+      query=(16, 32, 64, 128, 256, 512),
+      doc=(32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)))
+  c.cache_dir = ""
+  c.measures = tuple(metrics.DEFAULT_MEASURES)
+  c.test = "t-test"
+  c.alpha = 0.05
+  c.n_permutations = metrics.DEFAULT_PERMUTATIONS
+  c.seed = metrics.DEFAULT_SEED
+  c.scoring = ""
+  c.progress = True
+  return c
+
+
+def system(query_model, doc_model=None, query_field: str = "") -> ml_collections.ConfigDict:
+  """One system: a query encoder, a document encoder (default: the query encoder) and
+  optionally the query field it reads ('' = dataset.query_field)."""
+  s = ml_collections.ConfigDict()
+  s.query_model = _as_spec(query_model)
+  s.doc_model = None if doc_model is None else _as_spec(doc_model)
+  s.query_field = query_field
+  return s
+
+
+def _as_spec(spec) -> ml_collections.ConfigDict:
+  if isinstance(spec, ml_collections.ConfigDict):
+    return spec
+  return models.model_spec(**dict(spec))
+
+
+# ---------------------------------------------------------------------------
+# Resolution and validation (all before anything heavy runs).
+
+
+@dataclasses.dataclass
+class SystemPlan:
+  """A validated system with the fingerprints its outputs depend on."""
+
+  name: str
+  query_spec: ml_collections.ConfigDict
+  doc_spec: ml_collections.ConfigDict
+  query_field: str
+  query_fp: str = ""
+  doc_fp: str = ""
+
+
+@dataclasses.dataclass
+class Dataset:
+  corpus: beir.Corpus
+  passages: List[str]
+  queries: Dict[str, beir.Queries]       # by field
+  qrels: beir.Qrels
+  paths: Dict[str, str]
+  rerank_run: Optional[beir.Run] = None
+  rerank_fp: str = ""
+
+
+@dataclasses.dataclass
+class EvalResult:
+  """What `run` produced: per-system `evaluate` results, the table and what was recomputed."""
+
+  out_dir: str
+  results: Dict[str, Dict[str, Any]]
+  markdown: str
+  comparison: Dict[str, Any]
+  computed: List[str]
+  reused: List[str]
+  timings: Dict[str, Dict[str, float]]
+
+
+def _keys_in_order(node) -> List[str]:
+  """Keys in insertion order (ConfigDict.keys() sorts them)."""
+  if isinstance(node, ml_collections.ConfigDict):
+    return list(json.loads(node.to_json_best_effort()))
+  return list(node)
+
+
+def _to_plain(node) -> Any:
+  """A JSON-able copy, keeping insertion order."""
+  if isinstance(node, ml_collections.ConfigDict):
+    return json.loads(node.to_json_best_effort())
+  return json.loads(json.dumps(node, default=str))
+
+
+_SPEC_FIELDS = tuple(models.model_spec().keys())
+
+
+def _check_spec(spec, where: str) -> ml_collections.ConfigDict:
+  if isinstance(spec, Mapping) and not isinstance(spec, ml_collections.ConfigDict):
+    spec = ml_collections.ConfigDict(dict(spec))
+  if not isinstance(spec, ml_collections.ConfigDict):
+    raise InputError(f"{where} must be a model spec (models.model_spec(...)), "
+                     f"found {type(spec).__name__}")
+  unknown = [k for k in spec.keys() if k not in _SPEC_FIELDS]
+  if unknown:
+    raise InputError(f"{where}: unknown field {unknown[0]!r} (model spec fields: "
+                     f"{', '.join(sorted(_SPEC_FIELDS))})")
+  full = models.model_spec()
+  full.update(spec.to_dict())
+  models.validate_spec(full, where)
+  for side in ("query", "doc"):
+    if int(full[f"{side}_max_len"]) < 2:
+      raise InputError(f"{where}.{side}_max_len must be >= 2, got {full[f'{side}_max_len']}")
+  return full
+
+
+def _check_name(name: str, what: str) -> None:
+  if not isinstance(name, str) or not _NAME_RE.match(name):
+    raise InputError(f"bad {what} name {name!r}: use letters, digits and . _ + - "
+                     "(it names files)")
+
+
+def _plan_systems(config) -> List[SystemPlan]:
+  systems = config.systems
+  names = _keys_in_order(systems)
+  if not names:
+    raise InputError("config.systems is empty: add at least one system "
+                     "(evaluator.system(query_model, doc_model, query_field))")
+  plans = []
+  for name in names:
+    _check_name(name, "system")
+    where = f"systems['{name}']"
+    entry = systems[name]
+    if not isinstance(entry, Mapping) and not isinstance(entry, ml_collections.ConfigDict):
+      raise InputError(f"{where} must be evaluator.system(...), found {type(entry).__name__}")
+    keys = _keys_in_order(entry)
+    unknown = [k for k in keys if k not in SYSTEM_FIELDS]
+    if unknown:
+      raise InputError(f"{where}: unknown field {unknown[0]!r} (allowed: "
+                       f"{', '.join(SYSTEM_FIELDS)})")
+    if entry.get("query_model") is None:
+      raise InputError(f"{where}.query_model is missing")
+    q = _check_spec(entry["query_model"], f"{where}.query_model")
+    d_raw = entry.get("doc_model")
+    d = q if d_raw is None else _check_spec(d_raw, f"{where}.doc_model")
+    if config.scoring:   # one scoring for every system, e.g. late interaction
+      scoring.check(config.scoring, "config.scoring", InputError)
+      q, d = q.copy_and_resolve_references(), d.copy_and_resolve_references()
+      q.scoring = d.scoring = config.scoring
+    if q.scoring != d.scoring:
+      raise InputError(f"{where}: query_model.scoring {q.scoring!r} and doc_model.scoring "
+                       f"{d.scoring!r} differ")
+    field = entry.get("query_field") or config.dataset.query_field
+    if not isinstance(field, str) or not field:
+      raise InputError(f"{where}.query_field must be a non-empty string")
+    plan = SystemPlan(name, q, d, field)
+    plan.query_fp = fingerprint.model(q, "query")
+    plan.doc_fp = fingerprint.model(d, "doc")
+    plans.append(plan)
+  return plans
+
+
+def _check_settings(config, plans: Sequence[SystemPlan]) -> List[str]:
+  """Range checks of the eval settings (ml_collections checks their names and types)."""
+  if config.mode not in MODES:
+    raise InputError(f"config.mode must be one of {MODES}, got {config.mode!r}")
+  if config.mode == "rerank" and not config.rerank_run:
+    raise InputError("config.mode is 'rerank' but config.rerank_run (a TREC run) is empty")
+  if int(config.top_k) < 1:
+    raise InputError(f"config.top_k must be >= 1, got {config.top_k}")
+  if int(config.depth) < 0:
+    raise InputError(f"config.depth must be >= 0 (0 = all), got {config.depth}")
+  if int(config.batch_size) < 1:
+    raise InputError(f"config.batch_size must be >= 1, got {config.batch_size}")
+  for side in ("query", "doc"):
+    b = list(config.length_buckets[side])
+    if not b or any(int(x) < 1 for x in b):
+      raise InputError(f"config.length_buckets.{side} must be positive lengths, got {b}")
+  if config.test not in TESTS:
+    raise InputError(f"config.test must be one of {TESTS}, got {config.test!r}")
+  if not config.measures:
+    raise InputError("config.measures is empty")
+  metrics.parse_measures(list(config.measures))
+  names = [p.name for p in plans]
+  baselines = list(config.baselines) or names[:1]
+  for b in baselines:
+    if b not in names:
+      raise InputError(f"config.baselines: {b!r} is not a system (systems: {', '.join(names)})")
+  if len(baselines) > len(metrics.MARKERS):
+    raise InputError(f"config.baselines: at most {len(metrics.MARKERS)} baselines")
+  return baselines
+
+
+def dataset_paths(ds) -> Dict[str, str]:
+  """corpus / queries / qrels paths from dataset.path (BEIR dir or irds id) and overrides."""
+  base = ds.path or ""
+  paths = {"corpus": "", "queries": "", "qrels": ""}
+  if base.startswith(beir.IRDS_PREFIX):
+    paths = {k: base for k in paths}
+  elif base:
+    base = assets.resolve(base)
+    if not os.path.isdir(base):
+      raise InputError("dataset.path is not a directory (a BEIR dataset) or irds: id", base)
+    paths = {"corpus": os.path.join(base, "corpus.jsonl"),
+             "queries": os.path.join(base, "queries.jsonl"),
+             "qrels": os.path.join(base, "qrels", f"{ds.split}.tsv")}
+  for k in paths:
+    if ds[k]:
+      paths[k] = ds[k] if ds[k].startswith(beir.IRDS_PREFIX) else assets.resolve(ds[k])
+    if not paths[k]:
+      raise InputError(f"dataset.{k} is empty (set dataset.path to a BEIR directory, or "
+                       f"dataset.{k})")
+  return paths
+
+
+def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
+  ds = config.dataset
+  paths = dataset_paths(ds)
+  corpus = beir.load_corpus(paths["corpus"])
+  sep = ds.title_sep if ds.titles else None
+  passages = [passage_text(t, x, sep) for t, x in zip(corpus.titles, corpus.texts)]
+  fields = [ds.query_field] + [p.query_field for p in plans]
+  queries: Dict[str, beir.Queries] = {}
+  for f in dict.fromkeys(fields):
+    queries[f] = beir.load_queries(paths["queries"], f)
+  all_ids = set().union(*(q.ids for q in queries.values()))
+  qrels = beir.load_qrels(paths["qrels"], query_ids=all_ids, doc_ids=corpus.ids)
+  if not qrels:
+    raise InputError("no judgements left after dropping unknown queries and documents",
+                     paths["qrels"])
+  if ds.judged_only:
+    queries = {f: beir.Queries([i for i in q.ids if i in qrels],
+                               [t for i, t in q.items() if i in qrels])
+               for f, q in queries.items()}
+  data = Dataset(corpus, passages, queries, qrels, paths)
+  if config.mode == "rerank":
+    path = assets.resolve(config.rerank_run)
+    data.rerank_run = beir.load_run(path)
+    if not data.rerank_run:
+      raise InputError("the run to rerank is empty", path)
+    data.rerank_fp = fingerprint.file(path)
+  return data
+
+
+def resolved_config(config, plans: Sequence[SystemPlan], baselines: Sequence[str],
+                    data: Dataset, cache_dir: Optional[str]) -> Dict[str, Any]:
+  """The config as evaluated: defaults filled, paths resolved, doc models spelled out."""
+  out = _to_plain(config)
+  out["dataset"].update({k: v for k, v in data.paths.items()})
+  out["systems"] = {p.name: {"query_model": p.query_spec.to_dict(),
+                             "doc_model": p.doc_spec.to_dict(), "query_field": p.query_field}
+                    for p in plans}
+  out["baselines"] = list(baselines)
+  out["cache_dir"] = cache_dir or "none"
+  out["devices"] = [str(d) for d in jax.devices()]
+  return out
+
+
+def _cache_dir(config) -> Optional[str]:
+  if config.cache_dir == "none":
+    return None
+  if config.cache_dir:
+    return os.path.abspath(os.path.expanduser(config.cache_dir))
+  return os.path.join(assets.cache_dir(), "embeddings")
+
+
+# ---------------------------------------------------------------------------
+# Encoding.
+
+
+def _buckets(buckets: Sequence[int], max_len: int) -> Tuple[int, ...]:
+  return tuple(sorted({int(b) for b in buckets if int(b) < max_len} | {int(max_len)}))
+
+
+def make_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
+  """The `data` mesh over all devices when batch_size splits evenly over them, else None."""
+  if jax.device_count() > 1 and batch_size % jax.device_count() == 0:
+    return mesh_lib.make_mesh()
+  return None
+
+
+def _spec_key(spec) -> str:
+  return json.dumps(spec.to_dict(), sort_keys=True, default=str)
+
+
+_WEIGHT_FIELDS = ("weights", "path", "tokenizer", "arch", "head_dim", "dtype")
+
+
+def _weights_key(spec) -> str:
+  d = spec.to_dict()
+  return json.dumps({k: d[k] for k in _WEIGHT_FIELDS}, sort_keys=True, default=str)
+
+
+class _Encoders:
+  """Loads each distinct model once and memoises embeddings within one `run`."""
+
+  def __init__(self, config, cache_dir: Optional[str], log: Log):
+    self.config = config
+    self.cache_dir = cache_dir
+    self.log = log
+    self.mesh = make_mesh(int(config.batch_size))
+    self._models: Dict[str, Tuple[models.Model, Callable]] = {}
+    self._weights: Dict[str, models.Model] = {}
+    self._emb: Dict[str, Any] = {}
+    self.seconds: Dict[str, float] = {}
+
+  def model(self, spec, where: str) -> Tuple[models.Model, Callable]:
+    """The loaded model of `spec` and its embed function.
+
+    Weights are loaded once per (weights, path, tokenizer, arch, head, dtype); specs that
+    differ only in text settings (prefixes, lengths, pooling, normalisation) share them.
+    """
+    key = _spec_key(spec)
+    if key not in self._models:
+      wkey = _weights_key(spec)
+      base = self._weights.get(wkey)
+      if base is None:
+        t0 = time.perf_counter()
+        base = self._weights[wkey] = models.load_model(spec, where=where)
+        self.log(f"loaded {where} ({spec.weights}: {spec.path or 'random'}) in "
+                 f"{time.perf_counter() - t0:.1f} s")
+      m = base
+      if _spec_key(base.spec) != key:
+        m = dataclasses.replace(base, spec=spec, fingerprint=fingerprint.model(spec))
+      self._models[key] = (m, m.embed_fn(self.mesh))
+    return self._models[key]
+
+  def encode(self, spec, where: str, side: str, texts: Sequence[str],
+             key_parts: Dict[str, Any], what: str) -> Tuple[Any, float]:
+    """Embeddings of `texts` (cached on disk under `key_parts`); returns (emb, seconds spent)."""
+    ck = retrieval.cache_key(key_parts)
+    if ck in self._emb:
+      return self._emb[ck], 0.0
+    spent = [0.0, False]
+
+    def compute():
+      model, embed = self.model(spec, where)
+      max_len = model.max_len(side)
+      buckets = _buckets(self.config.length_buckets[side], max_len)
+      self.log(f"encoding {len(texts)} {what} with {where} (max length {max_len}, "
+               f"batch {self.config.batch_size}, "
+               f"{'%d devices' % self.mesh.size if self.mesh else '1 device'})")
+      t0 = time.perf_counter()
+      emb = retrieval.encode_texts(
+          texts, model.tokenize_fn(side), embed, batch_size=int(self.config.batch_size),
+          length_buckets=buckets, pad_id=model.tokenizer.pad_id,
+          progress=bool(self.config.progress), desc=f"{what} ({where})")
+      spent[0], spent[1] = time.perf_counter() - t0, True
+      self.log(f"encoded {len(texts)} {what} in {spent[0]:.1f} s "
+               f"({len(texts) / max(spent[0], 1e-9):.1f}/s)")
+      return emb
+
+    emb = retrieval.cached(self.cache_dir, key_parts, compute, name=side)
+    if not spent[1]:
+      self.log(f"{what} embeddings for {where}: from cache")
+    self._emb[ck] = emb
+    return emb, spent[0]
+
+
+def _split(emb) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  if isinstance(emb, retrieval.TokenEmbeddings):
+    return emb.emb, emb.mask
+  return emb, None
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def _run_key(plan: SystemPlan, config, data: Dataset, title_sep) -> Dict[str, Any]:
+  parts = {"format": RUN_FORMAT, "query_model": plan.query_fp, "doc_model": plan.doc_fp,
+           "query_field": plan.query_field,
+           "queries": data.queries[plan.query_field].fingerprint(),
+           "corpus": data.corpus.fingerprint(), "title_sep": title_sep,
+           "mode": config.mode, "top_k": int(config.top_k)}
+  if config.mode == "rerank":
+    parts.update(rerank_run=data.rerank_fp, depth=int(config.depth))
+  return parts
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _doc_rows(data: Dataset, depth: int) -> List[int]:
+  """Corpus rows of the documents a rerank needs (the top `depth` of each run query)."""
+  rows = set()
+  index = data.corpus.index
+  for docs in data.rerank_run.values():
+    items = beir.ranked(docs)
+    for doc_id, _ in (items[:depth] if depth else items):
+      if doc_id in index:
+        rows.add(index[doc_id])
+  return sorted(rows)
+
+
+def run(config, out_dir: str, *, log: Log = _stderr) -> EvalResult:
+  """Evaluates every system of `config` into `out_dir` (see the module docstring).
+
+  Raises InputError (one line) for bad config or input files before anything is
+  written or encoded. Then the out directory is held by this evaluation alone (a second
+  one on it stops at once, naming the holder).
+  """
+  plans = _plan_systems(config)
+  baselines = _check_settings(config, plans)
+  data = _load_dataset(config, plans)
+  hold = fileio.hold_directory(os.path.abspath(out_dir), "out directory", report=log)
+  out_dir = hold.path
+  try:
+    return _evaluate(config, out_dir, plans, baselines, data, log)
+  finally:
+    hold.release()
+
+
+def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequence[str],
+              data: Dataset, log: Log) -> EvalResult:
+  """The body of `run`: encode, search, score and compare (out directory held)."""
+  cache_dir = _cache_dir(config)
+  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+  os.makedirs(os.path.join(out_dir, "metrics"), exist_ok=True)
+  write_json(os.path.join(out_dir, "config.json"),
+             resolved_config(config, plans, baselines, data, cache_dir))
+  title_sep = config.dataset.title_sep if config.dataset.titles else None
+  measures = list(config.measures)
+  qrels_fp = fingerprint.digest(data.qrels, n=24)
+  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest = _read_json(manifest_path) or {}
+  entries = manifest.get("systems", {}) if isinstance(manifest.get("systems"), dict) else {}
+  log(f"dataset: {len(data.corpus)} passages, "
+      + ", ".join(f"{len(q)} queries ({f})" for f, q in data.queries.items())
+      + f", {len(data.qrels)} judged; {len(plans)} systems; mode {config.mode}")
+
+  enc = _Encoders(config, cache_dir, log)
+  results: Dict[str, Dict[str, Any]] = {}
+  computed, reused = [], []
+  timings: Dict[str, Dict[str, float]] = {}
+  doc_rows = _doc_rows(data, int(config.depth)) if config.mode == "rerank" else None
+  if doc_rows is not None and not doc_rows:
+    raise InputError("none of the documents in the run to rerank are in the corpus",
+                     config.rerank_run)
+  for plan in plans:
+    run_path = os.path.join(out_dir, "runs", f"{plan.name}.trec")
+    metrics_path = os.path.join(out_dir, "metrics", f"{plan.name}.json")
+    run_key = fingerprint.digest(_run_key(plan, config, data, title_sep), n=24)
+    metrics_key = fingerprint.digest({"run": run_key, "qrels": qrels_fp, "measures": measures}, n=24)
+    old = entries.get(plan.name) or {}
+    fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
+             and old.get("run_sha256") == fingerprint.file(run_path))
+    if fresh:
+      saved = _read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
+      if saved and all(m in saved.get("aggregate", {}) for m in measures):
+        results[plan.name] = saved
+        log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")
+      else:
+        res = metrics.evaluate(beir.load_run(run_path), data.qrels, measures)
+        write_json(metrics_path, {"system": plan.name, **res})
+        results[plan.name] = res
+        log(f"{plan.name}: reused the run, recomputed metrics")
+      reused.append(plan.name)
+      entries[plan.name] = {**old, "metrics_key": metrics_key}
+      timings[plan.name] = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
+      _write_manifest(manifest_path, entries)
+      continue
+
+    t = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
+    queries = data.queries[plan.query_field]
+    q_where = f"systems['{plan.name}'].query_model"
+    d_where = (f"systems['{plan.name}'].doc_model" if _spec_key(plan.doc_spec) !=
+               _spec_key(plan.query_spec) else f"systems['{plan.name}'] (doc side)")
+    if config.mode == "full":
+      d_texts = data.passages
+      d_subset = None
+    else:
+      d_texts = [data.passages[i] for i in doc_rows]
+      d_subset = fingerprint.texts([data.corpus.ids[i] for i in doc_rows])
+    d_key = {"kind": "doc", "model": plan.doc_fp, "corpus": data.corpus.fingerprint(),
+             "subset": d_subset, "max_len": int(plan.doc_spec.doc_max_len),
+             "prefix": plan.doc_spec.doc_prefix, "title_sep": title_sep}
+    d_emb, t["doc_encode_s"] = enc.encode(plan.doc_spec, d_where, "doc", d_texts, d_key,
+                                          "passages")
+    q_key = {"kind": "query", "model": plan.query_fp, "queries": queries.fingerprint(),
+             "field": plan.query_field, "max_len": int(plan.query_spec.query_max_len),
+             "prefix": plan.query_spec.query_prefix}
+    q_emb, t["query_encode_s"] = enc.encode(plan.query_spec, q_where, "query", queries.texts,
+                                            q_key, f"queries ({plan.query_field})")
+    q_arr, q_mask = _split(q_emb)
+    d_arr, d_mask = _split(d_emb)
+    if q_arr.shape[-1] != d_arr.shape[-1]:
+      raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
+                       f"dimensions but passage embeddings {d_arr.shape[-1]}")
+    t0 = time.perf_counter()
+    how = plan.query_spec.scoring
+    if config.mode == "full":
+      result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
+                                    int(config.top_k), scoring=how, q_mask=q_mask,
+                                    d_mask=d_mask)
+    else:
+      result_run = retrieval.rerank(data.rerank_run, queries.index, q_arr,
+                                    [data.corpus.ids[i] for i in doc_rows], d_arr,
+                                    scoring=how, q_mask=q_mask, d_mask=d_mask,
+                                    depth=int(config.depth) or None,
+                                    batch_size=int(config.batch_size))
+      # Score what gets written (the top_k of each query), so the metrics of a run read
+      # back from its file on a later rerun are the same.
+      result_run = {q: dict(beir.ranked(d)[:int(config.top_k)]) for q, d in result_run.items()}
+    t["search_s"] = time.perf_counter() - t0
+    beir.write_run(run_path, result_run, tag=plan.name, depth=int(config.top_k))
+    res = metrics.evaluate(result_run, data.qrels, measures)
+    write_json(metrics_path, {"system": plan.name, **res})
+    results[plan.name] = res
+    computed.append(plan.name)
+    timings[plan.name] = t
+    entries[plan.name] = {"run_key": run_key, "metrics_key": metrics_key,
+                          "run_sha256": fingerprint.file(run_path),
+                          "timings": {k: round(v, 3) for k, v in t.items()}}
+    _write_manifest(manifest_path, entries)
+    agg = results[plan.name]["aggregate"]
+    log(f"{plan.name}: " + ", ".join(f"{m} {agg[m]:.4f}" for m in measures))
+
+  markdown, comparison = metrics.comparison_table(
+      results, baselines, measures, test=config.test, alpha=float(config.alpha),
+      n_permutations=int(config.n_permutations), seed=int(config.seed))
+  header = (f"Dataset: `{data.paths['queries']}` ({len(data.qrels)} judged queries), "
+            f"{len(data.corpus)} passages; mode {config.mode}, top {int(config.top_k)}.\n\n")
+  write_text(os.path.join(out_dir, "comparison.md"), header + markdown)
+  comparison = {"dataset": data.paths, "num_judged_queries": len(data.qrels),
+                "num_passages": len(data.corpus), "mode": config.mode,
+                "top_k": int(config.top_k), **comparison}
+  write_json(os.path.join(out_dir, "comparison.json"), comparison)
+  metrics.bar_chart(results, measures, os.path.join(out_dir, "comparison.png"),
+                    title=os.path.basename(data.paths["queries"]))
+  return EvalResult(out_dir, results, markdown, comparison, computed, reused, timings)
+
+
+def _write_manifest(path: str, entries: Dict[str, Any]) -> None:
+  write_json(path, {"format": RUN_FORMAT, "systems": entries})

@@ -1,0 +1,461 @@
+"""Entropic optimal transport between token sets: the OPTICAL token-level distillation loss.
+
+A sentence pair is two padded token sets: student tokens x [n, d] (rows of the
+plan) and teacher tokens y [m, d] (columns). Each set carries marginal weights
+(`token_weights`: uniform over real tokens, padding weight exactly 0). The
+Sinkhorn solver of ott-jax finds the entropic plan T for the cost matrix C and
+the loss of the pair is the transport cost <T, C> = sum_ij T_ij C_ij; `ot_loss`
+averages it over a padded batch (one solve per pair under `jax.vmap`).
+
+Gradient modes (`OTConfig.grad`):
+  * 'envelope': the plan is held fixed, loss = sum(stop_gradient(T) * C). By
+    Danskin's (envelope) theorem this is the exact gradient of the *regularised*
+    cost OT_eps(C) = min_T <T, C> + eps KL(T | a b^T) at a converged plan, not
+    the gradient of <T*(C), C> (which also moves T). Cheapest; default.
+  * 'implicit': the gradient of <T*(C), C> through the optimal plan, by the
+    implicit function theorem on the Sinkhorn optimality conditions. ott's own
+    `ImplicitDiff` returns NaN gradients as soon as a marginal has a zero
+    entry (its linear system divides by the zero marginals of padded tokens),
+    so the same vector-Jacobian product is computed here restricted to the
+    support of the marginals (Schur complement + pseudo-inverse); on problems
+    without padding it agrees with ott's.
+  * 'unroll': backpropagation through the Sinkhorn iterations of ott
+    (`implicit_diff=None`); costs memory proportional to the iterations run.
+
+Choosing epsilon and the cost (measured on AfriQA swa, see the README):
+  * epsilon only means something relative to the spread of the costs. MiniLM's token
+    cosines spread widely (mean cost ~0.7), so 0.05 gives a peaked plan; e5's tokens
+    are anisotropic (all pairwise cosines ~0.85, mean cost ~0.16), so at 0.05 the plan
+    is the uniform product a b^T (entropy log(nm)) and the loss degenerates to the
+    mean cost over all token pairs, with no alignment at all. Watch `plan_entropy`
+    against `mean_cost` and the loss; e5 needs epsilon ~0.005 (more iterations).
+  * With uniform marginals over the tokens that mean pooling averages (special tokens
+    included) and the 'sqeuclidean' cost, Jensen's inequality gives
+    ||mean(x) - mean(y)||^2 = ||sum_ij T_ij (x_i - y_j)||^2 <= <T, C> for any plan T
+    with those marginals: the OT loss upper-bounds the sentence-level MSE of the
+    pooled embeddings (times the dimension). Raw squared distances are large
+    (~11 for e5, ~110 for MiniLM), so set `scale_cost` near the mean cost.
+
+Everything is computed in float32 (float64 inputs stay float64), so bfloat16
+activations are accepted. The functions are pure and work under `jax.jit`,
+`jax.vmap` and `jax.shard_map(..., check_vma=False)` (ott 0.6.0 fails with
+`check_vma=True`). Tokens with zero weight get exactly zero plan mass and zero
+gradient; a pair in which either side has no weight at all is excluded from the
+batch averages (`OTResult.valid`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import implicit_differentiation, sinkhorn
+
+from optical_jax.encoder import masked_mean
+from optical_jax.errors import InputError, build
+
+COSTS = ("cosine", "sqeuclidean")
+GRAD_MODES = ("envelope", "implicit", "unroll")
+_NORM_FLOOR = 1e-12  # squared norm below which a vector counts as zero (cosine cost)
+
+
+@dataclasses.dataclass(frozen=True)
+class OTConfig:
+  """Settings of the entropic OT loss; frozen and hashable (a jit-static argument).
+
+  Attributes:
+    cost: 'cosine' (1 - cosine similarity, in [0, 2]) or 'sqeuclidean'
+      (||x - y||^2). Cosine is the default: encoder token vectors are compared
+      by angle in retrieval (ColBERT MaxSim, cosine-normalised DPR), and its
+      bounded range makes a fixed epsilon meaningful.
+    epsilon: entropic regularisation, absolute (always set on the geometry;
+      ott's default epsilon relative to the cost's spread is never used, so the
+      loss does not change meaning from batch to batch). 0.05 is 2.5% of the
+      cosine cost range: plans are close to sparse, yet Sinkhorn converges in
+      tens of iterations in float32.
+    max_iterations: upper bound on Sinkhorn iterations (a multiple of
+      inner_iterations). 100 suffices at epsilon=0.05 for sentence-length
+      token sets; non-convergence is reported, never hidden.
+    min_iterations: iterations run before convergence is checked.
+    inner_iterations: iterations between two convergence checks (ott's 10).
+    threshold: convergence tolerance on the L1 error of the column marginal
+      (ott's default 1e-3; marginals sum to 1).
+    fixed_iterations: run exactly max_iterations (a `lax.scan`, no early
+      stop): uniform cost across devices and reproducible timings.
+    grad: 'envelope' | 'implicit' | 'unroll' (see the module docstring).
+    lse_mode: log-domain Sinkhorn (stable for small epsilon). The kernel mode
+      (False) underflows once cost/epsilon exceeds ~80 in float32 (the plan
+      is then wrong and reported as not converged) and cannot be unrolled.
+    scale_cost: positive number dividing the cost matrix before solving; the
+      loss is reported on the scaled cost, and epsilon is relative to it.
+  """
+
+  cost: str = "cosine"
+  epsilon: float = 0.05
+  max_iterations: int = 100
+  min_iterations: int = 0
+  inner_iterations: int = 10
+  threshold: float = 1e-3
+  fixed_iterations: bool = False
+  grad: str = "envelope"
+  lse_mode: bool = True
+  scale_cost: float = 1.0
+
+  def __post_init__(self):
+    problems = _config_problems(self)
+    if problems:
+      raise InputError("invalid OT config: " + "; ".join(problems))
+    for name in ("epsilon", "threshold", "scale_cost"):  # 1 -> 1.0: equal configs hash alike
+      object.__setattr__(self, name, float(getattr(self, name)))
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "OTConfig":
+    """Builds a config from a mapping (e.g. `config.loss.ot.to_dict()`).
+
+    Raises:
+      InputError: unknown keys, wrong types or invalid values.
+    """
+    return build(cls, d, "OT config")
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _config_problems(cfg: OTConfig) -> list:
+  problems = []
+  if cfg.cost not in COSTS:
+    problems.append(f"cost must be one of {COSTS}, got {cfg.cost!r}")
+  if cfg.grad not in GRAD_MODES:
+    problems.append(f"grad must be one of {GRAD_MODES}, got {cfg.grad!r}")
+  for name in ("epsilon", "threshold", "scale_cost"):
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0):
+      problems.append(f"{name} must be a finite number > 0, got {value!r}")
+  for name in ("max_iterations", "inner_iterations"):
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      problems.append(f"{name} must be an integer >= 1, got {value!r}")
+  value = cfg.min_iterations
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    problems.append(f"min_iterations must be an integer >= 0, got {value!r}")
+  if not problems:
+    if cfg.max_iterations % cfg.inner_iterations:
+      problems.append(f"max_iterations ({cfg.max_iterations}) must be a multiple of "
+                      f"inner_iterations ({cfg.inner_iterations})")
+    if cfg.min_iterations > cfg.max_iterations:
+      problems.append(f"min_iterations ({cfg.min_iterations}) exceeds max_iterations "
+                      f"({cfg.max_iterations})")
+  for name in ("fixed_iterations", "lse_mode"):
+    if not isinstance(getattr(cfg, name), bool):
+      problems.append(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+  if cfg.lse_mode is False and cfg.grad == "unroll":
+    # ott 0.6.0's kernel-mode iterations differentiate to NaN once a weight is 0.
+    problems.append("grad='unroll' needs lse_mode=true (kernel-mode unrolling gives NaN "
+                    "gradients with padded tokens)")
+  return problems
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def token_weights(mask: jnp.ndarray, ids: Optional[jnp.ndarray] = None, *,
+                  special_ids: Sequence[int] = (), include_special: bool = True,
+                  idf: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """Marginal weights of padded token sets: [B, L] -> [B, L], rows summing to 1.
+
+  Args:
+    mask: 1 for real tokens, 0 for padding (padding weight is exactly 0).
+    ids: token ids [B, L]; needed for `include_special=False` and `idf`.
+    special_ids: ids of special tokens ([CLS], [SEP], <s>, </s>, ...).
+    include_special: if False, special tokens get weight 0, except in a
+      sentence that would be left with no token, which keeps all its real tokens.
+    idf: optional per-vocabulary weights [vocab] (see `compute_idf`), gathered
+      by ids; a row whose idf weights are all zero falls back to uniform.
+
+  Returns:
+    float32 weights; a row with no real token at all is all zeros.
+  """
+  keep = mask > 0
+  if not include_special and len(special_ids):
+    if ids is None:
+      raise ValueError("token_weights: ids are required to exclude special tokens")
+    special = jnp.any(ids[..., None] == jnp.asarray(tuple(special_ids), dtype=ids.dtype),
+                      axis=-1)
+    content = keep & ~special
+    keep = jnp.where(jnp.any(content, axis=-1, keepdims=True), content, keep)
+  uniform = keep.astype(jnp.float32)
+  w = uniform
+  if idf is not None:
+    if ids is None:
+      raise ValueError("token_weights: ids are required for idf weighting")
+    w = uniform * jnp.asarray(idf, jnp.float32)[ids]
+    w = jnp.where(jnp.sum(w, axis=-1, keepdims=True) > 0, w, uniform)
+  total = jnp.sum(w, axis=-1, keepdims=True)
+  return jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def compute_idf(id_lists: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
+  """Smoothed inverse document frequency: idf[t] = log((1 + N) / (1 + df[t])) + 1.
+
+  Args:
+    id_lists: one sequence of token ids per document (repeats count once).
+    vocab_size: size of the id space.
+
+  Returns:
+    float32 array [vocab_size], every entry >= 1 (sklearn's smooth idf).
+
+  Raises:
+    InputError: an id outside [0, vocab_size).
+  """
+  df = np.zeros((vocab_size,), np.int64)
+  n_docs = 0
+  for ids in id_lists:
+    unique = np.unique(np.asarray(ids, np.int64))
+    if unique.size and (unique[0] < 0 or unique[-1] >= vocab_size):
+      bad = unique[0] if unique[0] < 0 else unique[-1]
+      raise InputError(f"token id {bad} outside the vocabulary of size {vocab_size} "
+                       f"(document {n_docs})")
+    df[unique] += 1
+    n_docs += 1
+  return (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- costs
+
+
+def _compute_dtype(*arrays: jnp.ndarray) -> jnp.dtype:
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def cost_matrix(x: jnp.ndarray, y: jnp.ndarray, cost: str = "cosine") -> jnp.ndarray:
+  """Ground cost between token sets: x [n, d], y [m, d] -> [n, m] (float32 or wider).
+
+  'cosine' is 1 - cos(x_i, y_j); a zero vector has cosine 0 with everything
+  (cost 1) and a finite gradient. 'sqeuclidean' is ||x_i - y_j||^2, clipped at 0.
+  """
+  dtype = _compute_dtype(x, y)
+  x = x.astype(dtype)
+  y = y.astype(dtype)
+  if cost == "cosine":
+    xn = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_FLOOR))
+    yn = y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), _NORM_FLOOR))
+    return 1.0 - jnp.einsum("...nd,...md->...nm", xn, yn,
+                            precision=jax.lax.Precision.HIGHEST)
+  if cost == "sqeuclidean":
+    cross = jnp.einsum("...nd,...md->...nm", x, y, precision=jax.lax.Precision.HIGHEST)
+    sq = (jnp.sum(x * x, axis=-1)[..., :, None] + jnp.sum(y * y, axis=-1)[..., None, :]
+          - 2.0 * cross)
+    return jnp.maximum(sq, 0.0)
+  raise ValueError(f"unknown cost {cost!r}; expected one of {COSTS}")
+
+
+# ----------------------------------------------------------------------------- solver
+
+
+class OTResult(NamedTuple):
+  """Batched Sinkhorn solutions (a pytree); leading axis B = pairs.
+
+  plan: [B, n, m] transport plans; exactly 0 on zero-weight rows/columns. Its
+    gradient follows `OTConfig.grad` ('envelope': none).
+  cost: [B, n, m] (scaled) cost matrices with gradient; 0 outside the support.
+  converged: [B] bool, marginal error below threshold and finite plan.
+  n_iters: [B] int32 Sinkhorn iterations run.
+  marginal_error: [B] L1 error of both marginals of the plan, summed.
+  reg_ot_cost: [B] regularised cost <T, C> + eps KL(T | a b^T) (no gradient).
+  valid: [B] bool, both sides have positive total weight; invalid pairs were
+    solved with uniform weights so that nothing is NaN, and must be ignored.
+  """
+
+  plan: jnp.ndarray
+  cost: jnp.ndarray
+  converged: jnp.ndarray
+  n_iters: jnp.ndarray
+  marginal_error: jnp.ndarray
+  reg_ot_cost: jnp.ndarray
+  valid: jnp.ndarray
+
+
+def _solver(cfg: OTConfig, unroll: bool) -> sinkhorn.Sinkhorn:
+  return sinkhorn.Sinkhorn(
+      lse_mode=cfg.lse_mode,
+      threshold=cfg.threshold,
+      inner_iterations=cfg.inner_iterations,
+      min_iterations=cfg.max_iterations if cfg.fixed_iterations else cfg.min_iterations,
+      max_iterations=cfg.max_iterations,
+      implicit_diff=None if unroll else implicit_differentiation.ImplicitDiff(),
+  )
+
+
+def _solve_pair(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, cfg: OTConfig,
+                unroll: bool) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """One ott Sinkhorn solve: (plan, converged, n_iters, reg_ot_cost)."""
+  geom = geometry.Geometry(cost_matrix=cost, epsilon=cfg.epsilon)
+  prob = linear_problem.LinearProblem(geom, a=a, b=b)
+  out = _solver(cfg, unroll)(prob)
+  return out.matrix, out.converged, out.n_iters.astype(jnp.int32), out.reg_ot_cost
+
+
+def _schur_solve(plan: jnp.ndarray, ra: jnp.ndarray, rb: jnp.ndarray, sa: jnp.ndarray,
+                 sb: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Solves [[diag(T1), T], [T^T, diag(T^T 1)]] [u; v] = [ra; rb] on the support.
+
+  Rows/columns outside the support (sa, sb False) are decoupled with a unit
+  diagonal and zero right-hand side. The diagonal block of the larger side is
+  eliminated and the Schur complement (singular along the constant gauge,
+  and along any further gauge of a plan whose support graph is disconnected)
+  is solved with a pseudo-inverse.
+  """
+  if plan.shape[0] < plan.shape[1]:  # eliminate the larger (column) block instead
+    v, u = _schur_solve(plan.T, rb, ra, sb, sa)
+    return u, v
+  da = jnp.where(sa, jnp.sum(plan, axis=1), 1.0)
+  db = jnp.where(sb, jnp.sum(plan, axis=0), 1.0)
+  da = jnp.where(da > 0, da, 1.0)  # an underflowed real row has no mass to move
+  ra = jnp.where(sa, ra, 0.0)
+  rb = jnp.where(sb, rb, 0.0)
+  scaled = plan / da[:, None]
+  schur = jnp.diag(db) - plan.T @ scaled
+  schur = 0.5 * (schur + schur.T)
+  rhs = rb - scaled.T @ ra
+  v = jnp.linalg.pinv(schur, hermitian=True) @ rhs
+  u = (ra - plan @ v) / da
+  return jnp.where(sa, u, 0.0), jnp.where(sb, v, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _implicit_plan(epsilon: float, cost: jnp.ndarray, plan: jnp.ndarray, a: jnp.ndarray,
+                   b: jnp.ndarray) -> jnp.ndarray:
+  """Returns `plan` (solved for `cost`), differentiable w.r.t. `cost` by implicit diff."""
+  del cost, a, b
+  return plan
+
+
+def _implicit_plan_fwd(epsilon, cost, plan, a, b):
+  del cost
+  return plan, (plan, a, b)
+
+
+def _implicit_plan_bwd(epsilon, res, g):
+  # T_ij = exp((f_i + g_j - C_ij) / eps) with f, g fixed by T 1 = a, T^T 1 = b.
+  # Differentiating these conditions gives H [df; dg] = [(T*dC) 1; (T*dC)^T 1],
+  # H = [[diag(T1), T], [T^T, diag(T^T 1)]], hence the cotangent of C is
+  # T * (u_i + v_j - G_ij) / eps with H [u; v] = [(G*T) 1; (G*T)^T 1].
+  plan, a, b = res
+  gt = jnp.where(plan > 0, g * plan, 0.0)
+  u, v = _schur_solve(plan, jnp.sum(gt, axis=1), jnp.sum(gt, axis=0), a > 0, b > 0)
+  dcost = plan * (u[:, None] + v[None, :] - g) / epsilon
+  dcost = jnp.where(plan > 0, dcost, 0.0)
+  return dcost, jnp.zeros_like(plan), jnp.zeros_like(a), jnp.zeros_like(b)
+
+
+_implicit_plan.defvjp(_implicit_plan_fwd, _implicit_plan_bwd)
+
+
+def sinkhorn_batch(x: jnp.ndarray, a: jnp.ndarray, y: jnp.ndarray, b: jnp.ndarray,
+                   cfg: OTConfig = OTConfig()) -> OTResult:
+  """Entropic OT between each pair of padded token sets, one ott solve per pair.
+
+  Args:
+    x: student tokens [B, n, d] (plan rows); any float dtype (solved in float32).
+    a: student weights [B, n] >= 0 (see token_weights), each row renormalised
+      to sum 1; treated as constants (no gradient).
+    y: teacher tokens [B, m, d] (plan columns).
+    b: teacher weights [B, m].
+    cfg: solver settings (static).
+
+  Returns:
+    OTResult with per-pair plans, costs and convergence information.
+  """
+  dtype = _compute_dtype(x, y)
+  a = jax.lax.stop_gradient(a).astype(dtype)
+  b = jax.lax.stop_gradient(b).astype(dtype)
+  sa = a > 0
+  sb = b > 0
+  valid = jnp.any(sa, axis=-1) & jnp.any(sb, axis=-1)
+  # Zero-weight tokens are zeroed before the cost, so that whatever padding
+  # holds (even NaN) neither reaches the cost nor receives gradient.
+  x = jnp.where(sa[..., None], x.astype(dtype), 0.0)
+  y = jnp.where(sb[..., None], y.astype(dtype), 0.0)
+  support = sa[:, :, None] & sb[:, None, :]
+  cost = jnp.where(support, cost_matrix(x, y, cfg.cost) / cfg.scale_cost, 0.0)
+  # Rows are renormalised in the compute dtype (balanced OT needs equal masses;
+  # float32 weights sum to 1 only to ~1e-7), and pairs with an empty side are
+  # solved as uniform problems and masked later.
+  n, m = a.shape[-1], b.shape[-1]
+  a_s = jnp.where(valid[:, None], a / jnp.sum(a, axis=-1, keepdims=True).clip(1e-30), 1.0 / n)
+  b_s = jnp.where(valid[:, None], b / jnp.sum(b, axis=-1, keepdims=True).clip(1e-30), 1.0 / m)
+  unroll = cfg.grad == "unroll"
+  solve_cost = cost if unroll else jax.lax.stop_gradient(cost)
+  solve = jax.vmap(functools.partial(_solve_pair, cfg=cfg, unroll=unroll))
+  plan, converged, n_iters, reg_cost = solve(solve_cost, a_s, b_s)
+  finite = jnp.all(jnp.isfinite(jax.lax.stop_gradient(plan)), axis=(1, 2))
+  plan = jnp.where(support & jnp.isfinite(plan), plan, 0.0)
+  if cfg.grad == "envelope":
+    plan = jax.lax.stop_gradient(plan)
+  elif cfg.grad == "implicit":
+    plan = jax.vmap(functools.partial(_implicit_plan, cfg.epsilon))(cost, plan, a_s, b_s)
+  fixed = jax.lax.stop_gradient(plan)
+  marginal_error = (jnp.sum(jnp.abs(jnp.sum(fixed, axis=2) - a_s), axis=1)
+                    + jnp.sum(jnp.abs(jnp.sum(fixed, axis=1) - b_s), axis=1))
+  return OTResult(
+      plan=plan,
+      cost=cost,
+      converged=converged & finite,
+      n_iters=n_iters,
+      marginal_error=marginal_error,
+      reg_ot_cost=jax.lax.stop_gradient(reg_cost),
+      valid=valid,
+  )
+
+
+def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: jnp.ndarray,
+            cfg: OTConfig = OTConfig()) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """OT distillation loss: mean over valid pairs of <T, C> between student and teacher tokens.
+
+  Args:
+    x: student tokens [B, n, d] (plan rows); x_weights [B, n] (see token_weights).
+    y: teacher tokens [B, m, d] (plan columns); y_weights [B, m].
+    cfg: solver settings (static under jit).
+
+  Returns:
+    (loss, diagnostics), float32 scalars. Diagnostics, averaged over valid pairs:
+      converged_fraction: fraction of pairs whose Sinkhorn converged (< 1 means
+        the loss is that of an approximate plan: raise max_iterations/epsilon).
+      iterations: mean Sinkhorn iterations.
+      plan_entropy: mean -sum T log T (0 = deterministic; log(n m) = uniform).
+      mean_cost: mean of C over the support pairs (a_i > 0, b_j > 0), i.e. the
+        cost under the uniform product over the tokens that take part; compare
+        with the loss to see how much the plan improves on no alignment.
+      marginal_error: mean L1 error of both marginals of the plan.
+      reg_ot_cost: mean regularised cost <T, C> + eps KL(T | a b^T).
+      valid_fraction: fraction of pairs with tokens on both sides.
+  """
+  res = sinkhorn_batch(x, x_weights, y, y_weights, cfg)
+  per_pair = jnp.sum(res.plan * res.cost, axis=(1, 2))
+  loss = masked_mean(per_pair, res.valid)
+  plan = jax.lax.stop_gradient(res.plan)
+  cost = jax.lax.stop_gradient(res.cost)
+  entropy = -jnp.sum(jnp.where(plan > 0, plan * jnp.log(jnp.where(plan > 0, plan, 1.0)), 0.0),
+                     axis=(1, 2))
+  support = (x_weights > 0)[:, :, None] & (y_weights > 0)[:, None, :]
+  mean_cost = jnp.sum(jnp.where(support, cost, 0.0), axis=(1, 2)) / jnp.maximum(
+      jnp.sum(support, axis=(1, 2)), 1)
+  diagnostics = {
+      "converged_fraction": masked_mean(res.converged.astype(jnp.float32), res.valid),
+      "iterations": masked_mean(res.n_iters.astype(jnp.float32), res.valid),
+      "plan_entropy": masked_mean(entropy, res.valid),
+      "mean_cost": masked_mean(mean_cost, res.valid),
+      "marginal_error": masked_mean(res.marginal_error, res.valid),
+      "reg_ot_cost": masked_mean(res.reg_ot_cost, res.valid),
+      "valid_fraction": jnp.mean(res.valid.astype(jnp.float32)),
+  }
+  dtype = loss.dtype
+  return loss, {k: v.astype(dtype) for k, v in diagnostics.items()}

@@ -1,0 +1,347 @@
+"""The training loop behind `train.py`: wires models, data, the step, checkpoints and logging.
+
+`run(config, workdir)` trains in 'distill' mode (OPTICAL: the student query encoder
+learns from bitext against the frozen teacher) or 'teacher' mode (contrastive English
+retrieval training). Rerunning with the same workdir resumes from the latest complete
+checkpoint (params, optimizer state, step, rng and data position), so a killed run
+continues exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import numpy as np
+
+from optical_jax import assets, checkpoint, fileio, losses, models, ot, step as step_lib, validation
+from optical_jax.config import config_changes, to_json
+from optical_jax.data import bitext as bitext_lib
+from optical_jax.data import pipeline, retrieval_train
+from optical_jax.errors import InputError
+from optical_jax.fileio import write_json, write_text
+from optical_jax.monitor import CompileCounter, MetricWriter, Progress
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """Loss or gradients became NaN/inf (and the config does not skip such updates)."""
+
+
+@dataclasses.dataclass
+class Result:
+  workdir: str
+  step: int
+  export_dir: str
+  last_metrics: Dict[str, float]
+  resumed_from: Optional[int]
+  compilations: int
+
+
+def maybe_initialize_distributed(config) -> None:
+  d = config.distributed
+  if not d.initialize:
+    return
+  if d.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
+  kwargs = {}
+  if d.coordinator_address:
+    kwargs["coordinator_address"] = d.coordinator_address
+  if d.num_processes:
+    kwargs["num_processes"] = int(d.num_processes)
+  if d.process_id >= 0:
+    kwargs["process_id"] = int(d.process_id)
+  if d.local_device_ids:
+    kwargs["local_device_ids"] = [int(x) for x in str(d.local_device_ids).split(",")]
+  jax.distributed.initialize(**kwargs)
+
+
+def _cache_dir(config) -> str:
+  return config.data.cache_dir or os.path.join(assets.cache_dir(), "tokens")
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a training mode needs: the trained model, the step's static spec and its
+  factory, the batches, the frozen step inputs and an optional validation function."""
+
+  model: models.Model
+  spec: Any
+  make_step: Callable
+  batches: Any
+  frozen: Dict[str, Any]
+  validate: Optional[Callable[[Any], Dict[str, float]]] = None
+
+
+def distill_loss_config(config, student: models.Model, teacher: models.Model) -> losses.DistillConfig:
+  """The loss settings of `config.loss`, with the tokenizers' special-token ids."""
+  settings = config.loss.to_dict()
+  settings.pop("temperature")   # teacher mode's contrastive temperature
+  return losses.DistillConfig.from_dict(dict(
+      settings, src_special=tuple(student.tokenizer.special_ids),
+      tgt_special=tuple(teacher.tokenizer.special_ids)))
+
+
+def _data_seed(config) -> int:
+  seed = int(config.data.bitext.seed)
+  return int(config.seed) if seed < 0 else seed
+
+
+def _build_distill(config, init_key: jax.Array) -> Setup:
+  teacher = models.load_model(config.teacher, where="teacher")
+  student = models.load_model(config.student, rng=init_key, where="student")
+  if student.cfg.output_dim != teacher.cfg.output_dim:
+    raise InputError(
+        f"student embedding size {student.cfg.output_dim} != teacher's {teacher.cfg.output_dim}: "
+        f"set --config.student.head_dim={teacher.cfg.output_dim} to add a projection head")
+  spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg,
+                              loss=distill_loss_config(config, student, teacher),
+                              skip_nonfinite=bool(config.train.skip_nonfinite))
+  mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
+                                         ratios=config.data.bitext.ratios))
+  pcfg = pipeline.PipelineConfig(
+      global_batch=int(config.data.global_batch),
+      src_max_length=student.max_len("query"), tgt_max_length=teacher.max_len("query"),
+      buckets=tuple(config.data.buckets), src_prefix=student.prefix("query"),
+      tgt_prefix=teacher.prefix("query"), remainder="drop",
+      seed=_data_seed(config), cache_dir=_cache_dir(config))
+  batches = pipeline.BitextBatches(mixture, student.tokenizer, teacher.tokenizer, pcfg,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  frozen: Dict[str, Any] = {"teacher": teacher.params}
+  if spec.loss.marginals == "idf":
+    frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
+    frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)
+  return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
+               _make_validation(config, student, teacher))
+
+
+def _make_validation(config, student: models.Model, teacher: models.Model):
+  """A function params -> val_* metrics on held-out bitext, or None when none is configured."""
+  sources = list(config.validation.sources or [])
+  if not sources:
+    return None
+  pairs = [p for s in sources for p in bitext_lib.load_source(dict(s)).pairs()]
+  src = student.tokenizer.pad(*_tokenized(student, [f for f, _ in pairs]))
+  tgt = teacher.tokenizer.pad(*_tokenized(teacher, [e for _, e in pairs]))
+  return validation.Validator(student, teacher, src, tgt)
+
+
+def _tokenized(model: models.Model, texts):
+  ids = model.tokenize_fn("query")(texts)
+  return ids, max(len(x) for x in ids)
+
+
+def _build_teacher(config, init_key: jax.Array) -> Setup:
+  model = models.load_model(config.teacher, rng=init_key, where="teacher")
+  spec = step_lib.TeacherSpec(encoder=model.cfg, scoring=model.spec.scoring,
+                              pooling=model.spec.pooling, temperature=float(config.loss.temperature),
+                              skip_nonfinite=bool(config.train.skip_nonfinite))
+  data = config.data.retrieval.to_dict()
+  sources = data.get("sources") or []
+  if not sources:
+    raise InputError("teacher mode needs data.retrieval.sources")
+  examples = [retrieval_train.load_retrieval_source(s) for s in sources]
+  q_max = model.max_len("query")
+  rcfg = retrieval_train.RetrievalConfig(
+      global_batch=int(config.data.global_batch), q_max_length=q_max,
+      p_max_length=model.max_len("doc"),
+      q_buckets=tuple(b for b in config.data.buckets if b <= q_max) or (q_max,),
+      p_buckets=tuple(config.data.doc_buckets), q_prefix=model.prefix("query"),
+      p_prefix=model.prefix("doc"), num_negatives=int(config.data.num_negatives),
+      remainder="drop", seed=int(config.seed), cache_dir=_cache_dir(config))
+  batches = retrieval_train.RetrievalBatches(examples, model.tokenizer, rcfg, ratios=data.get("ratios"),
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+  return Setup(model, spec, step_lib.make_teacher_step, batches, {})
+
+
+def _check_resume(config, workdir: str, log_fn) -> None:
+  """Stops a resume whose config changes the math (see `config.config_changes`)."""
+  saved_path = os.path.join(workdir, "config.json")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  if not (has_steps and os.path.isfile(saved_path)):
+    return
+  try:
+    with open(saved_path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise InputError(f"cannot read the saved config of this run: {e}", saved_path) from None
+  math, harmless = config_changes(saved, config)
+  if harmless:
+    log_fn("resuming with changed settings: " + "; ".join(harmless))
+  if math and not config.train.allow_config_change:
+    raise InputError(
+        f"this workdir holds a run with another config ({'; '.join(math)}); use a new "
+        "workdir, or pass --config.train.allow_config_change=True to resume anyway", workdir)
+  if math:
+    log_fn("resuming with a changed config (allowed): " + "; ".join(math))
+
+
+def _setup(config, init_key: jax.Array) -> Setup:
+  if config.mode == "distill":
+    return _build_distill(config, init_key)
+  if config.mode == "teacher":
+    return _build_teacher(config, init_key)
+  raise InputError(f"mode must be 'distill' or 'teacher', got {config.mode!r}")
+
+
+def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) -> Result:
+  """Trains (or resumes) per `config` in `workdir`; returns where it ended.
+
+  The workdir is held by this run alone (`fileio.hold_directory`: a second run on it
+  stops at once naming the holder). Models and data are loaded and checked before
+  anything is written: a run that fails on bad input leaves no workdir it created
+  behind. Resuming with a config that changes the math stops with the differences.
+
+  Args:
+    max_steps: stop after this many steps of this invocation (tests; preemption drills).
+  """
+  maybe_initialize_distributed(config)
+  primary = jax.process_index() == 0
+  workdir = os.path.abspath(workdir)
+  hold = fileio.hold_directory(workdir, "workdir", report=log_fn) if primary else None
+  try:
+    _check_resume(config, workdir, log_fn)
+    n_dev = int(config.train.devices)
+    if n_dev and jax.process_count() > 1:
+      raise InputError("train.devices must be 0 (all devices) when running on several processes")
+    mesh = step_lib.make_mesh(jax.devices()[:n_dev] if n_dev else None)
+    if int(config.data.global_batch) % mesh.size:
+      raise InputError(f"data.global_batch {config.data.global_batch} is not divisible by the "
+                       f"{mesh.size} devices")
+    # Separate streams: the student's initialisation (random weights, a new head) and
+    # the training randomness (dropout), so changing one never changes the other.
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+    setup = _setup(config, init_key)
+  except BaseException:
+    if hold is not None:
+      hold.release()
+      if hold.created:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  try:
+    if primary:
+      write_text(os.path.join(workdir, "config.json"), to_json(config) + "\n")
+    return _train(config, workdir, setup, mesh, train_key, max_steps=max_steps, log_fn=log_fn)
+  finally:
+    if hold is not None:
+      hold.release()
+
+
+def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, log_fn) -> Result:
+  """The training loop of `run` (workdir held, config written)."""
+  primary = jax.process_index() == 0
+  mode = config.mode
+  model, spec, batches, validate = setup.model, setup.spec, setup.batches, setup.validate
+  log_fn(f"{mode}: {jax.device_count()} device(s) on {jax.process_count()} process(es); "
+         f"{batches.batches_per_epoch(0)} batches/epoch of {config.data.global_batch}; "
+         f"data {batches.stats().get('sources', '')}")
+
+  steps = int(config.train.steps)
+  o = config.optim
+  tx = step_lib.make_optimizer(model.params, lr=o.lr, steps=steps, warmup_steps=o.warmup_steps,
+                               weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1,
+                               b2=o.b2, eps=o.eps, freeze=tuple(o.freeze))
+  state, frozen = step_lib.replicated_state(model.params, tx, train_key, setup.frozen, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 max_to_keep=int(config.train.keep_checkpoints))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  restored = ckpt.restore_latest(checkpoint.abstract_like(state, replicated), report=log_fn)
+  resumed_from = None
+  if restored is not None:
+    resumed_from, state, meta = restored
+    batches.restore(meta["data"])
+    log_fn(f"resumed from step {resumed_from} ({ckpt.directory})")
+  writer = MetricWriter(workdir, enabled=primary)
+  writer.truncate_after(int(resumed_from or 0))
+  train_step = setup.make_step(spec, tx, mesh)
+  guard = checkpoint.PreemptionGuard()
+  compiles = CompileCounter().start()
+
+  start = int(np.asarray(jax.device_get(state.step)))
+  end = steps if max_steps is None else min(steps, start + max_steps)
+  progress = Progress(steps, start, enabled=bool(config.train.progress) and primary, desc=mode)
+  log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+  it = iter(batches)
+  metrics: Dict[str, float] = {}
+  step = start
+  t_last, step_last = time.time(), start
+
+  last_saved = [resumed_from]
+
+  def save(step_now):
+    if last_saved[0] != step_now:
+      ckpt.save(step_now, state, {"data": batches.state, "step": step_now})
+      last_saved[0] = step_now
+
+  val_every = int(config.validation.every)
+
+  def run_validation(step_now):
+    if validate is not None and primary:
+      val = validate(jax.device_get(state.params))
+      writer.write(step_now, val)
+      log_fn(f"validation at step {step_now}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+      return val
+    return {}
+
+  if start == 0:
+    run_validation(0)
+  try:
+    while step < end:
+      local = next(it)
+      local.pop("valid")  # always 1: training drops an epoch's incomplete batches
+      state, m = train_step(state, frozen, step_lib.shard_batch(local, mesh))
+      step += 1
+      fin = float(np.asarray(jax.device_get(m["finite"])))
+      if fin < 1.0 and not spec.skip_nonfinite:
+        raise NonFiniteError(f"non-finite loss or gradients at step {step} "
+                             f"(loss={float(np.asarray(jax.device_get(m['loss'])))}); "
+                             f"last checkpoint kept in {ckpt.directory}")
+      if step % log_every == 0 or step == end:
+        metrics = step_lib.host_metrics(m)
+        now = time.time()
+        metrics["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        metrics["lr"] = float(step_lib.make_schedule(o.lr, steps, o.warmup_steps)(step - 1))
+        writer.write(step, metrics)
+        progress.update(step, {k: metrics[k] for k in ("loss", "converged_fraction",
+                                                       "sentence_cosine") if k in metrics})
+      if step % ckpt_every == 0 and step < end:
+        save(step)
+      if val_every and step % val_every == 0 and step < end:
+        run_validation(step)
+      if guard.should_stop():
+        save(step)
+        log_fn(f"stopped by signal at step {step}; checkpoint saved")
+        break
+    else:
+      save(step)
+      if step >= steps and step > start:
+        metrics.update(run_validation(step))
+  finally:
+    guard.restore()
+    writer.close()
+    compiles.stop()
+  progress.close(step)
+  export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
+  if step >= steps and primary:
+    params = jax.device_get(state.params)
+    models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
+                        extra={"mode": mode, "step": step, "lang": config.lang,
+                               "teacher": config.teacher.to_dict() if mode == "distill" else None})
+    write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
+  ckpt.close()
+  # The train step's compilations in this invocation (from disk or not): once per bucket.
+  step_name = "distill_step_local" if mode == "distill" else "teacher_step_local"
+  compilations = compiles.total_compiled(step_name) + compiles.total_loaded(step_name)
+  return Result(workdir=workdir, step=step, export_dir=export_dir, last_metrics=metrics,
+                resumed_from=resumed_from, compilations=compilations)
