@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Callable, List, Optional, Sequence
@@ -55,7 +56,11 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> List[str]:
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
-    _die(f"bad command line: {e}")
+    text = str(e)
+    if "Error whilst parsing config file" in text:   # get_config() raised: its last line
+      last = [l.strip() for l in text.splitlines() if l.strip()][-1]
+      _die("cannot load config: " + re.sub(r"^[\w.]*(Error|Exception): ", "", last))
+    _die(f"bad command line: {text}")
   except (AttributeError, KeyError) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
     key = str(e).strip("\"'")

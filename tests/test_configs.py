@@ -104,3 +104,78 @@ def test_bitext_for_language_without_ntrex_warns_and_keeps_afriqa():
     sources = bitext_sources("twi")
   assert [s["label"] for s in sources] == ["afriqa-twi"]
   assert [s["label"] for s in bitext_sources("swa")] == ["afriqa-swa", "ntrex-swa"]
+
+
+# --- the typed config argument (configs/common.py) ----------------------------------------
+
+
+def test_parse_arg_types_flags_and_named_entries():
+  from configs.common import parse_arg
+  a = parse_arg("hau,tune,steps=300,lr=3e-4,name=x,run.b=/r2,run.a=/r1", first="lang", lang="swa",
+                tune=False, mafand=False, steps=150, lr=1e-4, name="", run={})
+  assert (a.lang, a.tune, a.mafand, a.steps, a.lr, a.name) == ("hau", True, False, 300, 3e-4, "x")
+  assert isinstance(a.steps, int) and isinstance(a.lr, float)
+  assert list(a.run.items()) == [("b", "/r2"), ("a", "/r1")]   # in the order given
+  assert parse_arg("", first="lang", lang="swa", tune=False).lang == "swa"
+  assert parse_arg("tune=false", tune=True).tune is False
+
+
+@pytest.mark.parametrize("arg, words", [
+    ("swa,scorng=maxsim", "unknown key 'scorng'; known keys: lang, scoring"),
+    ("swa,steps=many", "steps='many' is not a int"),
+    ("swa,scoring", "'scoring' needs a value"),
+    ("swa,tune=maybe", "tune='maybe' is not a bool"),
+])
+def test_parse_arg_refuses_unknown_keys_and_bad_values(arg, words):
+  from configs.common import parse_arg
+  with pytest.raises(ValueError) as err:
+    parse_arg(arg, first="lang", lang="x", scoring="", steps=1, tune=False)
+  assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_distill_config_takes_own_bitext_files(tmp_path):
+  c = _load("swa_minilm").get_config(f"xx,bitext={tmp_path}/a.xx+{tmp_path}/a.en")
+  assert c.lang == "xx"
+  (src,) = c.data.bitext.sources
+  assert src["type"] == "lines" and src["foreign"] == f"{tmp_path}/a.xx"
+  assert src["english"] == f"{tmp_path}/a.en" and "exclude" not in src  # no AfriQA xx here
+  c = _load("swa_e5").get_config(f"swa,bitext={tmp_path}/pairs.jsonl")
+  (src,) = c.data.bitext.sources
+  assert src["type"] == "jsonl" and any("swa.test.jsonl" in e["path"] for e in src["exclude"])
+  with pytest.raises(ValueError, match="FOREIGN\\+ENGLISH"):
+    _load("swa_minilm").get_config(f"swa,bitext={tmp_path}/pairs.txt")
+
+
+def test_data_root_setting(tmp_path, monkeypatch):
+  from configs import common
+  (tmp_path / "ntrex").mkdir()
+  (tmp_path / "ntrex" / "swa.txt").write_text("a\n")
+  assert common.ntrex_dir("swa", data_root=str(tmp_path)) == str(tmp_path / "ntrex")
+  monkeypatch.setenv(common.DATA_ENV, str(tmp_path))
+  assert common.data_roots() == [str(tmp_path)]
+  assert common.ntrex_dir("swa") == str(tmp_path / "ntrex")
+
+
+def test_library_knows_no_data_paths():
+  pkg = os.path.join(os.path.dirname(__file__), "..", "optical_jax")
+  for root, _, files in os.walk(pkg):
+    for name in files:
+      if name.endswith(".py"):
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+          text = f.read()
+        for path_like in ("shared/", "shared_path", "SHARED", "data_path(", "REPO"):
+          assert path_like not in text, (name, path_like)
+
+
+def test_eval_cli_refuses_a_misspelt_argument_in_one_line(tmp_path):
+  import subprocess
+  import sys
+  out = tmp_path / "X"
+  repo = os.path.join(os.path.dirname(__file__), "..")
+  proc = subprocess.run([sys.executable, os.path.join(repo, "eval.py"),
+                         "--config", os.path.join(repo, "configs", "eval_afriqa.py") + ":swa,scorng=maxsim",
+                         "--out", str(out)], capture_output=True, text=True, timeout=120)
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert "unknown key 'scorng'" in lines[0] and "known keys: baselines" in lines[0]
+  assert not out.exists()
