@@ -18,6 +18,7 @@ import json
 
 import ml_collections
 
+from optical_jax.mesh import distributed_config
 from optical_jax.models import model_spec
 
 
@@ -89,11 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
       allow_config_change=False,
   ))
 
-  # Several hosts: jax.distributed.initialize(...) when enabled (TPU pods fill these in
-  # automatically; on CPU/GPU clusters give them, e.g. a 127.0.0.1 coordinator).
-  c.distributed = ml_collections.ConfigDict(dict(
-      initialize=False, coordinator_address="", num_processes=0, process_id=-1,
-      local_device_ids="", cpu_collectives="gloo"))
+  # Several hosts: jax.distributed.initialize(...) when enabled (optical_jax.mesh).
+  c.distributed = distributed_config()
   return c
 
 

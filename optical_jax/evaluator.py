@@ -113,6 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = metrics.DEFAULT_SEED
   c.scoring = ""
   c.progress = True
+  # Several hosts (as for training): each encodes and searches its share of the corpus.
+  c.distributed = mesh_lib.distributed_config()
   return c
 
 
@@ -367,9 +369,11 @@ def _buckets(buckets: Sequence[int], max_len: int) -> Tuple[int, ...]:
 
 
 def make_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
-  """The `data` mesh over all devices when batch_size splits evenly over them, else None."""
-  if jax.device_count() > 1 and batch_size % jax.device_count() == 0:
-    return mesh_lib.make_mesh()
+  """The `data` mesh over this host's devices when batch_size splits evenly over them,
+  else None. (Every host encodes its own batches: see `encode_shard`.)"""
+  n = jax.local_device_count()
+  if n > 1 and batch_size % n == 0:
+    return mesh_lib.make_mesh(jax.local_devices())
   return None
 
 
@@ -420,8 +424,15 @@ class _Encoders:
     return self._models[key]
 
   def encode(self, spec, where: str, side: str, texts: Sequence[str],
-             key_parts: Dict[str, Any], what: str) -> Tuple[Any, float]:
-    """Embeddings of `texts` (cached on disk under `key_parts`); returns (emb, seconds spent)."""
+             key_parts: Dict[str, Any], what: str, shard: bool = False) -> Tuple[Any, float]:
+    """Embeddings of `texts` (cached on disk under `key_parts`); returns (emb, seconds spent).
+
+    With `shard`, this host encodes only its share (`retrieval.encode_shard` over
+    `jax.process_count()` hosts) and emb is (rows, embeddings of those rows).
+    """
+    index, count = (jax.process_index(), jax.process_count()) if shard else (0, 1)
+    if shard:
+      key_parts = {**key_parts, "shard": [index, count]}
     ck = retrieval.cache_key(key_parts)
     if ck in self._emb:
       return self._emb[ck], 0.0
@@ -435,20 +446,51 @@ class _Encoders:
                f"batch {self.config.batch_size}, "
                f"{'%d devices' % self.mesh.size if self.mesh else '1 device'})")
       t0 = time.perf_counter()
-      emb = retrieval.encode_texts(
-          texts, model.tokenize_fn(side), embed, batch_size=int(self.config.batch_size),
-          length_buckets=buckets, pad_id=model.tokenizer.pad_id,
-          progress=bool(self.config.progress), desc=f"{what} ({where})")
+      settings = dict(batch_size=int(self.config.batch_size), length_buckets=buckets,
+                      pad_id=model.tokenizer.pad_id, progress=bool(self.config.progress),
+                      desc=f"{what} ({where})")
+      if shard:
+        rows, emb = retrieval.encode_shard(texts, model.tokenize_fn(side), embed, index=index,
+                                           count=count, **settings)
+      else:
+        emb = retrieval.encode_texts(texts, model.tokenize_fn(side), embed, **settings)
+        rows = texts
       spent[0], spent[1] = time.perf_counter() - t0, True
-      self.log(f"encoded {len(texts)} {what} in {spent[0]:.1f} s "
-               f"({len(texts) / max(spent[0], 1e-9):.1f}/s)")
-      return emb
+      self.log(f"encoded {len(rows)} {what} in {spent[0]:.1f} s "
+               f"({len(rows) / max(spent[0], 1e-9):.1f}/s)"
+               + (f", shard {index + 1} of {count}" if count > 1 else ""))
+      if not shard:
+        return emb
+      return (rows,) + ((emb.emb, emb.mask) if isinstance(emb, retrieval.TokenEmbeddings)
+                        else (emb,))
 
     emb = retrieval.cached(self.cache_dir, key_parts, compute, name=side)
     if not spent[1]:
       self.log(f"{what} embeddings for {where}: from cache")
+    if shard:   # (rows, emb) or (rows, emb, mask) as stored
+      emb = (emb[0], emb[1] if len(emb) == 2 else retrieval.TokenEmbeddings(emb[1], emb[2]))
     self._emb[ck] = emb
     return emb, spent[0]
+
+
+def _sharded_search(qids, q_arr, q_mask, doc_ids, rows, d_arr, d_mask, top_k: int,
+                    how: str) -> beir.Run:
+  """Exact top-k over a corpus split over hosts: each host searches its rows, then the
+  per-host top-k lists are all-gathered and merged (ties to the lower corpus row, as in
+  one process)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  k = min(top_k, len(doc_ids))
+  scores = np.full((len(qids), k), -np.inf, np.float32)
+  index = np.full((len(qids), k), -1, np.int64)
+  if len(rows):
+    s, i = retrieval.exact_search(q_arr, d_arr, k, scoring=how, q_mask=q_mask, d_mask=d_mask)
+    s = retrieval.rescore_top_k(q_arr, d_arr, i, scoring=how, q_mask=q_mask, d_mask=d_mask)
+    scores[:, :s.shape[1]] = s
+    index[:, :i.shape[1]] = np.where(i >= 0, np.asarray(rows)[np.maximum(i, 0)], -1)
+  all_s = multihost_utils.process_allgather(scores)
+  all_i = multihost_utils.process_allgather(index)
+  s, i = retrieval.merge_top_k(list(all_s), list(all_i), k)
+  return retrieval.to_run(qids, doc_ids, s, i)
 
 
 def _split(emb) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -499,25 +541,32 @@ def run(config, out_dir: str, *, log: Log = _stderr) -> EvalResult:
   written or encoded. Then the out directory is held by this evaluation alone (a second
   one on it stops at once, naming the holder).
   """
+  mesh_lib.initialize_distributed(config.distributed)
   plans = _plan_systems(config)
   baselines = _check_settings(config, plans)
   data = _load_dataset(config, plans)
-  hold = fileio.hold_directory(os.path.abspath(out_dir), "out directory", report=log)
-  out_dir = hold.path
+  out_dir = os.path.abspath(out_dir)
+  # Several hosts: process 0 holds the out directory and writes every output; all hosts
+  # encode and search their share (the out directory should be on a shared file system).
+  hold = (fileio.hold_directory(out_dir, "out directory", report=log)
+          if jax.process_index() == 0 else None)
   try:
     return _evaluate(config, out_dir, plans, baselines, data, log)
   finally:
-    hold.release()
+    if hold is not None:
+      hold.release()
 
 
 def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequence[str],
               data: Dataset, log: Log) -> EvalResult:
   """The body of `run`: encode, search, score and compare (out directory held)."""
   cache_dir = _cache_dir(config)
-  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
-  os.makedirs(os.path.join(out_dir, "metrics"), exist_ok=True)
-  write_json(os.path.join(out_dir, "config.json"),
-             resolved_config(config, plans, baselines, data, cache_dir))
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "metrics"), exist_ok=True)
+    write_json(os.path.join(out_dir, "config.json"),
+               resolved_config(config, plans, baselines, data, cache_dir))
   title_sep = config.dataset.title_sep if config.dataset.titles else None
   measures = list(config.measures)
   qrels_fp = fingerprint.digest(data.qrels, n=24)
@@ -544,6 +593,9 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     old = entries.get(plan.name) or {}
     fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
              and old.get("run_sha256") == fingerprint.file(run_path))
+    if jax.process_count() > 1:   # every host takes process 0's decision
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      fresh = bool(multihost_utils.broadcast_one_to_all(np.asarray(fresh)))
     if fresh:
       saved = _read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
       if saved and all(m in saved.get("aggregate", {}) for m in measures):
@@ -551,13 +603,15 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
         log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")
       else:
         res = metrics.evaluate(beir.load_run(run_path), data.qrels, measures)
-        write_json(metrics_path, {"system": plan.name, **res})
+        if primary:
+          write_json(metrics_path, {"system": plan.name, **res})
         results[plan.name] = res
         log(f"{plan.name}: reused the run, recomputed metrics")
       reused.append(plan.name)
       entries[plan.name] = {**old, "metrics_key": metrics_key}
       timings[plan.name] = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
-      _write_manifest(manifest_path, entries)
+      if primary:
+        _write_manifest(manifest_path, entries)
       continue
 
     t = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
@@ -574,8 +628,13 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     d_key = {"kind": "doc", "model": plan.doc_fp, "corpus": data.corpus.fingerprint(),
              "subset": d_subset, "max_len": int(plan.doc_spec.doc_max_len),
              "prefix": plan.doc_spec.doc_prefix, "title_sep": title_sep}
+    # Several hosts: each encodes and searches its share of the corpus (full search).
+    sharded = config.mode == "full" and jax.process_count() > 1
     d_emb, t["doc_encode_s"] = enc.encode(plan.doc_spec, d_where, "doc", d_texts, d_key,
-                                          "passages")
+                                          "passages", shard=sharded)
+    d_rows = None
+    if sharded:
+      d_rows, d_emb = d_emb
     q_key = {"kind": "query", "model": plan.query_fp, "queries": queries.fingerprint(),
              "field": plan.query_field, "max_len": int(plan.query_spec.query_max_len),
              "prefix": plan.query_spec.query_prefix}
@@ -583,12 +642,15 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
                                             q_key, f"queries ({plan.query_field})")
     q_arr, q_mask = _split(q_emb)
     d_arr, d_mask = _split(d_emb)
-    if q_arr.shape[-1] != d_arr.shape[-1]:
+    if len(d_arr) and q_arr.shape[-1] != d_arr.shape[-1]:
       raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
                        f"dimensions but passage embeddings {d_arr.shape[-1]}")
     t0 = time.perf_counter()
     how = plan.query_spec.scoring
-    if config.mode == "full":
+    if sharded:
+      result_run = _sharded_search(queries.ids, q_arr, q_mask, data.corpus.ids, d_rows, d_arr,
+                                   d_mask, int(config.top_k), how)
+    elif config.mode == "full":
       result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
                                     int(config.top_k), scoring=how, q_mask=q_mask,
                                     d_mask=d_mask)
@@ -602,16 +664,17 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       # back from its file on a later rerun are the same.
       result_run = {q: dict(beir.ranked(d)[:int(config.top_k)]) for q, d in result_run.items()}
     t["search_s"] = time.perf_counter() - t0
-    beir.write_run(run_path, result_run, tag=plan.name, depth=int(config.top_k))
     res = metrics.evaluate(result_run, data.qrels, measures)
-    write_json(metrics_path, {"system": plan.name, **res})
     results[plan.name] = res
     computed.append(plan.name)
     timings[plan.name] = t
-    entries[plan.name] = {"run_key": run_key, "metrics_key": metrics_key,
-                          "run_sha256": fingerprint.file(run_path),
-                          "timings": {k: round(v, 3) for k, v in t.items()}}
-    _write_manifest(manifest_path, entries)
+    if primary:
+      beir.write_run(run_path, result_run, tag=plan.name, depth=int(config.top_k))
+      write_json(metrics_path, {"system": plan.name, **res})
+      entries[plan.name] = {"run_key": run_key, "metrics_key": metrics_key,
+                            "run_sha256": fingerprint.file(run_path),
+                            "timings": {k: round(v, 3) for k, v in t.items()}}
+      _write_manifest(manifest_path, entries)
     agg = results[plan.name]["aggregate"]
     log(f"{plan.name}: " + ", ".join(f"{m} {agg[m]:.4f}" for m in measures))
 
@@ -620,13 +683,14 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       n_permutations=int(config.n_permutations), seed=int(config.seed))
   header = (f"Dataset: `{data.paths['queries']}` ({len(data.qrels)} judged queries), "
             f"{len(data.corpus)} passages; mode {config.mode}, top {int(config.top_k)}.\n\n")
-  write_text(os.path.join(out_dir, "comparison.md"), header + markdown)
   comparison = {"dataset": data.paths, "num_judged_queries": len(data.qrels),
                 "num_passages": len(data.corpus), "mode": config.mode,
                 "top_k": int(config.top_k), **comparison}
-  write_json(os.path.join(out_dir, "comparison.json"), comparison)
-  metrics.bar_chart(results, measures, os.path.join(out_dir, "comparison.png"),
-                    title=os.path.basename(data.paths["queries"]))
+  if primary:
+    write_text(os.path.join(out_dir, "comparison.md"), header + markdown)
+    write_json(os.path.join(out_dir, "comparison.json"), comparison)
+    metrics.bar_chart(results, measures, os.path.join(out_dir, "comparison.png"),
+                      title=os.path.basename(data.paths["queries"]))
   return EvalResult(out_dir, results, markdown, comparison, computed, reused, timings)
 
 

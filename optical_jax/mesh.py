@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -47,3 +48,32 @@ def shard_batch(local_batch: Dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> 
   sharding = NamedSharding(mesh, P(AXIS))
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+  """Settings of `initialize_distributed` (a config section of training and evaluation).
+
+  TPU pods fill the coordinator in automatically; on CPU/GPU clusters give it, e.g. a
+  127.0.0.1:PORT coordinator for processes on one machine (gloo CPU collectives).
+  """
+  return ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address="", num_processes=0, process_id=-1,
+      local_device_ids="", cpu_collectives="gloo"))
+
+
+def initialize_distributed(d) -> None:
+  """`jax.distributed.initialize` per a `distributed_config()` section, when enabled."""
+  if not d.initialize:
+    return
+  if d.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
+  kwargs = {}
+  if d.coordinator_address:
+    kwargs["coordinator_address"] = d.coordinator_address
+  if d.num_processes:
+    kwargs["num_processes"] = int(d.num_processes)
+  if d.process_id >= 0:
+    kwargs["process_id"] = int(d.process_id)
+  if d.local_device_ids:
+    kwargs["local_device_ids"] = [int(x) for x in str(d.local_device_ids).split(",")]
+  jax.distributed.initialize(**kwargs)

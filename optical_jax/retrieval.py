@@ -48,10 +48,28 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
                  ) -> Union[np.ndarray, TokenEmbeddings]:
   """Embeds `texts` in batches of static shape, returning rows in the input order.
 
+  See `encode_shard` for the arguments; this is its single-shard case.
+  """
+  _, emb = encode_shard(texts, tokenize_fn, embed_fn, batch_size=batch_size,
+                        length_buckets=length_buckets, pad_id=pad_id, dtype=dtype,
+                        token_dtype=token_dtype, progress=progress, desc=desc)
+  return emb
+
+
+def encode_shard(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedFn, *,
+                 batch_size: int, length_buckets: Sequence[int], pad_id: int = 0,
+                 dtype: Any = np.float32, token_dtype: Any = np.float16,
+                 progress: bool = True, desc: str = "encoding", index: int = 0, count: int = 1
+                 ) -> Tuple[np.ndarray, Union[np.ndarray, TokenEmbeddings]]:
+  """Embeds shard `index` of `count` of `texts`: (rows, embeddings of those rows).
+
   Texts are sorted by token length (longest first, so memory trouble shows up at once);
   each batch is padded to the smallest bucket length >= its longest sequence and to the
   full `batch_size` rows, so a jitted `embed_fn` compiles once per bucket used. Padding
-  rows are stripped before the results are stored.
+  rows are stripped before the results are stored. Shard `index` encodes batches
+  `index, index + count, ...` of that order (hosts of a multi-host evaluation split a
+  corpus so), so every text is embedded in exactly the batch, padding and shape it would
+  get from a single process: the shards' rows together equal the unsharded result.
 
   Args:
     texts: the strings to embed.
@@ -66,11 +84,15 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
     token_dtype: storage dtype of token vectors (float16 halves the memory of a collection).
     progress: show progress (a bar on a terminal, plain lines in logs); desc: its label.
 
+    index, count: which shard to encode (default: everything).
+
   Returns:
-    dense: np.ndarray [N, D] of `dtype`.
-    token-level: TokenEmbeddings(emb [N, Lmax, D] of `token_dtype`, mask [N, Lmax] int8),
-      where Lmax is the longest tokenized text (not the largest bucket) and vectors past
-      a text's end are zero.
+    rows: int64 [n], the (ascending) positions in `texts` of this shard's texts.
+    embeddings for those rows, in that order:
+      dense: np.ndarray [n, D] of `dtype`;
+      token-level: TokenEmbeddings(emb [n, Lmax, D] of `token_dtype`, mask [n, Lmax] int8),
+      where Lmax is the longest tokenized text of all `texts` (not the largest bucket)
+      and vectors past a text's end are zero.
   """
   texts = list(texts)
   if not texts:
@@ -87,14 +109,20 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
   for i in np.flatnonzero(lengths > buckets[-1])[:1]:
     raise ValueError(f"text {i} has {lengths[i]} tokens, more than the largest length "
                      f"bucket {buckets[-1]}; tokenize_fn must truncate")
-  n = len(texts)
+  if not 0 <= index < count:
+    raise ValueError(f"shard index {index} is not in [0, {count})")
   order = np.argsort(-lengths, kind="stable")
+  batches = [order[start:start + batch_size] for start in range(0, len(texts), batch_size)]
+  batches = batches[index::count]
+  shard_rows = np.sort(np.concatenate(batches)) if batches else np.zeros((0,), np.int64)
+  where = np.zeros(len(texts), np.int64)
+  where[shard_rows] = np.arange(len(shard_rows))
+  n = len(shard_rows)
   l_max = max(int(lengths.max()), 1)
   out = out_mask = None
   token_level = False
   with progress_bar(total=n, desc=desc, unit="text", disable=not progress, leave=False) as bar:
-    for start in range(0, n, batch_size):
-      rows = order[start:start + batch_size]
+    for rows in batches:
       width = _bucket(int(lengths[rows].max()), buckets)
       tok = np.full((batch_size, width), pad_id, dtype=np.int32)
       mask = np.zeros((batch_size, width), dtype=np.int32)
@@ -125,12 +153,14 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
         m = mask if emb_mask is None else np.asarray(emb_mask)
         m = (m[:len(rows), :l_max] > 0)
         w = m.shape[1]
-        out[rows, :w] = np.where(m[..., None], emb[:, :w], 0).astype(token_dtype)
-        out_mask[rows, :w] = m
+        out[where[rows], :w] = np.where(m[..., None], emb[:, :w], 0).astype(token_dtype)
+        out_mask[where[rows], :w] = m
       else:
-        out[rows] = emb
+        out[where[rows]] = emb
       bar.update(len(rows))
-  return TokenEmbeddings(out, out_mask) if token_level else out
+  if out is None:   # a shard without batches (more shards than batches)
+    return shard_rows, np.zeros((0, 0), dtype)
+  return shard_rows, (TokenEmbeddings(out, out_mask) if token_level else out)
 
 
 # ---------------------------------------------------------------------------
@@ -334,9 +364,47 @@ def to_run(qids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray,
 
 def search(qids: Sequence[str], q_emb: Array, doc_ids: Sequence[str], d_emb: Array,
            top_k: int, **kwargs) -> Run:
-  """`exact_search` followed by `to_run`: the top-k run for every query."""
+  """The top-k run of every query: `exact_search`, then `rescore_top_k` (so the written
+  scores do not depend on chunk sizes or on how the corpus was split over hosts)."""
   scores, indices = exact_search(q_emb, d_emb, top_k, **kwargs)
+  scores = rescore_top_k(q_emb, d_emb, indices, scoring=kwargs.get("scoring", "dense"),
+                         q_mask=kwargs.get("q_mask"), d_mask=kwargs.get("d_mask"))
+  scores, indices = merge_top_k([scores], [indices], indices.shape[1])
   return to_run(qids, doc_ids, scores, indices)
+
+
+def rescore_top_k(q_emb: Array, d_emb: Array, indices: np.ndarray, *, scoring: str = "dense",
+                  q_mask: Optional[Array] = None, d_mask: Optional[Array] = None,
+                  max_elements: int = 1 << 24) -> np.ndarray:
+  """Each (query, candidate) score computed on its own: [Q, k] float32 (-inf for index -1).
+
+  `exact_search` scores whole blocks of documents, and a dot product's last bit can
+  depend on the block's shape; scoring the selected pairs one by one (a fixed-shape
+  vmap) makes the scores of a run the same however the corpus was chunked, searched on
+  how many devices, or split over hosts.
+  """
+  q_emb = np.asarray(q_emb)
+  q_mask, d_mask = _check_inputs(q_emb, d_emb, scoring, q_mask, d_mask)
+  n_q, k = indices.shape
+  out = np.full((n_q, k), -np.inf, np.float32)
+  if n_q == 0 or k == 0:
+    return out
+  per_query = k * int(np.prod(d_emb.shape[1:]))
+  bs = max(1, min(n_q, max_elements // max(per_query, 1)))
+  safe = np.maximum(indices, 0)
+  for start in range(0, n_q, bs):
+    rows = np.arange(start, min(start + bs, n_q))
+    pad = bs - len(rows)
+    q_rows = np.pad(rows, (0, pad))
+    cand = np.pad(safe[rows], ((0, pad), (0, 0)))
+    d = jnp.asarray(np.asarray(d_emb[cand.reshape(-1)]).reshape((bs, k) + tuple(d_emb.shape[1:])))
+    qm = dm = None
+    if scoring == "maxsim":
+      qm = jnp.asarray(q_mask[q_rows])
+      dm = jnp.asarray(np.asarray(d_mask[cand.reshape(-1)]).reshape((bs, k) + tuple(d_mask.shape[1:])))
+    s = np.asarray(_pair_scores(jnp.asarray(q_emb[q_rows]), qm, d, dm, scoring=scoring))
+    out[rows] = s[:len(rows)]
+  return np.where(indices >= 0, out, -np.inf).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -349,6 +417,28 @@ def _rerank_step(q, q_mask, d, d_mask, *, scoring):
   def one(q1, m1, d1, dm1):  # m1 and dm1 are None for dense scoring
     return scoring_lib.scores(q1[None], None if m1 is None else m1[None], d1, dm1, scoring)[0]
   return jax.vmap(one)(q, q_mask, d, d_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("scoring",))
+def _pair_scores(q, q_mask, d, d_mask, *, scoring):
+  """Like `_rerank_step`, but every score as its own reduction (no matrix product, whose
+  last bit can depend on where in a block a document sits): q [B, D] / [B, Lq, D],
+  d [B, C, D] / [B, C, Ld, D] -> [B, C]."""
+  q = q.astype(jnp.float32)
+  d = d.astype(jnp.float32)
+  if scoring == "dense":
+    return jnp.sum(q[:, None, :] * d, axis=-1)
+
+  def one_candidate(q1, m1, d1, dm1):   # q1 [Lq, D], d1 [Ld, D] -> scalar
+    sim = jnp.sum(q1[:, None, :] * d1[None, :, :], axis=-1)          # [Lq, Ld]
+    best = jnp.max(jnp.where(dm1[None, :] > 0, sim, -jnp.inf), axis=-1)
+    best = jnp.where((m1 > 0) & jnp.isfinite(best), best, 0.0)
+    return jnp.sum(best)
+
+  def per_query(q1, m1, d1, dm1):   # one candidate at a time: memory Lq x Ld x D
+    return jax.lax.map(lambda c: one_candidate(q1, m1, *c), (d1, dm1))
+
+  return jax.lax.map(lambda a: per_query(*a), (q, q_mask, d, d_mask))
 
 
 def _as_index(ids: Union[Sequence[str], Mapping[str, int]]) -> Mapping[str, int]:
@@ -438,3 +528,36 @@ def rerank(run: Mapping[str, Mapping[str, float]],
     for r, (qid, _, names, _) in enumerate(part):
       out[qid] = {name: float(s) for name, s in zip(names, scores[r, :len(names)])}
   return out
+
+
+# ---------------------------------------------------------------------------
+# Sharded search: each host searches its slice of the corpus; the top-k lists merge.
+
+
+def merge_top_k(scores: Sequence[np.ndarray], indices: Sequence[np.ndarray],
+                k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The global top-k of per-shard top-k lists.
+
+  Args:
+    scores: per shard, float [Q, k_i] (best first).
+    indices: per shard, int [Q, k_i] global document indices (-1 = no document).
+    k: results per query.
+
+  Returns:
+    (scores [Q, k], indices [Q, k]) as `exact_search` returns them over the whole
+    collection: best first, equal scores ordered by lower document index, -1 (score
+    -inf) where fewer than k documents exist.
+  """
+  s = np.concatenate([np.asarray(x, np.float32) for x in scores], axis=1)
+  i = np.concatenate([np.asarray(x, np.int64) for x in indices], axis=1)
+  s = np.where(i >= 0, s, -np.inf).astype(np.float32)
+  tie = np.where(i >= 0, i, np.iinfo(np.int64).max)
+  order = np.lexsort((tie, -s), axis=-1)[:, :k]
+  top_s = np.take_along_axis(s, order, axis=1)
+  top_i = np.take_along_axis(i, order, axis=1)
+  top_i[~np.isfinite(top_s)] = -1
+  if top_s.shape[1] < k:
+    pad = k - top_s.shape[1]
+    top_s = np.pad(top_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+    top_i = np.pad(top_i, ((0, 0), (0, pad)), constant_values=-1)
+  return top_s, top_i

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from optical_jax import assets, checkpoint, fileio, losses, models, ot, step as step_lib, validation
+from optical_jax import mesh as mesh_lib
 from optical_jax.config import config_changes, to_json
 from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import pipeline, retrieval_train
@@ -43,24 +44,6 @@ class Result:
   last_metrics: Dict[str, float]
   resumed_from: Optional[int]
   compilations: int
-
-
-def maybe_initialize_distributed(config) -> None:
-  d = config.distributed
-  if not d.initialize:
-    return
-  if d.cpu_collectives:
-    jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
-  kwargs = {}
-  if d.coordinator_address:
-    kwargs["coordinator_address"] = d.coordinator_address
-  if d.num_processes:
-    kwargs["num_processes"] = int(d.num_processes)
-  if d.process_id >= 0:
-    kwargs["process_id"] = int(d.process_id)
-  if d.local_device_ids:
-    kwargs["local_device_ids"] = [int(x) for x in str(d.local_device_ids).split(",")]
-  jax.distributed.initialize(**kwargs)
 
 
 def _cache_dir(config) -> str:
@@ -205,7 +188,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   Args:
     max_steps: stop after this many steps of this invocation (tests; preemption drills).
   """
-  maybe_initialize_distributed(config)
+  mesh_lib.initialize_distributed(config.distributed)
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
   hold = fileio.hold_directory(workdir, "workdir", report=log_fn) if primary else None

@@ -1,1 +1,0 @@
-"""Dataset readers: BEIR-layout corpora, queries, qrels and TREC runs."""
