@@ -278,8 +278,9 @@ def masked_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
 
 def mean_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean of the real tokens' embeddings: [B, L, D], [B, L] -> [B, D]."""
-  m = mask.astype(jnp.float32)[..., None]
-  return jnp.sum(tokens.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+  dtype = jnp.promote_types(tokens.dtype, jnp.float32)  # float32, or float64 when given
+  m = mask.astype(dtype)[..., None]
+  return jnp.sum(tokens.astype(dtype) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
 
 
 def cls_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

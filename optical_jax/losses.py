@@ -144,6 +144,9 @@ class DistillConfig:
     if (self.loss.startswith("divergence") and isinstance(self.ot, ot_lib.OTConfig)
         and self.ot.grad != "envelope"):
       problems.append("loss 'divergence' needs ot.grad='envelope'")
+    if (self.loss.startswith("divergence") and isinstance(self.ot, ot_lib.OTConfig)
+        and not self.ot.balanced):
+      problems.append("loss 'divergence' needs balanced OT (ot.tau_a = ot.tau_b = 1)")
     if problems:
       raise InputError("invalid distillation config: " + "; ".join(problems))
     object.__setattr__(self, "sentence_weight", float(self.sentence_weight))
@@ -294,7 +297,7 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
     e_all = jax.lax.all_gather(e, axis_name, tiled=True)
     valid_all = jax.lax.all_gather(valid, axis_name, tiled=True)
     own = own + jax.lax.axis_index(axis_name) * s.shape[0]
-  big_neg = jnp.float32(-1e9)
+  big_neg = -1e9
   logits_t = jnp.where(valid_all[None, :], e @ e_all.T / temperature, big_neg)
   logits_s = jnp.where(valid_all[None, :], s @ e_all.T / temperature, big_neg)
   log_p = jax.nn.log_softmax(logits_t, axis=-1)
@@ -306,7 +309,7 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
 
 def enc_l2(x: jnp.ndarray) -> jnp.ndarray:
   """Row-wise L2 normalisation with a finite gradient at 0."""
-  x = x.astype(jnp.float32)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
-from ott.solvers.linear import implicit_differentiation, sinkhorn
+from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
 from optical_jax.encoder import masked_mean
 from optical_jax.errors import InputError, config_from_mapping
@@ -109,12 +109,15 @@ class OTConfig:
       scalar of the step (`scheduled_epsilon`): one compilation for all steps.
     anneal_steps: length of the schedule (>= 1 when `epsilon_start` is set).
     tau_a / tau_b: unbalanced (KL-relaxed) marginals, in (0, 1]; 1 = balanced
-      (exact marginal), tau -> 0 = free. rho = epsilon tau / (1 - tau) weighs
-      KL(T 1 | a) (resp. KL(T^T 1 | b)) in the entropic problem solved. With
-      tau < 1 the OT loss is <T, C> + rho_a KL(T1|a) + rho_b KL(T^T1|b) at the
-      plan (the transport cost alone rewards dropping mass), the plan held
-      fixed (grad='envelope' only); it tends to the balanced loss as tau -> 1.
-      The divergence uses ott's full unbalanced objective. tau_a = 1, tau_b < 1 is
+      (exact marginal), tau -> 0 = free. ott solves min_T <T, C> - eps H(T) +
+      rho_a KL(T 1 | a) + rho_b KL(T^T 1 | b), rho = epsilon tau / (1 - tau),
+      generalised KL, H(T) = -sum T (log T - 1) (with free masses this is not
+      the KL(T | a b^T) form; ott's `reg_ot_cost` then is not this objective).
+      With tau < 1 the OT loss is <T, C> + rho_a KL(T1|a) + rho_b KL(T^T1|b) at
+      the plan (the transport cost alone rewards dropping mass) and its
+      gradient sum_ij T_ij dC_ij, the envelope gradient of the objective solved
+      (grad='envelope' only); it tends to the balanced loss as tau -> 1. The
+      divergence is balanced only. tau_a = 1, tau_b < 1 is
       semi-relaxed: every student token is transported, teacher tokens may be
       left out.
     center: subtract a mean token vector per model from the tokens before the
@@ -343,8 +346,8 @@ class OTResult(NamedTuple):
   n_iters: [B] int32 Sinkhorn iterations run.
   marginal_error: [B] L1 error of both marginals of the plan, summed (for
     unbalanced plans: how far the plan's marginals moved from a and b).
-  reg_ot_cost: [B] regularised objective <T, C> + eps KL(T | a b^T) (plus the
-    marginal penalties when unbalanced), from the dual potentials (no gradient).
+  reg_ot_cost: [B] ott's regularised cost from the dual potentials (no gradient):
+    <T, C> + eps KL(T | a b^T) when balanced.
   valid: [B] bool, both sides have positive total weight; invalid pairs were
     solved with uniform weights so that nothing is NaN, and must be ignored.
   epsilon: [B] the entropic regularisation each pair was solved with (after the
@@ -364,8 +367,14 @@ class OTResult(NamedTuple):
   marginal_penalty: jnp.ndarray
 
 
-def _solver(cfg: OTConfig, unroll: bool) -> sinkhorn.Sinkhorn:
+def _solver(cfg: OTConfig, unroll: bool, symmetric: bool = False) -> sinkhorn.Sinkhorn:
+  # A symmetric problem (a divergence's self term: same cloud, same weights) uses the
+  # averaged updates f <- (f + T(f)) / 2 that ott's `sinkhorn_divergence` uses (Feydy
+  # et al. 2019, eq. 25): alternating updates converge slowly on it in float32.
+  extra = dict(parallel_dual_updates=True,
+               momentum=acceleration.Momentum(start=0, value=0.5)) if symmetric else {}
   return sinkhorn.Sinkhorn(
+      **extra,
       lse_mode=cfg.lse_mode,
       threshold=cfg.threshold,
       inner_iterations=cfg.inner_iterations,
@@ -376,7 +385,7 @@ def _solver(cfg: OTConfig, unroll: bool) -> sinkhorn.Sinkhorn:
 
 
 def _solve_pair(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon: jnp.ndarray,
-                cfg: OTConfig, unroll: bool
+                cfg: OTConfig, unroll: bool, symmetric: bool = False
                 ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """One ott Sinkhorn solve: (plan, converged, n_iters, reg_ot_cost).
 
@@ -385,7 +394,7 @@ def _solve_pair(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon: jnp.
   """
   geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
   prob = linear_problem.LinearProblem(geom, a=a, b=b, tau_a=cfg.tau_a, tau_b=cfg.tau_b)
-  out = _solver(cfg, unroll)(prob)
+  out = _solver(cfg, unroll, symmetric)(prob)
   return out.matrix, out.converged, out.n_iters.astype(jnp.int32), out.reg_ot_cost
 
 
@@ -529,10 +538,11 @@ def _prepare(x, a, y, b, cfg: OTConfig, x_center, y_center):
   return cost, support, a_s, b_s, valid
 
 
-def _solve_batch(cost, support, a_s, b_s, valid, eps, cfg: OTConfig) -> OTResult:
+def _solve_batch(cost, support, a_s, b_s, valid, eps, cfg: OTConfig,
+                 symmetric: bool = False) -> OTResult:
   unroll = cfg.grad == "unroll"
   solve_cost = cost if unroll else jax.lax.stop_gradient(cost)
-  solve = jax.vmap(functools.partial(_solve_pair, cfg=cfg, unroll=unroll))
+  solve = jax.vmap(functools.partial(_solve_pair, cfg=cfg, unroll=unroll, symmetric=symmetric))
   plan, converged, n_iters, reg_cost = solve(solve_cost, a_s, b_s, eps)
   finite = jnp.all(jnp.isfinite(jax.lax.stop_gradient(plan)), axis=(1, 2))
   plan = jnp.where(support & jnp.isfinite(plan), plan, 0.0)
@@ -637,9 +647,9 @@ def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: j
   """OT distillation loss: mean over valid pairs of <T, C> between student and teacher tokens.
 
   Balanced OT (tau_a = tau_b = 1) gives the transport cost <T, C> (OPTICAL);
-  unbalanced OT the objective <T, C> + rho_a KL(T 1 | a) + rho_b KL(T^T 1 | b) of
-  its plan (the transport cost alone would reward dropping mass), which tends to
-  the balanced loss as tau -> 1 (see `OTConfig.tau_a`).
+  unbalanced OT <T, C> + rho_a KL(T 1 | a) + rho_b KL(T^T 1 | b) of its plan (the
+  transport cost alone would reward dropping mass), which tends to the balanced
+  loss as tau -> 1 (see `OTConfig.tau_a`, also for its gradient).
 
   Args:
     x: student tokens [B, n, d] (plan rows); x_weights [B, n] (see token_weights).
@@ -658,8 +668,7 @@ def ot_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray, y_weights: j
         with the loss to see how much the plan improves on no alignment.
       transport_cost: mean <T, C>.
       marginal_error: mean L1 error of both marginals of the plan.
-      reg_ot_cost: mean regularised cost <T, C> + eps KL(T | a b^T) (+ the
-        marginal penalties when unbalanced).
+      reg_ot_cost: mean of ott's regularised cost (balanced: <T, C> + eps KL(T | a b^T)).
       marginal_penalty: mean rho_a KL(T1|a) + rho_b KL(T^T1|b) (0 balanced).
       plan_mass: mean total mass of the plan (1 when balanced; the mass kept by
         an unbalanced plan).
@@ -681,8 +690,8 @@ def divergence_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
                     ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """Debiased Sinkhorn divergence S = OT(x, y) - OT(x, x) / 2 - OT(y, y) / 2, mean over pairs.
 
-  OT here is the regularised objective OT_eps (`reg_ot_cost`: <T, C> + eps KL(T | a
-  b^T), plus the marginal penalties when unbalanced), the three problems of a pair
+  OT here is the balanced regularised objective OT_eps (`reg_ot_cost`: <T, C> + eps
+  KL(T | a b^T)), the three problems of a pair
   sharing the epsilon of the (x, y) problem (Feydy et al. 2019; ott-jax's
   `sinkhorn_divergence`, with equal masses, is the reference). For the cosine
   and squared-Euclidean costs (Gaussian kernels) S >= 0, with S = 0 exactly
@@ -692,7 +701,7 @@ def divergence_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
 
   Gradients follow the envelope theorem on each term (plans held fixed; the
   student appears on both sides of OT(x, x)); `cfg.grad` must be 'envelope'
-  (`losses.DistillConfig` checks it). The teacher's self term is a constant: it
+  and OT balanced (`losses.DistillConfig` checks both). The teacher's self term is a constant: it
   is solved for the value only.
 
   Returns:
@@ -705,11 +714,11 @@ def divergence_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
   res_xy = _solve_batch(cost, support, a_s, b_s, valid, eps, cfg)
   cost_xx, support_xx, a_xx, _, _ = _prepare(x, x_weights, x, x_weights, cfg, x_center,
                                              x_center)
-  res_xx = _solve_batch(cost_xx, support_xx, a_xx, a_xx, valid, eps, cfg)
+  res_xx = _solve_batch(cost_xx, support_xx, a_xx, a_xx, valid, eps, cfg, symmetric=True)
   y_const = jax.lax.stop_gradient(y)
   cost_yy, support_yy, b_yy, _, _ = _prepare(y_const, y_weights, y_const, y_weights, cfg,
                                              y_center, y_center)
-  res_yy = _solve_batch(cost_yy, support_yy, b_yy, b_yy, valid, eps, cfg)
+  res_yy = _solve_batch(cost_yy, support_yy, b_yy, b_yy, valid, eps, cfg, symmetric=True)
   lin_xy = jnp.sum(res_xy.plan * res_xy.cost, axis=(1, 2))
   lin_xx = jnp.sum(res_xx.plan * res_xx.cost, axis=(1, 2))
   linear = lin_xy - 0.5 * lin_xx
