@@ -51,15 +51,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.validation = ml_collections.ConfigDict(dict(sources=[], every=0))
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.loss = "ot"                    # 'ot' | 'sentence' | 'hard' | 'ot+sentence'
+  # 'ot' | 'sentence' | 'hard' | 'ot+sentence' | 'divergence' (debiased Sinkhorn divergence)
+  # | 'barycentric' (tokens regress onto OT-mapped teacher targets) | 'ranking' (in-batch
+  # translation-ranking KL) | 'ot+ranking' | 'divergence+ranking' | 'barycentric+ranking'
+  c.loss.loss = "ot"
   c.loss.sentence_weight = 1.0          # weight of the sentence term in 'ot+sentence'
   c.loss.sentence_distance = "mse"      # 'mse' (Reimers & Gurevych) or 'cosine' (1 - cos)
-  c.loss.marginals = "uniform"          # 'uniform' over real tokens, or 'idf'-weighted
+  # Token marginals: 'uniform' over real tokens, 'idf'-weighted, 'norm' (token-vector
+  # norms) or 'cls_attention' (each encoder's last-layer [CLS] attention row).
+  c.loss.marginals = "uniform"
   c.loss.include_special = True         # do [CLS]/[SEP] (<s>/</s>) carry OT mass?
   c.loss.hard_symmetric = False         # 'hard': also align each teacher token to a student token
+  c.loss.ranking_weight = 1.0           # weight of the ranking term in '...+ranking'
+  c.loss.ranking_temperature = 0.05     # softmax temperature of both similarity rows (cosines)
+  c.loss.token_distance = "cosine"      # 'barycentric': per-token 'cosine' (1 - cos) or 'mse'
+  # Token-level terms on hidden states instead of the output: indices (0 = embeddings,
+  # -1 = last layer before any head), combined by 'mean' or 'sum'; () = the output.
+  c.loss.layers = ()
+  c.loss.layer_combine = "mean"
   c.loss.ot = ml_collections.ConfigDict(dict(
       cost="cosine",          # 'cosine' (1 - cos) or 'sqeuclidean'
-      epsilon=0.05,           # absolute entropic regularisation
+      epsilon=0.05,           # entropic regularisation (absolute, or a fraction: relative_epsilon)
       max_iterations=100,
       min_iterations=0,
       inner_iterations=10,
@@ -68,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
       grad="envelope",         # 'envelope' (plan held fixed) | 'implicit' | 'unroll'
       lse_mode=True,
       scale_cost=1.0,
+      relative_epsilon=False,  # epsilon (and epsilon_start) x each pair's cost std / mean
+      relative_to="std",       # 'std' or 'mean' of the pair's costs (relative_epsilon)
+      epsilon_start=0.0,       # > 0: anneal geometrically from it to epsilon ...
+      anneal_steps=0,          # ... over this many steps
+      tau_a=1.0,               # unbalanced marginals in (0, 1]; 1 = balanced (student side)
+      tau_b=1.0,               # teacher side; tau_a=1, tau_b<1 = semi-relaxed
+      center=False,            # subtract each model's mean token vector before the cost
+      center_source="batch",   # 'batch' (global batch mean) or 'bitext' (estimated once)
   ))
   # Teacher mode: contrastive loss with in-batch negatives across devices.
   c.loss.temperature = 0.05

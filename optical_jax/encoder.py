@@ -155,6 +155,9 @@ class SelfAttention(nn.Module):
     big_neg = jnp.finfo(jnp.float32).min
     logits = jnp.where(attention_mask[:, None, None, :] > 0, logits, big_neg)
     probs = jax.nn.softmax(logits, axis=-1)
+    # Kept only when the caller asks for the 'intermediates' collection (`apply_with`);
+    # otherwise a no-op that XLA removes: default outputs and speed are unchanged.
+    self.sow("intermediates", "cls_attention", jnp.mean(probs[:, :, 0, :], axis=1))
     probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     ctx = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
     return ctx.transpose(0, 2, 1, 3).reshape(b, l, cfg.hidden_size)
@@ -189,8 +192,10 @@ class Encoder(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = Embeddings(self.cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+    self.sow("intermediates", "hidden", x)
     for i in range(self.cfg.num_layers):
       x = Layer(self.cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      self.sow("intermediates", "hidden", x)
     return x
 
 
@@ -236,6 +241,34 @@ def apply(params, input_ids, attention_mask, *, cfg: EncoderConfig, deterministi
                                 deterministic, rngs=rngs)
 
 
+def apply_with(params, input_ids, attention_mask, *, cfg: EncoderConfig, hidden: bool = False,
+               cls_attention: bool = False, deterministic: bool = True,
+               rng: Optional[jax.Array] = None, token_type_ids=None):
+  """`apply` that also returns internal states: (tokens [B, L, D], extras).
+
+  extras: 'hidden' (when asked): tuple of num_layers + 1 arrays [B, L, hidden] —
+  the embeddings, then every layer's output (before any projection head);
+  'cls_attention' (when asked): [B, L] float32, the last layer's attention
+  probabilities from the first token ([CLS] / <s>) to every token, averaged over
+  heads (before dropout). With neither asked it is exactly `apply` (and `{}`).
+  """
+  if not (hidden or cls_attention):
+    return apply(params, input_ids, attention_mask, cfg=cfg, deterministic=deterministic,
+                 rng=rng, token_type_ids=token_type_ids), {}
+  rngs = None if deterministic else {"dropout": rng}
+  tokens, state = TextEncoder(cfg).apply({"params": params}, input_ids, attention_mask,
+                                         token_type_ids, deterministic, rngs=rngs,
+                                         mutable=["intermediates"])
+  inter = state["intermediates"]["encoder"]
+  extras = {}
+  if hidden:
+    extras["hidden"] = tuple(inter["hidden"])
+  if cls_attention:
+    last = inter[f"layer_{cfg.num_layers - 1}"]["attention"]["cls_attention"][0]
+    extras["cls_attention"] = jax.lax.stop_gradient(last.astype(jnp.float32))
+  return tokens, extras
+
+
 # --- pooling and normalisation: small separate pieces on top of the token embeddings ---
 
 def masked_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
@@ -245,8 +278,9 @@ def masked_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
 
 def mean_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   """Mean of the real tokens' embeddings: [B, L, D], [B, L] -> [B, D]."""
-  m = mask.astype(jnp.float32)[..., None]
-  return jnp.sum(tokens.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+  dtype = jnp.promote_types(tokens.dtype, jnp.float32)  # float32, or float64 when given
+  m = mask.astype(dtype)[..., None]
+  return jnp.sum(tokens.astype(dtype) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
 
 
 def cls_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

@@ -9,7 +9,20 @@ its English translation:
     Gurevych 2020: MSE; or 1 - cosine);
   * 'hard': each student token is aligned to its most similar teacher token
     (a hard argmax alignment) and pays that cost;
-  * 'ot+sentence': the OT loss plus `sentence_weight` times the sentence loss.
+  * 'ot+sentence': the OT loss plus `sentence_weight` times the sentence loss;
+  * 'divergence': the debiased Sinkhorn divergence OT(s,t) - OT(s,s)/2 - OT(t,t)/2
+    (`optical_jax.ot.divergence_loss`);
+  * 'barycentric': each student token regresses onto its OT-mapped teacher target
+    sum_j T_ij y_j / a_i (`optical_jax.ot.barycentric_loss`, `token_distance`);
+  * 'ranking': in-batch translation ranking, KL(teacher English-English similarity
+    rows || student foreign-English rows) at `ranking_temperature` (`ranking_loss`);
+  * 'ot+ranking', 'divergence+ranking', 'barycentric+ranking': the token-level loss
+    plus `ranking_weight` times the ranking term.
+
+Every OT-family loss takes the settings of `ot` (cost, epsilon and its schedule or
+relative scaling, unbalanced marginals, centring) and the token marginals
+(`marginals`: uniform, idf, token norms or the [CLS] attention row), on the encoder
+output or on chosen hidden layers (`layers`).
 
 A pair in which either side has no real token (a padded batch row) is left out
 of every average. Teacher token embeddings are treated as constants.
@@ -23,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +46,12 @@ from optical_jax import scoring as scoring_lib
 from optical_jax.encoder import masked_mean, mean_pool
 from optical_jax.errors import InputError, build
 
-LOSSES = ("ot", "sentence", "hard", "ot+sentence")
+LOSSES = ("ot", "sentence", "hard", "ot+sentence", "divergence", "barycentric", "ranking",
+          "ot+ranking", "divergence+ranking", "barycentric+ranking")
 SENTENCE_DISTANCES = ("mse", "cosine")
-MARGINALS = ("uniform", "idf")
+TOKEN_DISTANCES = ot_lib.BARYCENTRIC_DISTANCES
+MARGINALS = ("uniform", "idf", "norm", "cls_attention")
+LAYER_COMBINE = ("mean", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,20 +59,34 @@ class DistillConfig:
   """The distillation loss and all its settings; frozen and hashable (a jit-static argument).
 
   Attributes:
-    loss: 'ot' | 'sentence' | 'hard' | 'ot+sentence'. 'ot' is OPTICAL.
+    loss: one of `LOSSES` (see the module docstring). 'ot' is OPTICAL.
     sentence_weight: weight of the sentence term in 'ot+sentence' (ignored
       otherwise).
     sentence_distance: 'mse' (mean squared error of the mean-pooled embeddings,
       as Reimers & Gurevych 2020) or 'cosine' (1 - cosine).
     hard_symmetric: 'hard' loss in both directions (also each teacher token
       to its nearest student token), averaged.
-    marginals: token weights of the OT and 'hard' losses: 'uniform' over real tokens
-      or 'idf'-weighted (then the step passes idf tables, see `batch_loss`).
+    marginals: token weights of the OT-family and 'hard' losses: 'uniform' over
+      real tokens, 'idf'-weighted (then the step passes idf tables, see
+      `batch_loss`), 'norm' (proportional to each token vector's norm, of the
+      representation transported; no gradient) or 'cls_attention' (each
+      encoder's last-layer attention from [CLS] (<s>) to every token, averaged
+      over heads; no gradient).
     include_special: whether [CLS]/[SEP] (<s>/</s>) carry mass.
     src_special / tgt_special: the special-token ids of the student / teacher
       tokenizer (set by the trainer from the tokenizers).
     ot: OT settings; `ot.cost` (and `ot.scale_cost`) are also the ground cost of
       the 'hard' loss.
+    ranking_weight: weight of the ranking term in '...+ranking' losses.
+    ranking_temperature: temperature of both similarity softmaxes of the ranking
+      term (cosine similarities of mean-pooled embeddings).
+    token_distance: 'barycentric': 'cosine' (1 - cos) or 'mse' per token.
+    layers: () = the token-level terms use the encoder output (after any head);
+      otherwise indices of hidden states (0 = embeddings, num_layers = last
+      layer before the head; negative from the end, e.g. (-1, -2) = the last
+      two), combined by `layer_combine`. Sentence and ranking terms always use
+      the output.
+    layer_combine: 'mean' or 'sum' of the chosen hidden states.
   """
 
   loss: str = "ot"
@@ -68,6 +98,11 @@ class DistillConfig:
   src_special: Tuple[int, ...] = ()
   tgt_special: Tuple[int, ...] = ()
   ot: ot_lib.OTConfig = ot_lib.OTConfig()
+  ranking_weight: float = 1.0
+  ranking_temperature: float = 0.05
+  token_distance: str = "cosine"
+  layers: Tuple[int, ...] = ()
+  layer_combine: str = "mean"
 
   def __post_init__(self):
     problems = []
@@ -91,11 +126,51 @@ class DistillConfig:
         problems.append(f"{name} must be token ids, got {ids!r}")
     if not isinstance(self.ot, ot_lib.OTConfig):
       problems.append(f"ot must be an OTConfig, got {type(self.ot).__name__}")
+    w = self.ranking_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+      problems.append(f"ranking_weight must be a finite number >= 0, got {w!r}")
+    t = self.ranking_temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+      problems.append(f"ranking_temperature must be a finite number > 0, got {t!r}")
+    if self.token_distance not in TOKEN_DISTANCES:
+      problems.append(f"token_distance must be one of {TOKEN_DISTANCES}, "
+                      f"got {self.token_distance!r}")
+    if self.layer_combine not in LAYER_COMBINE:
+      problems.append(f"layer_combine must be one of {LAYER_COMBINE}, got {self.layer_combine!r}")
+    layers = self.layers
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (tuple, list)) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in layers):
+      problems.append(f"layers must be a tuple of hidden-state indices, got {layers!r}")
+    if (self.loss.startswith("divergence") and isinstance(self.ot, ot_lib.OTConfig)
+        and self.ot.grad != "envelope"):
+      problems.append("loss 'divergence' needs ot.grad='envelope'")
+    if (self.loss.startswith("divergence") and isinstance(self.ot, ot_lib.OTConfig)
+        and not self.ot.balanced):
+      problems.append("loss 'divergence' needs balanced OT (ot.tau_a = ot.tau_b = 1)")
     if problems:
       raise InputError("invalid distillation config: " + "; ".join(problems))
-    object.__setattr__(self, "sentence_weight", float(w))
+    object.__setattr__(self, "sentence_weight", float(self.sentence_weight))
+    object.__setattr__(self, "ranking_weight", float(self.ranking_weight))
+    object.__setattr__(self, "ranking_temperature", float(self.ranking_temperature))
+    object.__setattr__(self, "layers", tuple(self.layers))
     for name in ("src_special", "tgt_special"):  # lists from JSON -> hashable tuples
       object.__setattr__(self, name, tuple(getattr(self, name)))
+
+  @property
+  def token_term(self) -> Optional[str]:
+    """The token-level part of the loss ('ot', 'divergence', 'barycentric', 'hard') or None."""
+    head = self.loss.split("+")[0]
+    return head if head in ("ot", "divergence", "barycentric", "hard") else None
+
+  @property
+  def needs_hidden(self) -> bool:
+    """Whether the step must return the encoders' hidden states (`layers`)."""
+    return bool(self.layers) and self.token_term is not None
+
+  @property
+  def needs_cls_attention(self) -> bool:
+    """Whether the step must return the encoders' last-layer [CLS] attention rows."""
+    return self.marginals == "cls_attention" and self.token_term is not None
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
@@ -193,12 +268,62 @@ def hard_alignment_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
   return masked_mean(per_pair, valid)
 
 
+# ----------------------------------------------------------------------------- ranking
+
+
+def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_tokens: jnp.ndarray,
+                 t_mask: jnp.ndarray, temperature: float = 0.05, axis_name: Optional[str] = None
+                 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """In-batch translation ranking distillation (as PLAID-X translate-distill, PyLate).
+
+  With s_i the student's pooled (mean, L2-normalised) embedding of foreign sentence
+  i and e_j the teacher's of English sentence j, the teacher's distribution over
+  the batch's English sentences for row i is p_i = softmax_j(e_i . e_j / temp) and
+  the student's q_i = softmax_j(s_i . e_j / temp); the loss is mean_i KL(p_i || q_i).
+  Teacher embeddings are constants. With `axis_name` (inside a device map) the
+  candidate English sentences are those of the whole global batch (all-gathered),
+  so the result does not depend on the device count.
+
+  Returns:
+    (loss, accuracy: fraction of rows whose student top-1 is its own translation),
+    over pairs with real tokens on both sides.
+  """
+  s = enc_l2(mean_pool(student_tokens, s_mask))
+  e = jax.lax.stop_gradient(enc_l2(mean_pool(teacher_tokens, t_mask)))
+  valid = _pair_valid(s_mask, t_mask)
+  e_all, valid_all = e, valid
+  own = jnp.arange(s.shape[0])
+  if axis_name is not None:
+    e_all = jax.lax.all_gather(e, axis_name, tiled=True)
+    valid_all = jax.lax.all_gather(valid, axis_name, tiled=True)
+    own = own + jax.lax.axis_index(axis_name) * s.shape[0]
+  big_neg = -1e9
+  logits_t = jnp.where(valid_all[None, :], e @ e_all.T / temperature, big_neg)
+  logits_s = jnp.where(valid_all[None, :], s @ e_all.T / temperature, big_neg)
+  log_p = jax.nn.log_softmax(logits_t, axis=-1)
+  log_q = jax.nn.log_softmax(logits_s, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+  best = jnp.argmax(jax.lax.stop_gradient(logits_s), axis=-1)
+  return masked_mean(kl, valid), masked_mean((best == own).astype(jnp.float32), valid)
+
+
+def enc_l2(x: jnp.ndarray) -> jnp.ndarray:
+  """Row-wise L2 normalisation with a finite gradient at 0."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
 # ----------------------------------------------------------------------------- dispatcher
 
 
 def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weights: jnp.ndarray,
                       teacher_tokens: jnp.ndarray, t_mask: jnp.ndarray, t_weights: jnp.ndarray,
-                      cfg: DistillConfig = DistillConfig()
+                      cfg: DistillConfig = DistillConfig(), *,
+                      student_features: Optional[jnp.ndarray] = None,
+                      teacher_features: Optional[jnp.ndarray] = None,
+                      epsilon: Optional[jnp.ndarray] = None,
+                      centers: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+                      axis_name: Optional[str] = None
                       ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """The distillation loss selected by `cfg.loss`, and its metrics.
 
@@ -210,43 +335,98 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
       (held constant: stop_gradient).
     t_mask, t_weights: as for the student.
     cfg: static loss settings.
+    student_features / teacher_features: the token vectors of the token-level
+      terms when they are not the outputs (`cfg.layers`); default the tokens.
+    epsilon: traced epsilon of the OT solves (`optical_jax.ot.scheduled_epsilon`).
+    centers: (student mean, teacher mean) vectors subtracted before the OT cost.
+    axis_name: the mapped device axis, for batch-wide terms (ranking candidates).
 
   Returns:
     (loss, metrics): float32 scalars. Metrics always hold 'sentence_cosine'
     (mean cosine of the mean-pooled embeddings) and the loss's components
-    ('ot_loss', 'sentence_loss', 'hard_loss' as used); with OT also its
-    diagnostics (converged_fraction, iterations, plan_entropy, mean_cost,
-    marginal_error, reg_ot_cost, valid_fraction).
+    ('ot_loss', 'divergence_loss', 'barycentric_loss', 'sentence_loss',
+    'hard_loss', 'ranking_loss' as used); with OT also its diagnostics
+    (converged_fraction, iterations, plan_entropy, mean_cost, marginal_error,
+    reg_ot_cost, plan_mass, epsilon, valid_fraction).
   """
+  if cfg.loss not in LOSSES:
+    raise ValueError(f"unknown distillation loss {cfg.loss!r}; expected one of {LOSSES}")
   teacher_tokens = jax.lax.stop_gradient(teacher_tokens)
+  x = student_tokens if student_features is None else student_features
+  y = teacher_tokens if teacher_features is None else jax.lax.stop_gradient(teacher_features)
+  x_center, y_center = (None, None) if centers is None else centers
   metrics: Dict[str, jnp.ndarray] = {}
   distance = cfg.sentence_distance
   sent, cos = sentence_loss(student_tokens, s_mask, teacher_tokens, t_mask, distance)
   metrics["sentence_cosine"] = jax.lax.stop_gradient(cos)
+  ot_kw = dict(epsilon=epsilon, x_center=x_center, y_center=y_center)
+  term = cfg.token_term
+  loss = jnp.zeros((), jnp.float32)
   if cfg.loss == "sentence":
     loss = sent
     metrics["sentence_loss"] = jax.lax.stop_gradient(sent)
-  elif cfg.loss == "hard":
-    loss = hard_alignment_loss(student_tokens, s_weights, teacher_tokens, t_weights, cfg.ot.cost,
+  elif term == "hard":
+    loss = hard_alignment_loss(x, s_weights, y, t_weights, cfg.ot.cost,
                                symmetric=cfg.hard_symmetric, scale_cost=cfg.ot.scale_cost)
     metrics["hard_loss"] = jax.lax.stop_gradient(loss)
-  elif cfg.loss in ("ot", "ot+sentence"):
-    ot_value, diagnostics = ot_lib.ot_loss(student_tokens, s_weights, teacher_tokens, t_weights,
-                                           cfg.ot)
+  elif term is not None:
+    if term == "ot":
+      value, diagnostics = ot_lib.ot_loss(x, s_weights, y, t_weights, cfg.ot, **ot_kw)
+    elif term == "divergence":
+      value, diagnostics = ot_lib.divergence_loss(x, s_weights, y, t_weights, cfg.ot, **ot_kw)
+    else:
+      value, diagnostics = ot_lib.barycentric_loss(x, s_weights, y, t_weights, cfg.ot,
+                                                   distance=cfg.token_distance, **ot_kw)
     metrics.update(diagnostics)
-    metrics["ot_loss"] = jax.lax.stop_gradient(ot_value)
-    loss = ot_value
-    if cfg.loss == "ot+sentence":
-      metrics["sentence_loss"] = jax.lax.stop_gradient(sent)
-      loss = ot_value + cfg.sentence_weight * sent
-  else:
-    raise ValueError(f"unknown distillation loss {cfg.loss!r}; expected one of {LOSSES}")
+    metrics[f"{term}_loss"] = jax.lax.stop_gradient(value)
+    loss = value
+  if cfg.loss == "ot+sentence":
+    metrics["sentence_loss"] = jax.lax.stop_gradient(sent)
+    loss = loss + cfg.sentence_weight * sent
+  if cfg.loss.endswith("ranking"):
+    rank, acc = ranking_loss(student_tokens, s_mask, teacher_tokens, t_mask,
+                             cfg.ranking_temperature, axis_name)
+    metrics["ranking_loss"] = jax.lax.stop_gradient(rank)
+    metrics["ranking_accuracy"] = acc
+    loss = rank if cfg.loss == "ranking" else loss + cfg.ranking_weight * rank
   loss = loss.astype(jnp.float32)
   return loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 
+def token_features(tokens: jnp.ndarray, hidden: Optional[Sequence[jnp.ndarray]],
+                   cfg: DistillConfig) -> jnp.ndarray:
+  """The token vectors the token-level terms compare: the output tokens, or the
+  mean/sum of the hidden states `cfg.layers` (`hidden`: embeddings + every layer)."""
+  if not cfg.layers:
+    return tokens
+  if hidden is None:
+    raise ValueError("loss.layers needs the encoders' hidden states")
+  n = len(hidden)
+  for i in cfg.layers:
+    if not -n <= i < n:
+      raise ValueError(f"loss.layers index {i} out of range for {n} hidden states "
+                       f"(0 = embeddings ... {n - 1} = last layer)")
+  chosen = jnp.stack([hidden[i].astype(jnp.float32) for i in cfg.layers])
+  return jnp.sum(chosen, axis=0) if cfg.layer_combine == "sum" else jnp.mean(chosen, axis=0)
+
+
+def _importance(cfg: DistillConfig, features: jnp.ndarray, aux: Optional[Mapping[str, Any]],
+                side: str) -> Optional[jnp.ndarray]:
+  if cfg.marginals == "norm":
+    return jnp.linalg.norm(jax.lax.stop_gradient(features).astype(jnp.float32), axis=-1)
+  if cfg.marginals == "cls_attention":
+    if not aux or aux.get("cls_attention") is None:
+      raise ValueError(f"marginals='cls_attention' needs the {side} encoder's [CLS] attention")
+    return aux["cls_attention"]
+  return None
+
+
 def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: Mapping[str, Any],
-               cfg: DistillConfig, idf: Optional[Mapping[str, jnp.ndarray]] = None
+               cfg: DistillConfig, idf: Optional[Mapping[str, jnp.ndarray]] = None, *,
+               step: Optional[jnp.ndarray] = None,
+               student_aux: Optional[Mapping[str, Any]] = None,
+               teacher_aux: Optional[Mapping[str, Any]] = None,
+               axis_name: Optional[str] = None
                ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """The distillation loss of a bitext batch: token marginals per `cfg`, then `distillation_loss`.
 
@@ -255,20 +435,45 @@ def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: 
     teacher_tokens: [B, Lt, D] teacher embeddings of `batch['tgt_ids']` (English side).
     batch: 'src_ids', 'src_mask', 'tgt_ids', 'tgt_mask' ([B, L] int arrays).
     cfg: the loss and its marginals (`marginals`, `include_special`, special ids).
-    idf: for `marginals='idf'`: {'src_idf': [student vocab], 'tgt_idf': [teacher vocab]}
-      (`optical_jax.ot.compute_idf` over the bitext).
+    idf: the step's frozen inputs: for `marginals='idf'` {'src_idf': [student vocab],
+      'tgt_idf': [teacher vocab]} (`optical_jax.ot.compute_idf` over the bitext);
+      for `ot.center` with `center_source='bitext'` {'src_mean', 'tgt_mean'}
+      (mean token vectors, see `optical_jax.trainer`). Other keys are ignored.
+    step: the training step (a traced int): drives the epsilon schedule.
+    student_aux / teacher_aux: encoder extras ('hidden': embeddings + every
+      layer's states, 'cls_attention': [B, L]; `optical_jax.encoder.apply_with`)
+      when `cfg.needs_hidden` / `cfg.needs_cls_attention`.
+    axis_name: the mapped device axis (inside `shard_map`): batch-wide statistics
+      (centring means, ranking candidates) then cover the global batch.
   """
   use_idf = cfg.marginals == "idf"
-  if use_idf and not idf:
+  if use_idf and not (idf and "src_idf" in idf):
     raise ValueError("marginals='idf' needs the idf tables (src_idf, tgt_idf)")
+  x = token_features(student_tokens, (student_aux or {}).get("hidden"), cfg)
+  y = token_features(jax.lax.stop_gradient(teacher_tokens), (teacher_aux or {}).get("hidden"), cfg)
   s_w = ot_lib.token_weights(batch["src_mask"], batch["src_ids"], special_ids=cfg.src_special,
                              include_special=cfg.include_special,
-                             idf=idf["src_idf"] if use_idf else None)
+                             idf=idf["src_idf"] if use_idf else None,
+                             importance=_importance(cfg, x, student_aux, "student"))
   t_w = ot_lib.token_weights(batch["tgt_mask"], batch["tgt_ids"], special_ids=cfg.tgt_special,
                              include_special=cfg.include_special,
-                             idf=idf["tgt_idf"] if use_idf else None)
-  return distillation_loss(student_tokens, batch["src_mask"], s_w, teacher_tokens,
-                           batch["tgt_mask"], t_w, cfg)
+                             idf=idf["tgt_idf"] if use_idf else None,
+                             importance=_importance(cfg, y, teacher_aux, "teacher"))
+  centers = None
+  if cfg.ot.center and cfg.token_term in ("ot", "divergence", "barycentric"):
+    if cfg.ot.center_source == "bitext":
+      if not (idf and "src_mean" in idf):
+        raise ValueError("ot.center_source='bitext' needs the mean vectors (src_mean, tgt_mean)")
+      centers = (idf["src_mean"], idf["tgt_mean"])
+    else:
+      centers = (ot_lib.token_mean(x, batch["src_mask"], axis_name),
+                 ot_lib.token_mean(y, batch["tgt_mask"], axis_name))
+  epsilon = ot_lib.scheduled_epsilon(cfg.ot, step)
+  return distillation_loss(
+      student_tokens, batch["src_mask"], s_w, teacher_tokens, batch["tgt_mask"], t_w, cfg,
+      student_features=None if x is student_tokens else x,
+      teacher_features=None if not cfg.layers else y, epsilon=epsilon, centers=centers,
+      axis_name=axis_name)
 
 
 # ----------------------------------------------------------------------------- teacher ranking

@@ -155,20 +155,24 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
 
   Args:
     state: the student's train state (replicated).
-    frozen: {'teacher': teacher params, and 'src_idf'/'tgt_idf' for idf marginals}
-      (replicated; never differentiated).
+    frozen: {'teacher': teacher params, and 'src_idf'/'tgt_idf' for idf marginals,
+      'src_mean'/'tgt_mean' for bitext-centred costs} (replicated; never differentiated).
     batch: src_ids/src_mask (foreign side, student) and tgt_ids/tgt_mask (English
       side, teacher), each [local_batch, bucket_len].
   """
-  teacher_tokens = enc.apply(frozen["teacher"], batch["tgt_ids"], batch["tgt_mask"],
-                             cfg=spec.teacher)
-  teacher_tokens = jax.lax.stop_gradient(teacher_tokens)
+  outputs = dict(hidden=spec.loss.needs_hidden, cls_attention=spec.loss.needs_cls_attention)
+  teacher_tokens, teacher_aux = enc.apply_with(frozen["teacher"], batch["tgt_ids"],
+                                               batch["tgt_mask"], cfg=spec.teacher, **outputs)
+  teacher_tokens, teacher_aux = jax.lax.stop_gradient((teacher_tokens, teacher_aux))
   rng = _step_rng(state)
 
   def loss_fn(params):
-    student_tokens = enc.apply(params, batch["src_ids"], batch["src_mask"], cfg=spec.student,
-                               deterministic=False, rng=rng)
-    return losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss, idf=frozen)
+    student_tokens, student_aux = enc.apply_with(params, batch["src_ids"], batch["src_mask"],
+                                                 cfg=spec.student, deterministic=False, rng=rng,
+                                                 **outputs)
+    return losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss, idf=frozen,
+                             step=state.step, student_aux=student_aux, teacher_aux=teacher_aux,
+                             axis_name=AXIS)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite)

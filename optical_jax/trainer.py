@@ -102,8 +102,37 @@ def _build_distill(config, init_key: jax.Array) -> Setup:
   if spec.loss.marginals == "idf":
     frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)
+  if spec.loss.ot.center and spec.loss.ot.center_source == "bitext":
+    frozen["src_mean"] = _token_mean(student, batches.src.rows(), spec.loss)
+    frozen["tgt_mean"] = _token_mean(teacher, batches.tgt.rows(), spec.loss)
   return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
                _make_validation(config, student, teacher))
+
+
+def _token_mean(model: models.Model, rows, loss_cfg: losses.DistillConfig,
+                batch_size: int = 64) -> np.ndarray:
+  """Mean token vector (of the representation the OT cost compares) over every real
+  token of the tokenised bitext side `rows`, with `model`'s current params."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from optical_jax import encoder as enc  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def sums(params, ids, mask):
+    tokens, aux = enc.apply_with(params, ids, mask, cfg=model.cfg, hidden=loss_cfg.needs_hidden)
+    feats = losses.token_features(tokens, aux.get("hidden"), loss_cfg)
+    keep = (mask > 0)[..., None]
+    return jnp.sum(jnp.where(keep, feats, 0.0), axis=(0, 1)), jnp.sum(mask)
+
+  total, count = 0.0, 0
+  rows = sorted(rows, key=len)
+  for lo in range(0, len(rows), batch_size):
+    chunk = list(rows[lo:lo + batch_size])
+    chunk += [[]] * (batch_size - len(chunk))   # empty rows: mask 0, counted nowhere
+    length = -(-max(len(r) for r in chunk) // 16) * 16  # few shapes, few compilations
+    ids, mask = model.tokenizer.pad(chunk, length)
+    s, n = sums(model.params, ids, mask)
+    total, count = total + np.asarray(s, np.float64), count + int(n)
+  return (total / max(count, 1)).astype(np.float32)
 
 
 def _make_validation(config, student: models.Model, teacher: models.Model):

@@ -24,13 +24,13 @@ def _batch(rng, n, src_len, tgt_len, prefix="", vocab=64):
   return out
 
 
-def _setup(loss="ot", skip_nonfinite=False, steps=20):
+def _setup(loss="ot", skip_nonfinite=False, steps=20, **loss_fields):
   s_cfg = enc.EncoderConfig(**ARCH)
   t_cfg = enc.EncoderConfig(**ARCH)
   student = enc.init_params(s_cfg, jax.random.key(1))
   teacher = enc.init_params(t_cfg, jax.random.key(2))
-  loss_cfg = losses.DistillConfig.from_dict(
-      dict(loss=loss, ot=dict(epsilon=0.1, max_iterations=50)))
+  ot_fields = {"epsilon": 0.1, "max_iterations": 50, **loss_fields.pop("ot", {})}
+  loss_cfg = losses.DistillConfig.from_dict(dict(loss=loss, ot=ot_fields, **loss_fields))
   spec = step_lib.DistillSpec(student=s_cfg, teacher=t_cfg, loss=loss_cfg,
                               skip_nonfinite=skip_nonfinite)
   tx = step_lib.make_optimizer(student, lr=1e-2, steps=steps, warmup_steps=2, weight_decay=0.01,
@@ -151,3 +151,50 @@ def test_teacher_step_gathers_negatives_across_devices():
   np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
   for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# OT variants (issue 14). The fast cases combine several variants in one compiled step;
+# the slow ones check each variant alone.
+COMBINED_VARIANTS = {
+    "ot+ranking/unbalanced/relative-eps/centred/schedule/norm": dict(
+        loss="ot+ranking", marginals="norm",
+        ot=dict(tau_b=0.5, relative_epsilon=True, epsilon=0.5, center=True, epsilon_start=2.0,
+                anneal_steps=3)),
+    "divergence/layers/cls-attention": dict(loss="divergence", marginals="cls_attention",
+                                            layers=(-1, -2)),
+}
+SINGLE_VARIANTS = {
+    "divergence": dict(loss="divergence"), "barycentric": dict(loss="barycentric"),
+    "barycentric+ranking-mse": dict(loss="barycentric+ranking", token_distance="mse"),
+    "ranking": dict(loss="ranking"), "ot+ranking": dict(loss="ot+ranking"),
+    "tau_b=0.5": dict(ot=dict(tau_b=0.5)), "relative_epsilon": dict(ot=dict(relative_epsilon=True)),
+    "center": dict(ot=dict(center=True)), "marginals=norm": dict(marginals="norm"),
+    "cls_attention": dict(marginals="cls_attention"), "layers": dict(layers=(1,)),
+    "schedule": dict(ot=dict(epsilon_start=1.0, anneal_steps=4)),
+}
+
+
+def _variant_matches_across_devices(fields):
+  spec, tx, student, teacher = _setup(**fields)
+  rng = np.random.default_rng(7)
+  # Two buckets, alternating: each mesh compiles the step once per bucket.
+  batches = [_batch(rng, 16, s, t) for s, t in [(12, 10), (8, 8), (12, 10), (8, 8)]]
+  s1, l1, f1 = _run(step_lib.make_mesh(jax.devices()[:1]), spec, tx, student, teacher, batches)
+  s8, l8, f8 = _run(step_lib.make_mesh(jax.devices()[:8]), spec, tx, student, teacher, batches)
+  assert np.isfinite(l1).all()
+  np.testing.assert_allclose(l1, l8, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+    np.testing.assert_allclose(a, b, atol=5e-5)
+  assert f1._cache_size() == 2 and f8._cache_size() == 2
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if i else n
+                                  for i, n in enumerate(COMBINED_VARIANTS)])
+def test_ot_variants_match_across_devices_and_compile_once_per_bucket(name):
+  _variant_matches_across_devices(COMBINED_VARIANTS[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SINGLE_VARIANTS))
+def test_each_ot_variant_matches_across_devices(name):
+  _variant_matches_across_devices(SINGLE_VARIANTS[name])
