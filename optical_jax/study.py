@@ -212,7 +212,8 @@ def cell_key(values: Mapping[str, Any], reference: bool = False) -> str:
 
 def grid(config) -> List[Cell]:
   """Every cell in order: reference cells (one per combination of `reference_axes`
-  values, if `references` is set), then the Cartesian product of the axes."""
+  values, if `references` is set), then the Cartesian product of the axes with the seed
+  axis outermost (keys and values keep the declared axis order)."""
   ax = _check_config(config)
   cells = []
   if config.references is not None:
@@ -220,8 +221,12 @@ def grid(config) -> List[Cell]:
     for combo in itertools.product(*(ax[a] for a in ref_axes)):
       values = dict(zip(ref_axes, combo))
       cells.append(Cell(cell_key(values, True), values, True))
-  for combo in itertools.product(*ax.values()):
-    values = dict(zip(ax, combo))
+  # Seed-major order: every arm's first seed before any second seed, so a study stopped
+  # part way (or a shard) holds whole replicates of the design.
+  order = sorted(ax, key=lambda a: a != config.seed_axis)
+  for combo in itertools.product(*(ax[a] for a in order)):
+    got = dict(zip(order, combo))
+    values = {a: got[a] for a in ax}
     cells.append(Cell(cell_key(values), values))
   return cells
 

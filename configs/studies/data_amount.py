@@ -5,7 +5,7 @@
     python study.py --config configs/studies/data_amount.py --workdir gs://B/da --shard=$I/$N  # full, then
     python study.py --config configs/studies/data_amount.py --workdir gs://B/da --aggregate
 
-Grid: lang x loss {sentence, ot} x bitext amount x seed. The amount is the first N pairs
+Grid: lang x bitext amount x loss {sentence, ot} x seed (run seed by seed). The amount is the first N pairs
 of the language's bitext in a fixed order, query-domain pairs first, then news: AfriQA
 train/dev questions with their English translations, NTREX-128, then MAFAND-MT (swa,
 hau, zul) or MENYO-20k (yor) (`configs/common.py`: `bitext_sources`, `news_sources`;
@@ -104,8 +104,8 @@ def get_config(arg: str = "full"):
   c = study.default_config()
   c.name = f"data_amount-{args.scale}"
   c.axes.lang = langs
-  c.axes.loss = losses
   c.axes.amount = amounts
+  c.axes.loss = losses   # after amount: the two losses at one amount run back to back
   c.axes.seed = seeds
   c.train = train
   c.evals = evals
