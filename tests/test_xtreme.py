@@ -218,3 +218,22 @@ def test_evaluator_runs_xtreme_kinds_unchanged(tmp_path, minilm_dir):
   with pytest.warns(UserWarning):
     res = evaluator.run(c, str(tmp_path / "out2"), log=lambda _: None)
   assert res.results["oracle"]["num_queries"] == 3
+
+
+@pytest.mark.parametrize("arg,kind,n_queries", [("xquad-r,lang=th", "lareqa", 1190),
+                                                ("mlqa-r,lang=de,models=minilm", "lareqa", 512),
+                                                ("tatoeba,lang=swa", "bitext", 390),
+                                                ("flores,lang=tso,original", "bitext", 1012)])
+def test_eval_xtreme_config_builds_and_reads(shared_data, arg, kind, n_queries):
+  del shared_data
+  from configs import eval_xtreme  # pylint: disable=g-import-not-at-top
+  c = eval_xtreme.get_config(arg)
+  assert c.dataset.kind == kind and "P@1" in c.measures
+  assert set(c.baselines) == {s for s in c.systems.keys() if s.endswith("zeroshot")}
+  ds = c.dataset
+  loaded = xtreme.load(ds.kind, path=ds.path, lang=ds.lang, queries=ds.queries, corpus=ds.corpus)
+  assert len(loaded.qrels) == n_queries
+  if "original" in arg:
+    assert "/original/" in ds.queries
+  with pytest.raises(ValueError, match="task must be one of"):
+    eval_xtreme.get_config("miracl")
