@@ -191,7 +191,7 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 def study_main(argv: Optional[Sequence[str]] = None) -> None:
-  """`study.py` / `optical-study`: run (a shard of) a study grid, or aggregate it (see study.py)."""
+  """`study.py`: run (a shard of) a study grid, or aggregate it (see study.py)."""
   config = _config_flag("Study config file (ml_collections), `FILE[:ARG]` (configs/studies/).")
   workdir = _string_flag("workdir", "Study directory (cells, results.csv, summary.md, plots/).")
   shard = _string_flag("shard", "Run only cells i, i+n, ... of the grid: `i/n` (default 0/1).")

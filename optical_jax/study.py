@@ -412,10 +412,10 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
         aggregate_after: Optional[bool] = None) -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
 
-  Prints `study: k/n cells (..%) | rate | ETA` after each cell. Bad configs stop with
+  Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
   """
-  from optical_jax.monitor import LogProgress  # pylint: disable=g-import-not-at-top
+  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   cells = grid(config)
   mine = shard_cells(cells, shard)
@@ -428,16 +428,18 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
   where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
   log(f"study {config.name}{where}: {len(plans)} of {len(cells)} cells; {len(skipped)} "
       f"finished, {len(todo)} to run")
-  bar = LogProgress(total=len(plans), initial=len(skipped), desc=f"study {config.name}",
-                    unit="cells", every=0.0, stream=sys.stderr)
   ran = []
+  t0 = time.time()
   for p in todo:
     log(f"study: cell {p.cell.key}")
     run_cell(config, p, log)
     ran.append(p.cell.key)
-    bar.set_postfix_str(f"last {p.cell.key}")
-    bar.update(1)
-  bar.close()
+    # The rate counts only cells run now (finished ones were skipped in no time).
+    per = (time.time() - t0) / len(ran)
+    done = len(skipped) + len(ran)
+    log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
+        f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
+        f" | last {p.cell.key}")
   if aggregate_after is None:
     aggregate_after = shard[1] == 1
   if aggregate_after:

@@ -211,7 +211,7 @@ def test_cli_acceptance_smoke_rerun_shards_aggregate(tmp_path):
   assert "done: ran 9 cells, 0 already finished" in r.stdout
   assert (one / "results.csv").exists() and (one / "summary.md").exists()
   assert [p for p in os.listdir(one / "plots") if p.endswith(".png")]
-  assert "cells (100%)" in r.stderr and "ETA" in r.stderr
+  assert "9/9 cells done (100%)" in r.stderr and "ETA 00:00" in r.stderr
   r = subprocess.run(_study_cmd(one), cwd=ROOT, env=_env(), capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0 and "done: ran 0 cells, 9 already finished" in r.stdout
