@@ -230,3 +230,19 @@ def test_cli_acceptance_smoke_rerun_shards_aggregate(tmp_path):
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert (two / "results.csv").read_text() == (one / "results.csv").read_text()
+
+
+@pytest.mark.slow
+def test_language_ratio_smoke_writes_one_curve_per_dataset(tmp_path, cache, shared_data):
+  """Study (b) at smoke scale: a figure per measure with a curve per dataset."""
+  del shared_data
+  from configs.studies import language_ratio  # pylint: disable=g-import-not-at-top
+  c = language_ratio.get_config(f"smoke,cache_dir={cache}")
+  r = study.run(c, str(tmp_path), log=_quiet)
+  assert len(r.ran) == 4
+  rows = _csv(tmp_path / "results.csv")
+  assert {x["dataset"] for x in rows} == {"afriqa-swa", "xquad-r-el"}
+  assert {x["ratio"] for x in rows if x["kind"] == "trained"} == {"0.0", "0.5", "1.0"}
+  assert os.listdir(tmp_path / "plots") == ["nDCG_10.png"]
+  summary = (tmp_path / "summary.md").read_text()
+  assert "| ratio=0.5 | ratio=1.0 | xquad-r-el |" in summary
