@@ -468,7 +468,11 @@ class Collected:
 
 
 def collect(config, workdir: str) -> Collected:
-  """Reads every finished cell's metrics into tidy rows (grid, dataset, metric order)."""
+  """Reads every finished cell's metrics into tidy rows (grid, dataset, metric order).
+
+  A finished cell whose configs differ from what `config` gives it now stops with an
+  InputError naming the differences (results of another study are never mixed in).
+  """
   workdir = os.path.abspath(workdir)
   ax = axes(config)
   cells = grid(config)
@@ -479,6 +483,7 @@ def collect(config, workdir: str) -> Collected:
     done = _read_json(os.path.join(directory, DONE))
     if not done:
       continue
+    cell_status(plan_cell(config, cell, workdir))  # stops if it finished with other configs
     finished.append(cell.key)
     for dataset, systems in done["datasets"].items():
       if dataset not in datasets:

@@ -129,6 +129,8 @@ def test_shards_aggregate_rerun_resume_in_process(tmp_path, cache):
     study.run(changed, str(work), log=_quiet)
   assert "finished with another config" in str(err.value)
   assert "train.train.steps: 4 -> 5" in str(err.value) and "\n" not in str(err.value)
+  with pytest.raises(InputError, match="finished with another config"):
+    study.aggregate(changed, str(work), log=_quiet)
 
 
 def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
