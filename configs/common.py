@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -142,6 +142,69 @@ def ntrex_dir(lang: str, data_root: str = "") -> str:
   if os.path.exists(os.path.join(shipped, f"{lang}.txt")):
     return shipped
   return locate("bitext", "ntrex", probe=f"{lang}.txt", data_root=data_root)
+
+
+def xquad_r_dir(data_root: str = "") -> str:
+  """XQuAD-R (LAReQA): `<lang>.json` for ar de el en es hi ru th tr vi zh."""
+  return locate("xquad-r", probe="en.json", data_root=data_root)
+
+
+def mlqa_r_dir(data_root: str = "") -> str:
+  """MLQA-R (LAReQA): `<lang>.json` for ar de en es hi vi zh."""
+  return locate("mlqa-r", probe="en.json", data_root=data_root)
+
+
+# AfriQA / NTREX codes -> Tatoeba (LASER) codes where they differ.
+TATOEBA_CODES = {"swa": "swh"}
+
+
+def tatoeba_files(lang: str, data_root: str = "") -> Tuple[str, str]:
+  """(foreign, English) line files of the Tatoeba test set for `lang` (XTREME's Tatoeba task)."""
+  code = TATOEBA_CODES.get(lang, lang)
+  d = locate("bitext", "tatoeba", probe=f"tatoeba.{code}-eng.{code}", data_root=data_root)
+  return (os.path.join(d, f"tatoeba.{code}-eng.{code}"), os.path.join(d, f"tatoeba.{code}-eng.eng"))
+
+
+def flores_files(lang: str, split: str = "devtest", corrected: bool = True,
+                 data_root: str = "") -> Tuple[str, str]:
+  """(foreign, English) FLORES-200 files for hau, nso, tso, zul: the native-speaker
+  corrected foreign side when `corrected` (and present), English from `original/`."""
+  d = locate("bitext", "flores200-african", probe="original", data_root=data_root)
+  fixed = os.path.join(d, "corrected", split, f"{lang}_Latn.{split}")
+  foreign = fixed if corrected and os.path.exists(fixed) else os.path.join(
+      d, "original", split, f"{lang}_Latn.{split}")
+  return foreign, os.path.join(d, "original", split, f"eng_Latn.{split}")
+
+
+def bitext_retrieval_files(lang: str, data_root: str = "") -> Optional[Tuple[str, str, str]]:
+  """(name, foreign, English) of the bitext-retrieval set for an AfriQA language: FLORES-200
+  devtest for hau, nso, tso, zul, else Tatoeba when it has `lang`; None when neither does."""
+  if lang in ("hau", "nso", "tso", "zul"):
+    foreign, english = flores_files(lang, data_root=data_root)
+    if os.path.exists(foreign):
+      return (f"flores-{lang}", foreign, english)
+  foreign, english = tatoeba_files(lang, data_root)
+  if os.path.exists(foreign):
+    return (f"tatoeba-{lang}", foreign, english)
+  return None
+
+
+def news_sources(lang: str, data_root: str = "") -> List[Dict[str, Any]]:
+  """The larger news/mixed-domain bitext of an AfriQA language (after the query-domain
+  pairs and NTREX): MENYO-20k train for yor, MAFAND-MT train for swa, hau, ibo, zul
+  (both non-commercial: read from the data roots, never shipped). AfriQA test queries
+  are excluded."""
+  exclude = [test_query_exclusion(lang, data_root)]
+  if lang == "yor":
+    path = os.path.join(locate("bitext", "menyo20k", probe="train.tsv", data_root=data_root),
+                        "train.tsv")
+    return [dict(type="tsv", path=path, foreign_column=1, english_column=0, skip_header=True,
+                 label="menyo-yor", exclude=exclude)]
+  d = locate("bitext", "lafand", f"en-{lang}", data_root=data_root)
+  if not os.path.exists(os.path.join(d, f"train.{lang}")):
+    return []
+  return [dict(type="lines", label=f"mafand-{lang}", foreign=os.path.join(d, f"train.{lang}"),
+               english=os.path.join(d, "train.en"), exclude=exclude)]
 
 
 def bitext_files(spec: str, label: str = "") -> Dict[str, Any]:

@@ -8,6 +8,7 @@ XLA compilations the run needed.
 
     python train.py --config configs/tiny.py --workdir /tmp/tiny     # = optical-train ...
     python eval.py --config configs/eval_afriqa.py --out /tmp/eval    # = optical-eval ...
+    python study.py --config configs/studies/data_amount.py:smoke --workdir /tmp/study
 """
 
 from __future__ import annotations
@@ -189,6 +190,35 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> None:
     print(result.markdown)
     print(f"done: {len(result.computed)} computed, {len(result.reused)} reused; "
           f"outputs in {result.out_dir}")
+    return 0
+
+  run(main, argv)
+
+
+def study_main(argv: Optional[Sequence[str]] = None) -> None:
+  """`study.py`: run (a shard of) a study grid, or aggregate it (see study.py)."""
+  config = _config_flag("Study config file (ml_collections), `FILE[:ARG]` (configs/studies/).")
+  workdir = _string_flag("workdir", "Study directory (cells, results.csv, summary.md, plots/).")
+  shard = _string_flag("shard", "Run only cells i, i+n, ... of the grid: `i/n` (default 0/1).")
+  if "aggregate" in flags.FLAGS:
+    aggregate = flags.FLAGS["aggregate"]
+  else:
+    aggregate = flags.DEFINE_bool("aggregate", False, "Only aggregate finished cells.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(_):
+    from optical_jax import study  # pylint: disable=g-import-not-at-top
+    if aggregate.value:
+      if shard.value:
+        _die("--aggregate merges every shard: give it without --shard")
+      result = study.aggregate(config.value, workdir.value)
+      print(f"done: {result.finished}/{result.total} cells, {result.rows} rows; outputs in "
+            f"{os.path.abspath(workdir.value)}")
+      return 0
+    parts = study.parse_shard(shard.value or "0/1")
+    result = study.run(config.value, workdir.value, shard=parts)
+    print(f"done: ran {len(result.ran)} cells, {len(result.skipped)} already finished "
+          f"({len(result.shard_cells)} in this shard, {result.total} in the grid)")
     return 0
 
   run(main, argv)

@@ -40,7 +40,7 @@ import numpy as np
 
 from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
-from optical_jax.data import beir
+from optical_jax.data import beir, xtreme
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
@@ -68,6 +68,11 @@ def default_config() -> ml_collections.ConfigDict:
   """The eval config with documented defaults; config files fill `dataset` and `systems`.
 
   Fields:
+    dataset.kind: 'beir' (below), 'lareqa' (XQuAD-R / MLQA-R: a question in language
+      `dataset.lang` retrieves its English answer sentence; `path` = the directory of
+      `<lang>.json` files, or `queries` = the question file and `corpus` = `en.json`) or
+      'bitext' (Tatoeba, FLORES: `queries` = foreign lines, `corpus` = English lines); see
+      `optical_jax.data.xtreme`. Both give fields 'text' and 'text_en' (oracle).
     dataset.path: a BEIR directory (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`)
       or an `irds:<id>`; each of dataset.corpus / .queries / .qrels overrides its part.
     dataset.query_field: JSONL field of the query text (a system may override it, e.g.
@@ -93,8 +98,8 @@ def default_config() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.dataset = ml_collections.ConfigDict(dict(
-      path="", corpus="", queries="", qrels="", split="test", query_field="text",
-      titles=True, title_sep=" ", judged_only=False))
+      kind="beir", lang="", path="", corpus="", queries="", qrels="", split="test",
+      query_field="text", titles=True, title_sep=" ", judged_only=False))
   c.systems = ml_collections.ConfigDict()
   c.baselines = ()
   c.mode = "full"
@@ -311,16 +316,23 @@ def dataset_paths(ds) -> Dict[str, str]:
 
 def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
   ds = config.dataset
-  paths = dataset_paths(ds)
-  corpus = beir.load_corpus(paths["corpus"])
-  sep = ds.title_sep if ds.titles else None
-  passages = [passage_text(t, x, sep) for t, x in zip(corpus.titles, corpus.texts)]
   fields = [ds.query_field] + [p.query_field for p in plans]
   queries: Dict[str, beir.Queries] = {}
-  for f in dict.fromkeys(fields):
-    queries[f] = beir.load_queries(paths["queries"], f)
-  all_ids = set().union(*(q.ids for q in queries.values()))
-  qrels = beir.load_qrels(paths["qrels"], query_ids=all_ids, doc_ids=corpus.ids)
+  if ds.kind != "beir":  # XTREME-R-style sets, read into the same form
+    loaded = xtreme.load(ds.kind, path=assets.resolve(ds.path) if ds.path else "", lang=ds.lang,
+                         queries=assets.resolve(ds.queries) if ds.queries else "",
+                         corpus=assets.resolve(ds.corpus) if ds.corpus else "")
+    corpus, qrels, paths = loaded.corpus, loaded.qrels, loaded.paths
+    queries = {f: loaded.field(f) for f in dict.fromkeys(fields)}
+  else:
+    paths = dataset_paths(ds)
+    corpus = beir.load_corpus(paths["corpus"])
+    for f in dict.fromkeys(fields):
+      queries[f] = beir.load_queries(paths["queries"], f)
+    all_ids = set().union(*(q.ids for q in queries.values()))
+    qrels = beir.load_qrels(paths["qrels"], query_ids=all_ids, doc_ids=corpus.ids)
+  sep = ds.title_sep if ds.titles else None
+  passages = [passage_text(t, x, sep) for t, x in zip(corpus.titles, corpus.texts)]
   if not qrels:
     raise InputError("no judgements left after dropping unknown queries and documents",
                      paths["qrels"])

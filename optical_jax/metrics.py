@@ -1,4 +1,5 @@
-"""Retrieval evaluation with trec_eval semantics, paired significance tests, comparison tables and bar charts."""
+"""Retrieval evaluation with trec_eval semantics, paired significance tests (also pooled over
+seeds), confidence intervals, comparison tables and bar charts."""
 
 from __future__ import annotations
 
@@ -166,6 +167,59 @@ def significance(system: Results, baseline: Results, measures: Sequence[str], *,
               "permutation_p": permutation_test(a, b, n_permutations=n_permutations, seed=seed),
               "n": int(a.size)}
   return out
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float]:
+  """(mean, low, high): the mean and its two-sided Student-t confidence interval.
+
+  The interval is mean ± t_{(1+confidence)/2, n-1} · s / sqrt(n) with the sample standard
+  deviation s (ddof=1), as `scipy.stats.t.interval(confidence, n - 1, loc=mean,
+  scale=scipy.stats.sem(values))`. One value gives (value, nan, nan); none gives nans;
+  identical values give a zero-width interval.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  x = np.asarray(list(values), np.float64)
+  if x.size == 0:
+    return float("nan"), float("nan"), float("nan")
+  mean = float(x.mean())
+  if x.size == 1:
+    return mean, float("nan"), float("nan")
+  sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+  half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sem
+  return mean, mean - half, mean + half
+
+
+def pooled_pairs(a_runs: Sequence[Mapping[str, float]], b_runs: Sequence[Mapping[str, float]]
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-query values of two systems over paired runs (e.g. seed s of A with seed s of B),
+  pooled: one pair per (run, query). Each pair of runs must cover the same queries."""
+  if len(a_runs) != len(b_runs):
+    raise ValueError(f"{len(a_runs)} runs of A but {len(b_runs)} of B; pair them by seed")
+  a_all, b_all = [], []
+  for i, (a, b) in enumerate(zip(a_runs, b_runs)):
+    if set(a) != set(b):
+      raise ValueError(f"run pair {i}: the systems were evaluated on different query sets "
+                       f"({len(a)} vs {len(b)} queries)")
+    qids = sorted(a)
+    a_all.extend(a[q] for q in qids)
+    b_all.extend(b[q] for q in qids)
+  return np.asarray(a_all, np.float64), np.asarray(b_all, np.float64)
+
+
+def pooled_significance(a_runs: Sequence[Mapping[str, float]],
+                        b_runs: Sequence[Mapping[str, float]], *,
+                        n_permutations: int = DEFAULT_PERMUTATIONS,
+                        seed: int = DEFAULT_SEED) -> Dict[str, float]:
+  """Paired tests of A vs B with queries pooled over paired runs (seeds): see `pooled_pairs`.
+
+  Returns {"mean_diff", "t_test_p", "permutation_p", "n"} (n = pooled pairs), as
+  `significance` does for one run each.
+  """
+  a, b = pooled_pairs(a_runs, b_runs)
+  return {"mean_diff": float(a.mean() - b.mean()) if a.size else float("nan"),
+          "t_test_p": paired_t_test(a, b),
+          "permutation_p": permutation_test(a, b, n_permutations=n_permutations, seed=seed),
+          "n": int(a.size)}
 
 
 # ---------------------------------------------------------------------------

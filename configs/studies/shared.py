@@ -1,0 +1,130 @@
+"""What the study configs share: evaluation datasets, the data-amount cut, tiny models for smoke runs.
+
+Not a config file itself: `configs/studies/data_amount.py` and `language_ratio.py`
+import it. Data locations come from `configs/common.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import ml_collections
+
+from configs import common
+from optical_jax import evaluator
+
+# What every study evaluation computes (ir_measures names); the summary shows a subset.
+MEASURES = ("P@1", "P@5", "R@10", "nDCG@10", "AP")
+SCALES = ("smoke", "cpu", "full")
+
+TINY_ARCH = dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
+                 intermediate_size=64, max_position_embeddings=64, hidden_dropout=0.0,
+                 attention_dropout=0.0)
+
+
+def check_scale(scale: str) -> str:
+  if scale not in SCALES:
+    raise ValueError(f"study scale must be one of {', '.join(SCALES)} (e.g. :cpu), got {scale!r}")
+  return scale
+
+
+def split_list(text: str, kind=str) -> tuple:
+  """'a+b+c' -> ('a', 'b', 'c') converted by `kind`."""
+  return tuple(kind(x) for x in str(text).split("+") if x.strip())
+
+
+def tiny_spec() -> ml_collections.ConfigDict:
+  """A random 2-layer encoder with MiniLM's tokenizer (smoke runs: seconds, no weights)."""
+  from optical_jax import models  # pylint: disable=g-import-not-at-top
+  return models.model_spec(weights="random", tokenizer="asset:minilm/tokenizer.json",
+                           arch=dict(TINY_ARCH), query_max_len=32, doc_max_len=64)
+
+
+def eval_base(top_k: int = 100) -> ml_collections.ConfigDict:
+  c = evaluator.default_config()
+  c.measures = MEASURES
+  c.top_k = top_k
+  return c
+
+
+def afriqa_eval(lang: str, data_root: str = "", split: str = "test") -> ml_collections.ConfigDict:
+  """AfriQA-CLIR `lang` test: native questions over the English passage pool."""
+  data = common.afriqa_dir(lang, data_root)
+  c = eval_base()
+  c.dataset.corpus = os.path.join(data, "corpus.jsonl")
+  c.dataset.queries = os.path.join(data, "queries", f"{lang}.{split}.jsonl")
+  c.dataset.qrels = os.path.join(data, "qrels", f"{lang}.{split}.tsv")
+  return c
+
+
+def lareqa_eval(which: str, lang: str, data_root: str = "") -> ml_collections.ConfigDict:
+  """XQuAD-R (`which='xquad-r'`) or MLQA-R: a `lang` question retrieves its English answer sentence."""
+  c = eval_base()
+  c.dataset.kind = "lareqa"
+  c.dataset.path = common.xquad_r_dir(data_root) if which == "xquad-r" else common.mlqa_r_dir(data_root)
+  c.dataset.lang = lang
+  return c
+
+
+def bitext_eval(foreign: str, english: str) -> ml_collections.ConfigDict:
+  """Bitext retrieval: a foreign sentence retrieves its English translation."""
+  c = eval_base()
+  c.dataset.kind = "bitext"
+  c.dataset.queries = foreign
+  c.dataset.corpus = english
+  return c
+
+
+def language_evals(lang: str, data_root: str = "", bitext: bool = True
+                   ) -> Dict[str, ml_collections.ConfigDict]:
+  """afriqa-<lang> and, when the data has one, the language's bitext-retrieval set."""
+  out = {f"afriqa-{lang}": afriqa_eval(lang, data_root)}
+  found = common.bitext_retrieval_files(lang, data_root) if bitext else None
+  if found:
+    name, foreign, english = found
+    out[name] = bitext_eval(foreign, english)
+  return out
+
+
+_COUNTS: Dict[str, int] = {}
+
+
+def source_size(source: Dict[str, Any]) -> int:
+  """Pairs a bitext source yields (exclusions applied); memoised per process."""
+  from optical_jax.data import bitext  # pylint: disable=g-import-not-at-top
+  key = json.dumps(source, sort_keys=True, default=str)
+  if key not in _COUNTS:
+    _COUNTS[key] = len(bitext.load_source(dict(source, take=None)))
+  return _COUNTS[key]
+
+
+def take_first(sources: Sequence[Dict[str, Any]], amount: Optional[int]) -> List[Dict[str, Any]]:
+  """The first `amount` pairs of the sources concatenated in order (None: all of them).
+
+  Each source gets a `take` (`optical_jax.data.bitext`); sources past the cut are
+  dropped, so the query-domain pairs listed first are used first.
+  """
+  if amount is None:
+    return [dict(s) for s in sources]
+  out, left = [], int(amount)
+  for s in sources:
+    if left <= 0:
+      break
+    n = source_size(s)
+    out.append(dict(s, take=min(n, left)))
+    left -= min(n, left)
+  if left > 0:
+    raise ValueError(f"only {amount - left} bitext pairs available, {amount} asked for")
+  return out
+
+
+def parse_amount(value) -> Optional[int]:
+  """'all' -> None; '1k' / '1000' -> 1000."""
+  text = str(value).lower()
+  if text == "all":
+    return None
+  if text.endswith("k"):
+    return int(float(text[:-1]) * 1000)
+  return int(text)

@@ -1,0 +1,807 @@
+"""Studies: a grid of cells (train a student, evaluate it), run through the library and aggregated.
+
+`run(config, workdir, shard=(i, n))` is what `study.py` calls; `aggregate(config,
+workdir)` what `study.py --aggregate` calls. A study config (`default_config`, filled
+by `configs/studies/*.py`) declares:
+
+* `axes`: an ordered mapping axis -> tuple of values (e.g. lang, loss, amount, seed);
+  the grid is their Cartesian product, in that order. `seed_axis` names the axis that
+  confidence intervals are taken over.
+* `train(values) -> trainer config` and `evals(values) -> {dataset: evaluator config}`:
+  the cell template. The runner adds the trained student (`system`, its passages
+  through the teacher it was trained against) to each eval config.
+* `references(values) -> {name: evaluator.system}` (optional): systems without training
+  (zero-shot, oracle translation), evaluated once per distinct value of
+  `reference_axes`, on `evals` of those values.
+* `compare`: pairs of arms, e.g. `("loss=ot", "loss=sentence")`, tested against each
+  other with per-query values paired by seed and pooled over seeds.
+* `measures` (summary and plots), `plot.x` (the axis on the x axis) and `plot.by`
+  ('' = one figure per dataset; 'dataset' = one figure per measure, a curve per dataset).
+
+Layout of the workdir:
+
+    study.json                 the grid: cell keys and axis values
+    cells/<key>/cell.json      the cell's resolved train and eval configs, its fingerprint
+    cells/<key>/train/         the trainer's workdir (checkpoints, export in student/)
+    cells/<key>/eval/<dataset>/  the evaluator's out directory (runs, metrics with per-query values)
+    cells/<key>/done.json      written last: the cell is finished
+    results.csv, summary.md, plots/*.png   from `aggregate`
+
+Everything goes through `optical_jax.trainer.run` and `optical_jax.evaluator.run` in
+this process (no subprocesses). Cells share the token cache (tokenised bitext) and the
+embedding cache (passages of a teacher are encoded once for all cells), under
+`cache_dir` when set. A finished cell (its `done.json` records the fingerprint of its
+configs) is skipped, so a killed study restarts where it stopped: a half-trained cell
+resumes from its last checkpoint, a half-evaluated one reuses its finished runs. Each
+cell is held by one process at a time (`fileio.hold_directory`). `--shard=i/n` runs
+cells i, i+n, i+2n, ... of the grid (reference cells first), so n processes (a SLURM
+array, GNU parallel) cover it exactly once; `--aggregate` then merges.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io as _io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import ml_collections
+import numpy as np
+
+from optical_jax import fileio, fingerprint, metrics
+from optical_jax.errors import InputError
+from optical_jax.fileio import write_json, write_text
+
+Log = Callable[[str], None]
+_VALUE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
+DONE = "done.json"
+REFERENCE = "reference"
+CSV_COLUMNS_BEFORE = ("study", "cell", "kind")
+CSV_COLUMNS_AFTER = ("system", "dataset", "metric", "value", "num_queries")
+
+
+def _stderr(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Config schema.
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The study config with documented defaults; `configs/studies/*.py` fill it.
+
+  Fields:
+    name: the study's name (CSV column, titles).
+    axes: ordered axis -> tuple of values (str, int or float; letters, digits, . _ + -).
+    seed_axis: the axis confidence intervals and pooled tests are taken over.
+    train: callable(values: dict) -> trainer config of a cell.
+    evals: callable(values: dict) -> {dataset name: evaluator config}; the runner adds
+      the trained system. Called with only `reference_axes` for reference cells.
+    references: None or callable(values) -> {system name: evaluator.system(...)}.
+    reference_axes: axes the references depend on (e.g. ('lang',)).
+    system: the name of the trained system in each cell's evaluation.
+    compare: pairs ("axis=value[,axis=value]", "axis=value...") of arms to test.
+    measures: ir_measures names shown in the summary and plots (the CSV holds every
+      measure the evaluations computed).
+    plot.x: the axis along the x axis of the curves ('' = the first non-seed axis with
+      more than one value); plot.by: '' (a figure per dataset, a panel per measure) or
+      'dataset' (a figure per measure, a curve per dataset).
+    cache_dir: '' = the library's caches (shared with every run); else DIR/tokens and
+      DIR/embeddings for all cells.
+    confidence: of the intervals over seeds (Student t); alpha: significance level;
+    n_permutations, permutation_seed: the paired randomisation test.
+    progress: progress bars inside cells (training, encoding).
+  """
+  c = ml_collections.ConfigDict()
+  c.name = "study"
+  c.axes = ml_collections.ConfigDict()
+  c.seed_axis = "seed"
+  c.train = None
+  c.evals = None
+  c.references = None
+  c.reference_axes = ()
+  c.system = "student"
+  c.compare = ()
+  c.measures = ("P@5", "R@10", "nDCG@10")
+  c.plot = ml_collections.ConfigDict(dict(x="", by=""))
+  c.cache_dir = ""
+  c.confidence = 0.95
+  c.alpha = 0.05
+  c.n_permutations = metrics.DEFAULT_PERMUTATIONS
+  c.permutation_seed = metrics.DEFAULT_SEED
+  c.progress = False
+  return c
+
+
+def _ordered(node) -> Dict[str, Any]:
+  """A ConfigDict's items in insertion order (ConfigDict.keys() sorts them)."""
+  if isinstance(node, ml_collections.ConfigDict):
+    return {k: node[k] for k in json.loads(node.to_json_best_effort())}
+  return dict(node)
+
+
+def axes(config) -> Dict[str, Tuple[Any, ...]]:
+  """The study's axes in order, checked (non-empty, values usable in names, no repeats)."""
+  out = {}
+  for name, values in _ordered(config.axes).items():
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+      values = (values,)
+    values = tuple(values)
+    if not _VALUE_RE.match(name):
+      raise InputError(f"study axis name {name!r}: use letters, digits and . _ + -")
+    if not values:
+      raise InputError(f"study axis {name!r} has no values")
+    for v in values:
+      if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not _VALUE_RE.match(str(v)):
+        raise InputError(f"study axis {name!r}: value {v!r} must be a string or number made "
+                         "of letters, digits and . _ + -")
+    if len({str(v) for v in values}) != len(values):
+      raise InputError(f"study axis {name!r} repeats a value: {values}")
+    out[name] = values
+  if not out:
+    raise InputError("config.axes is empty: a study needs at least one axis")
+  return out
+
+
+def _check_config(config) -> Dict[str, Tuple[Any, ...]]:
+  ax = axes(config)
+  for field in ("train", "evals"):
+    if not callable(config[field]):
+      raise InputError(f"config.{field} must be a function of the cell's axis values")
+  if config.references is not None and not callable(config.references):
+    raise InputError("config.references must be None or a function of axis values")
+  for a in config.reference_axes:
+    if a not in ax:
+      raise InputError(f"config.reference_axes: {a!r} is not an axis ({', '.join(ax)})")
+  if config.seed_axis and config.seed_axis not in ax:
+    raise InputError(f"config.seed_axis {config.seed_axis!r} is not an axis ({', '.join(ax)})")
+  if not 0 < float(config.confidence) < 1:
+    raise InputError(f"config.confidence must lie in (0, 1), got {config.confidence}")
+  metrics.parse_measures(list(config.measures))
+  for pair in config.compare:
+    if len(pair) != 2:
+      raise InputError(f"config.compare entries are pairs of arms, got {pair!r}")
+    for arm in pair:
+      _parse_arm(arm, ax)
+  if config.plot.x and config.plot.x not in ax:
+    raise InputError(f"config.plot.x {config.plot.x!r} is not an axis ({', '.join(ax)})")
+  if config.plot.by not in ("", "dataset"):
+    raise InputError(f"config.plot.by must be '' or 'dataset', got {config.plot.by!r}")
+  return ax
+
+
+def _parse_arm(arm: str, ax: Mapping[str, Sequence[Any]]) -> Dict[str, str]:
+  out = {}
+  for item in str(arm).split(","):
+    key, eq, value = item.strip().partition("=")
+    if not eq or key not in ax:
+      raise InputError(f"config.compare: arm {arm!r} must be 'axis=value[,axis=value]' over "
+                       f"the axes ({', '.join(ax)})")
+    if value not in {str(v) for v in ax[key]}:
+      raise InputError(f"config.compare: arm {arm!r}: {value!r} is not a value of axis {key!r}")
+    out[key] = value
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The grid.
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One point of the grid (or a reference cell: no training, baseline systems)."""
+
+  key: str
+  values: Dict[str, Any]
+  reference: bool = False
+
+
+def cell_key(values: Mapping[str, Any], reference: bool = False) -> str:
+  """`axis=value,axis=value` (reference cells: `reference[,axis=value...]`); names its directory."""
+  parts = [f"{k}={v}" for k, v in values.items()]
+  return ",".join(([REFERENCE] if reference else []) + parts)
+
+
+def grid(config) -> List[Cell]:
+  """Every cell in order: reference cells (one per combination of `reference_axes`
+  values, if `references` is set), then the Cartesian product of the axes with the seed
+  axis outermost (keys and values keep the declared axis order)."""
+  ax = _check_config(config)
+  cells = []
+  if config.references is not None:
+    ref_axes = [a for a in ax if a in tuple(config.reference_axes)]
+    for combo in itertools.product(*(ax[a] for a in ref_axes)):
+      values = dict(zip(ref_axes, combo))
+      cells.append(Cell(cell_key(values, True), values, True))
+  # Seed-major order: every arm's first seed before any second seed, so a study stopped
+  # part way (or a shard) holds whole replicates of the design.
+  order = sorted(ax, key=lambda a: a != config.seed_axis)
+  for combo in itertools.product(*(ax[a] for a in order)):
+    got = dict(zip(order, combo))
+    values = {a: got[a] for a in ax}
+    cells.append(Cell(cell_key(values), values))
+  return cells
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+  """'i/n' -> (i, n) with 0 <= i < n."""
+  m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+  if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+    raise InputError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+  return int(m.group(1)), int(m.group(2))
+
+
+def shard_cells(cells: Sequence[Cell], shard: Tuple[int, int]) -> List[Cell]:
+  """Cells i, i+n, i+2n, ... (round robin balances cheap and costly cells)."""
+  i, n = shard
+  return list(cells[i::n])
+
+
+# ---------------------------------------------------------------------------
+# Running cells.
+
+
+def _plain(node) -> Any:
+  if isinstance(node, ml_collections.ConfigDict):
+    return json.loads(node.to_json_best_effort())
+  return json.loads(json.dumps(node, default=str))
+
+
+def _flat(tree, prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  if isinstance(tree, dict) and tree:
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  out[prefix[:-1]] = tree
+  return out
+
+
+@dataclasses.dataclass
+class CellPlan:
+  """A cell's configs, resolved (before training: the trained system is added later)."""
+
+  cell: Cell
+  directory: str
+  train: Optional[ml_collections.ConfigDict]
+  evals: Dict[str, ml_collections.ConfigDict]
+  references: Dict[str, Any]
+
+  def resolved(self) -> Dict[str, Any]:
+    return {"key": self.cell.key, "values": self.cell.values, "reference": self.cell.reference,
+            "train": None if self.train is None else _plain(self.train),
+            "evals": {k: _plain(v) for k, v in self.evals.items()},
+            "references": {k: _plain(v) for k, v in self.references.items()}}
+
+  def fingerprint(self) -> str:
+    return fingerprint.digest(self.resolved(), n=24)
+
+
+def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
+  """The cell's train and eval configs from the study's template functions."""
+  directory = os.path.join(workdir, "cells", cell.key)
+  values = dict(cell.values)
+  try:
+    train = None if cell.reference else config.train(values)
+    evals = config.evals(values)
+    refs = config.references(values) if cell.reference else {}
+  except InputError:
+    raise
+  except (ValueError, KeyError, TypeError) as e:
+    raise InputError(f"study cell {cell.key}: the config's template failed: {e}") from e
+  if not isinstance(evals, Mapping) or not evals:
+    raise InputError(f"study cell {cell.key}: config.evals returned no datasets")
+  evals = dict(evals)
+  for name in evals:
+    if not _VALUE_RE.match(name):
+      raise InputError(f"study cell {cell.key}: dataset name {name!r}: use letters, digits "
+                       "and . _ + -")
+  if config.cache_dir:
+    root = os.path.abspath(os.path.expanduser(config.cache_dir))
+    if train is not None:
+      train.data.cache_dir = os.path.join(root, "tokens")
+    for e in evals.values():
+      e.cache_dir = os.path.join(root, "embeddings")
+  if train is not None:
+    train.train.progress = bool(config.progress)
+  for e in evals.values():
+    e.progress = bool(config.progress)
+  return CellPlan(cell, directory, train, evals, dict(refs or {}))
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def cell_status(plan: CellPlan) -> str:
+  """'done' (finished with these configs), 'todo', or raises InputError when the cell
+  finished with other configs."""
+  done = _read_json(os.path.join(plan.directory, DONE))
+  if not done:
+    return "todo"
+  if done.get("fingerprint") == plan.fingerprint():
+    return "done"
+  saved = _read_json(os.path.join(plan.directory, "cell.json")) or {}
+  old, new = _flat(saved.get("resolved", {})), _flat(json.loads(json.dumps(plan.resolved())))
+  diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+                    for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
+  raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
+                   f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+
+
+def _student_system(train_workdir: str, train_config):
+  from optical_jax import evaluator, models  # pylint: disable=g-import-not-at-top
+  export = os.path.join(train_workdir, "student" if train_config.mode == "distill" else "teacher")
+  if train_config.mode == "distill":
+    return evaluator.system(models.export_spec(export), doc_model=train_config.teacher)
+  return evaluator.system(models.export_spec(export), query_field="text_en")
+
+
+def run_cell(config, plan: CellPlan, log: Log = _stderr) -> Dict[str, Any]:
+  """Trains and evaluates one cell (held by this process); writes its done.json last."""
+  from optical_jax import evaluator, trainer  # pylint: disable=g-import-not-at-top
+  key = plan.cell.key
+  t0 = time.time()
+  hold = fileio.hold_directory(plan.directory, "study cell", report=log)
+  try:
+    write_json(os.path.join(plan.directory, "cell.json"),
+               {"fingerprint": plan.fingerprint(), "resolved": plan.resolved()})
+    systems: Dict[str, Any] = dict(plan.references)
+    train_s = 0.0
+    if plan.train is not None:
+      workdir = os.path.join(plan.directory, "train")
+      t1 = time.time()
+      result = trainer.run(plan.train, workdir, log_fn=lambda m: log(f"[{key}] {m}"))
+      train_s = time.time() - t1
+      if result.step < int(plan.train.train.steps):
+        raise InputError(f"study cell {key}: training stopped at step {result.step} of "
+                         f"{plan.train.train.steps} (interrupted); rerun the study to resume",
+                         workdir)
+      systems = {config.system: _student_system(workdir, plan.train)}
+    datasets = {}
+    for name, ecfg in plan.evals.items():
+      ecfg = ecfg.copy_and_resolve_references()
+      for sys_name, system in systems.items():
+        ecfg.systems[sys_name] = system
+      ecfg.baselines = (next(iter(systems)),)
+      out = os.path.join(plan.directory, "eval", name)
+      evaluator.run(ecfg, out, log=lambda m, n=name: log(f"[{key}] {n}: {m}"))
+      datasets[name] = {s: os.path.join("eval", name, "metrics", f"{s}.json") for s in systems}
+    done = {"key": key, "values": plan.cell.values, "reference": plan.cell.reference,
+            "fingerprint": plan.fingerprint(), "datasets": datasets,
+            "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
+    write_json(os.path.join(plan.directory, DONE), done)
+    return done
+  finally:
+    hold.release()
+
+
+@dataclasses.dataclass
+class StudyResult:
+  """What `run` did: cells run now, cells already finished, the shard's cells, the grid size."""
+
+  ran: List[str]
+  skipped: List[str]
+  shard_cells: List[str]
+  total: int
+  aggregated: bool
+
+
+def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
+  write_json(os.path.join(workdir, "study.json"),
+             {"name": config.name, "axes": {k: list(v) for k, v in axes(config).items()},
+              "seed_axis": config.seed_axis,
+              "cells": [{"key": c.key, "values": c.values, "reference": c.reference}
+                        for c in cells]})
+
+
+def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _stderr,
+        aggregate_after: Optional[bool] = None) -> StudyResult:
+  """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
+
+  Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
+  one InputError line before anything trains.
+  """
+  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  cells = grid(config)
+  mine = shard_cells(cells, shard)
+  plans = [plan_cell(config, c, workdir) for c in mine]
+  status = {p.cell.key: cell_status(p) for p in plans}
+  os.makedirs(workdir, exist_ok=True)
+  write_grid(config, workdir, cells)
+  todo = [p for p in plans if status[p.cell.key] == "todo"]
+  skipped = [p.cell.key for p in plans if status[p.cell.key] == "done"]
+  where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+  log(f"study {config.name}{where}: {len(plans)} of {len(cells)} cells; {len(skipped)} "
+      f"finished, {len(todo)} to run")
+  ran = []
+  t0 = time.time()
+  for p in todo:
+    log(f"study: cell {p.cell.key}")
+    run_cell(config, p, log)
+    ran.append(p.cell.key)
+    # The rate counts only cells run now (finished ones were skipped in no time).
+    per = (time.time() - t0) / len(ran)
+    done = len(skipped) + len(ran)
+    log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
+        f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
+        f" | last {p.cell.key}")
+  if aggregate_after is None:
+    aggregate_after = shard[1] == 1
+  if aggregate_after:
+    aggregate(config, workdir, log=log)
+  elif shard[1] > 1:
+    log(f"study: shard {shard[0]}/{shard[1]} finished; when every shard has, run "
+        "study.py with --aggregate")
+  return StudyResult(ran, skipped, [p.cell.key for p in plans], len(cells), aggregate_after)
+
+
+# ---------------------------------------------------------------------------
+# Aggregation.
+
+
+@dataclasses.dataclass
+class Collected:
+  """Finished cells' metrics: tidy rows and per-query values by (cell, dataset, system)."""
+
+  columns: List[str]
+  rows: List[Dict[str, Any]]
+  per_query: Dict[Tuple[str, str, str], Dict[str, Dict[str, float]]]
+  cells: List[Cell]
+  finished: List[str]
+  datasets: List[str]
+  references: Dict[Tuple[str, str, str], Dict[str, float]]   # (ref cell, dataset, system) -> aggregate
+
+
+def collect(config, workdir: str) -> Collected:
+  """Reads every finished cell's metrics into tidy rows (grid, dataset, metric order).
+
+  A finished cell whose configs differ from what `config` gives it now stops with an
+  InputError naming the differences (results of another study are never mixed in).
+  """
+  workdir = os.path.abspath(workdir)
+  ax = axes(config)
+  cells = grid(config)
+  columns = list(CSV_COLUMNS_BEFORE) + list(ax) + list(CSV_COLUMNS_AFTER)
+  rows, per_query, finished, datasets, refs = [], {}, [], [], {}
+  for cell in cells:
+    directory = os.path.join(workdir, "cells", cell.key)
+    done = _read_json(os.path.join(directory, DONE))
+    if not done:
+      continue
+    cell_status(plan_cell(config, cell, workdir))  # stops if it finished with other configs
+    finished.append(cell.key)
+    for dataset, systems in done["datasets"].items():
+      if dataset not in datasets:
+        datasets.append(dataset)
+      for system, rel in systems.items():
+        res = _read_json(os.path.join(directory, rel))
+        if res is None:
+          raise InputError(f"study cell {cell.key}: cannot read its metrics", os.path.join(directory, rel))
+        per_query[(cell.key, dataset, system)] = res["per_query"]
+        if cell.reference:
+          refs[(cell.key, dataset, system)] = res["aggregate"]
+        for metric, value in res["aggregate"].items():
+          row = {"study": config.name, "cell": cell.key,
+                 "kind": REFERENCE if cell.reference else "trained"}
+          row.update({a: cell.values.get(a, "") for a in ax})
+          row.update(system=system, dataset=dataset, metric=metric, value=float(value),
+                     num_queries=int(res.get("num_queries", 0)))
+          rows.append(row)
+  return Collected(columns, rows, per_query, cells, finished, datasets, refs)
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+  buf = _io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+  return buf.getvalue()
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+  return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+  if p is None or math.isnan(p):
+    return "—"
+  return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+@dataclasses.dataclass
+class Arm:
+  """The trained cells that share every axis value but the seed."""
+
+  values: Dict[str, Any]   # non-seed axes
+  cells: List[Cell]
+
+
+def arms(config, col: Collected) -> List[Arm]:
+  """Finished trained cells grouped over seeds, in grid order."""
+  seed_axis = config.seed_axis
+  out: Dict[str, Arm] = {}
+  done = set(col.finished)
+  for cell in col.cells:
+    if cell.reference or cell.key not in done:
+      continue
+    values = {k: v for k, v in cell.values.items() if k != seed_axis}
+    key = cell_key(values)
+    out.setdefault(key, Arm(values, []))
+    out[key].cells.append(cell)
+  return list(out.values())
+
+
+def _arm_stats(config, col: Collected, arm: Arm, dataset: str, measure: str):
+  vals = []
+  for cell in arm.cells:
+    pq = col.per_query.get((cell.key, dataset, config.system))
+    if pq is not None and measure in pq:
+      vals.append(float(np.mean(list(pq[measure].values()))))
+  return metrics.mean_ci(vals, float(config.confidence)), len(vals)
+
+
+def _comparisons(config, col: Collected, ax: Mapping[str, Sequence[Any]]) -> List[Dict[str, Any]]:
+  """Paired tests of each `compare` pair, per dataset, context (other axes) and measure."""
+  out = []
+  seed_axis = config.seed_axis
+  trained = [c for c in col.cells if not c.reference and c.key in set(col.finished)]
+  for a_text, b_text in config.compare:
+    a_arm, b_arm = _parse_arm(a_text, ax), _parse_arm(b_text, ax)
+    fixed = set(a_arm) | set(b_arm)
+    context_axes = [k for k in ax if k not in fixed and k != seed_axis]
+    contexts: Dict[str, Dict[str, Any]] = {}
+    for c in trained:
+      ctx = {k: c.values[k] for k in context_axes}
+      contexts.setdefault(cell_key(ctx), ctx)
+
+    def match(c: Cell, arm: Mapping[str, str], ctx: Mapping[str, Any]) -> bool:
+      return (all(str(c.values[k]) == v for k, v in arm.items())
+              and all(c.values[k] == v for k, v in ctx.items()))
+
+    for ctx in contexts.values():
+      a_cells = {c.values.get(seed_axis): c for c in trained if match(c, a_arm, ctx)}
+      b_cells = {c.values.get(seed_axis): c for c in trained if match(c, b_arm, ctx)}
+      seeds = [s for s in a_cells if s in b_cells]
+      if not seeds:
+        continue
+      for dataset in col.datasets:
+        for measure in config.measures:
+          a_runs, b_runs = [], []
+          for s in seeds:
+            pa = col.per_query.get((a_cells[s].key, dataset, config.system))
+            pb = col.per_query.get((b_cells[s].key, dataset, config.system))
+            if pa is None or pb is None or measure not in pa or measure not in pb:
+              break
+            a_runs.append(pa[measure])
+            b_runs.append(pb[measure])
+          else:
+            t = metrics.pooled_significance(
+                a_runs, b_runs, n_permutations=int(config.n_permutations),
+                seed=int(config.permutation_seed))
+            out.append({"a": a_text, "b": b_text, "context": ctx, "dataset": dataset,
+                        "measure": measure, "seeds": len(seeds), **t})
+  return out
+
+
+def summary_markdown(config, col: Collected) -> Tuple[str, Dict[str, Any]]:
+  """summary.md: per dataset, mean and CI over seeds per arm and the references; then
+  the paired comparisons. Returns (markdown, the same numbers as a dict)."""
+  ax = axes(config)
+  conf = float(config.confidence)
+  pct = f"{100 * conf:g}%"
+  shown_axes = [a for a in ax if a != config.seed_axis]
+  measures = list(config.measures)
+  lines = [f"# Study `{config.name}`", "",
+           f"{len(col.finished)} of {len(col.cells)} cells finished. Values: mean over "
+           f"seeds (`{config.seed_axis}`) ± half-width of the {pct} confidence interval "
+           "(Student t; — with one seed), then the number of seeds.", ""]
+  data: Dict[str, Any] = {"name": config.name, "finished": len(col.finished),
+                          "cells": len(col.cells), "confidence": conf, "datasets": {},
+                          "comparisons": []}
+  all_arms = arms(config, col)
+  for dataset in col.datasets:
+    lines += [f"## {dataset}", ""]
+    header = "| " + " | ".join(shown_axes + measures + ["seeds"]) + " |"
+    lines += [header, "|" + "---|" * len(shown_axes) + "---:|" * (len(measures) + 1)]
+    entry = {"arms": [], "references": {}}
+    for arm in all_arms:
+      cells = []
+      n_seeds = 0
+      stats = {}
+      for m in measures:
+        (mean, lo, hi), n = _arm_stats(config, col, arm, dataset, m)
+        n_seeds = max(n_seeds, n)
+        half = (hi - lo) / 2 if not math.isnan(lo) else float("nan")
+        stats[m] = {"mean": mean, "low": lo, "high": hi, "n": n}
+        cells.append(f"{_fmt(mean)} ± {_fmt(half)}" if not math.isnan(half) else _fmt(mean))
+      if n_seeds == 0:
+        continue
+      lines.append("| " + " | ".join([str(arm.values[a]) for a in shown_axes] + cells
+                                       + [str(n_seeds)]) + " |")
+      entry["arms"].append({"values": arm.values, "stats": stats})
+    refs = [(k, v) for k, v in col.references.items() if k[1] == dataset]
+    if refs:
+      lines += ["", "References (no training):", "",
+                "| system | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
+      for (ref_key, _, system), agg in refs:
+        label = system + (f" ({ref_key.split(',', 1)[1]})" if "," in ref_key else "")
+        lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(m, float('nan')))
+                                                  for m in measures) + " |")
+        entry["references"][label] = {m: agg.get(m) for m in measures}
+    lines.append("")
+    data["datasets"][dataset] = entry
+  comps = _comparisons(config, col, ax)
+  if comps:
+    lines += ["## Paired comparisons", "",
+              "Per-query values of the two arms paired by seed and pooled over seeds "
+              f"(n = queries × seeds): two-sided paired t-test and paired randomisation test "
+              f"({int(config.n_permutations)} sign flips, seed {int(config.permutation_seed)}); "
+              f"* marks p < {float(config.alpha):g} in both.", "",
+              "| A | B | dataset | context | measure | mean A − B | t-test p | permutation p | n | seeds |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for c in comps:
+      star = "*" if max(c["t_test_p"], c["permutation_p"]) < float(config.alpha) else ""
+      ctx = ",".join(f"{k}={v}" for k, v in c["context"].items()) or "—"
+      lines.append(f"| {c['a']} | {c['b']} | {c['dataset']} | {ctx} | {c['measure']} | "
+                   f"{c['mean_diff']:+.3f}{star} | {_fmt_p(c['t_test_p'])} | "
+                   f"{_fmt_p(c['permutation_p'])} | {c['n']} | {c['seeds']} |")
+    lines.append("")
+    data["comparisons"] = comps
+  return "\n".join(lines), data
+
+
+def _safe(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
+def _x_axis(config, ax) -> Optional[str]:
+  if config.plot.x:
+    return config.plot.x
+  for a, values in ax.items():
+    if a != config.seed_axis and len(values) > 1:
+      return a
+  return None
+
+
+def plot(config, col: Collected, out_dir: str) -> List[str]:
+  """Curves over the x axis (categorical positions, in axis order) with CI bands; the
+  references as dashed lines. Returns the PNG paths written."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  ax_all = axes(config)
+  x_axis = _x_axis(config, ax_all)
+  if x_axis is None:
+    return []
+  xs = list(ax_all[x_axis])
+  line_axes = [a for a in ax_all if a not in (x_axis, config.seed_axis) and len(ax_all[a]) > 1]
+  all_arms = arms(config, col)
+  groups: Dict[str, Dict[str, Arm]] = {}
+  for arm in all_arms:
+    label = ",".join(f"{a}={arm.values[a]}" for a in line_axes) or config.system
+    groups.setdefault(label, {})[str(arm.values[x_axis])] = arm
+  measures = list(config.measures)
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+
+  def curve(axis, label, dataset, measure, name=None):
+    pos, mean, lo, hi = [], [], [], []
+    for i, x in enumerate(xs):
+      arm = groups[label].get(str(x))
+      if arm is None:
+        continue
+      (m, l, h), n = _arm_stats(config, col, arm, dataset, measure)
+      if n == 0:
+        continue
+      pos.append(i)
+      mean.append(m)
+      lo.append(l if not math.isnan(l) else m)
+      hi.append(h if not math.isnan(h) else m)
+    if pos:
+      line, = axis.plot(pos, mean, marker="o", label=name or label)
+      axis.fill_between(pos, lo, hi, alpha=0.2, color=line.get_color())
+
+  def refs(axis, dataset, measure):
+    for (ref_key, ds, system), agg in col.references.items():
+      if ds == dataset and measure in agg:
+        axis.axhline(agg[measure], linestyle="--", linewidth=0.8, color="grey")
+        axis.annotate(system, (0, agg[measure]), fontsize=6, color="grey",
+                      xytext=(2, 2), textcoords="offset points")
+
+  def finish(fig, axis_list, title):
+    for a in axis_list:
+      a.set_xticks(range(len(xs)))
+      a.set_xticklabels([str(x) for x in xs])
+      a.set_xlabel(x_axis)
+      a.grid(alpha=0.3)
+    axis_list[0].legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+
+  if config.plot.by == "dataset":
+    for measure in measures:
+      fig = Figure(figsize=(5.5, 3.8))
+      FigureCanvasAgg(fig)
+      axis = fig.add_subplot(1, 1, 1)
+      for dataset in col.datasets:
+        for label in groups:
+          curve(axis, label, dataset, measure,
+                name=dataset if label == config.system else f"{dataset} {label}")
+      axis.set_ylabel(measure)
+      finish(fig, [axis], f"{config.name}: {measure} ({100 * float(config.confidence):g}% CI over seeds)")
+      path = os.path.join(out_dir, f"{_safe(measure)}.png")
+      _save(fig, path)
+      written.append(path)
+  else:
+    for dataset in col.datasets:
+      fig = Figure(figsize=(3.4 * len(measures) + 0.6, 3.4))
+      FigureCanvasAgg(fig)
+      axis_list = []
+      for j, measure in enumerate(measures):
+        axis = fig.add_subplot(1, len(measures), j + 1)
+        for label in groups:
+          curve(axis, label, dataset, measure)
+        refs(axis, dataset, measure)
+        axis.set_ylabel(measure)
+        axis_list.append(axis)
+      finish(fig, axis_list, f"{config.name}: {dataset} "
+             f"({100 * float(config.confidence):g}% CI over seeds)")
+      path = os.path.join(out_dir, f"{_safe(dataset)}.png")
+      _save(fig, path)
+      written.append(path)
+  return written
+
+
+def _save(fig, path: str, dpi: int = 130) -> None:
+  with fileio.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
+
+
+@dataclasses.dataclass
+class Aggregate:
+  csv_path: str
+  summary_path: str
+  plots: List[str]
+  finished: int
+  total: int
+  rows: int
+
+
+def aggregate(config, workdir: str, *, log: Log = _stderr) -> Aggregate:
+  """Writes results.csv, summary.md (+ summary.json) and plots/*.png from finished cells.
+
+  Unfinished cells are left out with a warning line (the summary says how many).
+  """
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise InputError("study workdir not found (run the study first)", workdir)
+  col = collect(config, workdir)
+  missing = len(col.cells) - len(col.finished)
+  if missing:
+    log(f"warning: {missing} of {len(col.cells)} cells are not finished; aggregating the "
+        f"{len(col.finished)} that are")
+  csv_path = os.path.join(workdir, "results.csv")
+  write_text(csv_path, _csv_text(col.columns, col.rows))
+  markdown, data = summary_markdown(config, col)
+  summary_path = os.path.join(workdir, "summary.md")
+  write_text(summary_path, markdown)
+  write_json(os.path.join(workdir, "summary.json"), data)
+  plots = plot(config, col, os.path.join(workdir, "plots")) if col.rows else []
+  log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
+      f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")
+  return Aggregate(csv_path, summary_path, plots, len(col.finished), len(col.cells), len(col.rows))

@@ -1,0 +1,250 @@
+"""Studies (optical_jax.study, study.py): grid and shards, skipping finished cells, aggregation
+into the tidy CSV / summary / plots, the study configs, and the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from optical_jax import study
+from optical_jax.errors import InputError
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture(autouse=True)
+def _need_tokenizer(minilm_dir):
+  del minilm_dir  # tiny encoders use MiniLM's tokenizer
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """One token / embedding cache for every smoke study of this file."""
+  return str(tmp_path_factory.mktemp("study_cache"))
+
+
+def smoke(cache_dir, extra=""):
+  from configs.studies import data_amount  # pylint: disable=g-import-not-at-top
+  return data_amount.get_config(f"smoke,cache_dir={cache_dir}" + (f",{extra}" if extra else ""))
+
+
+def _quiet(_):
+  pass
+
+
+def _csv(path):
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def test_grid_is_seed_major_and_shards_cover_it_exactly_once(cache):
+  c = smoke(cache)
+  cells = study.grid(c)
+  keys = [x.key for x in cells]
+  assert keys[0] == "reference,lang=swa"
+  assert keys[1:5] == ["lang=swa,amount=16,loss=sentence,seed=0", "lang=swa,amount=16,loss=ot,seed=0",
+                       "lang=swa,amount=48,loss=sentence,seed=0", "lang=swa,amount=48,loss=ot,seed=0"]
+  assert len(keys) == 1 + 2 * 2 * 2 and len(set(keys)) == len(keys)
+  for n in (1, 2, 3, 5, 12):
+    parts = [study.shard_cells(cells, (i, n)) for i in range(n)]
+    flat = [x.key for p in parts for x in p]
+    assert sorted(flat) == sorted(keys)
+  assert study.parse_shard("1/4") == (1, 4)
+  for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+    with pytest.raises(InputError, match="--shard must be i/n"):
+      study.parse_shard(bad)
+
+
+def test_study_config_errors_are_one_line(cache):
+  c = smoke(cache)
+  c.unlock()
+  c.axes.loss = ("ot", "ot")
+  with pytest.raises(InputError, match="repeats a value"):
+    study.grid(c)
+  c = smoke(cache)
+  c.unlock()
+  c.compare = (("loss=ot", "loss=hard"),)
+  with pytest.raises(InputError, match="'hard' is not a value of axis 'loss'"):
+    study.grid(c)
+  c = smoke(cache)
+  c.unlock()
+  c.axes.loss = ("ot", "bad name")
+  with pytest.raises(InputError, match="must be a string or number made of"):
+    study.grid(c)
+
+
+def test_shards_aggregate_rerun_resume_in_process(tmp_path, cache):
+  """Two shards then --aggregate; a run of the whole grid afterwards trains nothing and
+  writes the same CSV; a cell whose done.json is gone (a study killed before it finished)
+  is the only one rerun; a finished cell with another config stops the run with the
+  difference. (Independent one-process and sharded trainings giving the same CSV: the
+  slow command-line test below.)"""
+  c = smoke(cache, "amounts=16,seeds=1")
+  work = tmp_path / "w"
+  ran = []
+  for i in range(2):
+    part = study.run(c, str(work), shard=(i, 2), log=_quiet)
+    assert not part.aggregated
+    ran += part.ran
+  assert sorted(ran) == sorted(x.key for x in study.grid(c)) and len(ran) == 3
+  study.aggregate(c, str(work), log=_quiet)
+  rows = _csv(work / "results.csv")
+  assert set(rows[0]) == {"study", "cell", "kind", "lang", "amount", "loss", "seed", "system",
+                          "dataset", "metric", "value", "num_queries"}
+  datasets = {x["dataset"] for x in rows}
+  assert datasets in ({"afriqa-swa", "tatoeba-swa"}, {"afriqa-swa"})  # Tatoeba: ../shared/data
+  assert {x["metric"] for x in rows} == {"P@1", "P@5", "R@10", "nDCG@10", "AP"}
+  trained = [x for x in rows if x["kind"] == "trained"]
+  assert {x["system"] for x in trained} == {"student"}
+  assert len(trained) == 2 * 5 * len(datasets)
+  refs = {x["system"] for x in rows if x["kind"] == "reference"}
+  assert refs == {"teacher-zeroshot", "teacher-oracle"}
+  summary = (work / "summary.md").read_text(encoding="utf-8")
+  assert "## afriqa-swa" in summary and "## Paired comparisons" in summary
+  assert "| loss=ot | loss=sentence | afriqa-swa | lang=swa,amount=16 | nDCG@10 |" in summary
+  assert os.listdir(work / "plots") and all(p.endswith(".png") for p in os.listdir(work / "plots"))
+  cell = json.loads((work / "cells" / "lang=swa,amount=16,loss=ot,seed=0" / "cell.json").read_text())
+  assert cell["resolved"]["train"]["loss"]["loss"] == "ot"
+  assert cell["resolved"]["train"]["data"]["bitext"]["sources"][0]["take"] == 16
+  assert cell["resolved"]["evals"]["afriqa-swa"]["dataset"]["queries"].endswith("swa.test.jsonl")
+  csv_text = (work / "results.csv").read_text()
+
+  again = study.run(c, str(work), log=_quiet)
+  assert again.ran == [] and len(again.skipped) == 3 and again.aggregated
+  assert (work / "results.csv").read_text() == csv_text
+
+  victim = "lang=swa,amount=16,loss=sentence,seed=0"
+  os.remove(work / "cells" / victim / "done.json")
+  resumed = study.run(c, str(work), log=_quiet)
+  assert resumed.ran == [victim]
+  assert (work / "results.csv").read_text() == csv_text
+
+  changed = smoke(cache, "amounts=16,seeds=1,steps=5")
+  with pytest.raises(InputError) as err:
+    study.run(changed, str(work), log=_quiet)
+  assert "finished with another config" in str(err.value)
+  assert "train.train.steps: 4 -> 5" in str(err.value) and "\n" not in str(err.value)
+  with pytest.raises(InputError, match="finished with another config"):
+    study.aggregate(changed, str(work), log=_quiet)
+
+
+def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
+  c = smoke(cache, "amounts=16,seeds=1,losses=ot")
+  seen = []
+  study.run(c, str(tmp_path), shard=(1, 2), log=seen.append)
+  assert any("run study.py with --aggregate" in s for s in seen)
+  seen.clear()
+  agg = study.aggregate(c, str(tmp_path), log=seen.append)
+  assert agg.finished == 1 and agg.total == 2
+  assert any("1 of 2 cells are not finished" in s for s in seen)
+  assert "1 of 2 cells finished" in (tmp_path / "summary.md").read_text()
+  with pytest.raises(InputError, match="study workdir not found"):
+    study.aggregate(c, str(tmp_path / "nowhere"), log=_quiet)
+
+
+@pytest.mark.parametrize("name,scale,cells", [("data_amount", "smoke", 9), ("data_amount", "cpu", 13),
+                                              ("data_amount", "full", 4 + 4 * 6 * 2 * 5),
+                                              ("language_ratio", "smoke", 4),
+                                              ("language_ratio", "cpu", 6),
+                                              ("language_ratio", "full", 16)])
+def test_study_configs_build(shared_data, name, scale, cells):
+  """Every scale of both studies builds its grid, one cell's train config and its evals."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  del shared_data
+  from optical_jax.config import base_config  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module(f"configs.studies.{name}")
+  c = mod.get_config(scale)
+  grid = study.grid(c)
+  assert len(grid) == cells
+  cell = grid[-1]
+  train = c.train(cell.values)
+  assert set(train.keys()) <= set(base_config().keys())
+  assert train.data.bitext.sources and train.train.steps > 0
+  evals = c.evals(cell.values)
+  assert all(e.dataset.kind in ("beir", "lareqa", "bitext") for e in evals.values())
+  if name == "language_ratio":
+    assert any(k.startswith("xquad-r-") for k in evals) and any(k.startswith("afriqa-") for k in evals)
+    assert abs(sum(train.data.bitext.ratios) - 1) < 1e-9
+  with pytest.raises(ValueError, match="study scale must be one of"):
+    mod.get_config("huge")
+
+
+def test_language_ratio_mixture_shares(shared_data):
+  del shared_data
+  from configs.studies import language_ratio  # pylint: disable=g-import-not-at-top
+  sources, ratios = language_ratio.mixture(("swa", "hau"), ("ell",), 0.25)
+  low = sum(r for s, r in zip(sources, ratios) if not s["label"].startswith("ntrex-ell"))
+  assert low == pytest.approx(0.25) and sum(ratios) == pytest.approx(1.0)
+  only_high, r = language_ratio.mixture(("swa",), ("ell", "hin"), 0.0)
+  assert [s["label"] for s in only_high] == ["ntrex-ell", "ntrex-hin"] and r == (0.5, 0.5)
+
+
+def _study_cmd(workdir, *extra, config="configs/studies/data_amount.py:smoke"):
+  return [sys.executable, os.path.join(ROOT, "study.py"), "--config", os.path.join(ROOT, config),
+          "--workdir", str(workdir), *extra]
+
+
+def _env():
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def test_cli_bad_shard_is_one_line(tmp_path):
+  r = subprocess.run(_study_cmd(tmp_path / "w", "--shard=2/2"), cwd=ROOT, env=_env(),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == \
+      "error: --shard must be i/n with 0 <= i < n (e.g. 0/4), got '2/2'"
+
+
+@pytest.mark.slow
+def test_cli_acceptance_smoke_rerun_shards_aggregate(tmp_path):
+  """The issue's acceptance run, as users type it (each run is a fresh process)."""
+  one = tmp_path / "one"
+  r = subprocess.run(_study_cmd(one), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "done: ran 9 cells, 0 already finished" in r.stdout
+  assert (one / "results.csv").exists() and (one / "summary.md").exists()
+  assert [p for p in os.listdir(one / "plots") if p.endswith(".png")]
+  assert "9/9 cells done (100%)" in r.stderr and "ETA 00:00" in r.stderr
+  r = subprocess.run(_study_cmd(one), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0 and "done: ran 0 cells, 9 already finished" in r.stdout
+  assert "distill:" not in r.stderr   # nothing trained
+  two = tmp_path / "two"
+  procs = [subprocess.Popen(_study_cmd(two, f"--shard={i}/2"), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+  ran = [int(o[0].split("done: ran ")[1].split()[0]) for o in outs]
+  assert ran == [5, 4]
+  done = sorted(os.listdir(two / "cells"))
+  assert done == sorted(os.listdir(one / "cells")) and len(done) == 9
+  r = subprocess.run(_study_cmd(two, "--aggregate"), cwd=ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert (two / "results.csv").read_text() == (one / "results.csv").read_text()
+
+
+@pytest.mark.slow
+def test_language_ratio_smoke_writes_one_curve_per_dataset(tmp_path, cache, shared_data):
+  """Study (b) at smoke scale: a figure per measure with a curve per dataset."""
+  del shared_data
+  from configs.studies import language_ratio  # pylint: disable=g-import-not-at-top
+  c = language_ratio.get_config(f"smoke,cache_dir={cache}")
+  r = study.run(c, str(tmp_path), log=_quiet)
+  assert len(r.ran) == 4
+  rows = _csv(tmp_path / "results.csv")
+  assert {x["dataset"] for x in rows} == {"afriqa-swa", "xquad-r-el"}
+  assert {x["ratio"] for x in rows if x["kind"] == "trained"} == {"0.0", "0.5", "1.0"}
+  assert os.listdir(tmp_path / "plots") == ["nDCG_10.png"]
+  summary = (tmp_path / "summary.md").read_text()
+  assert "| ratio=0.5 | ratio=1.0 | xquad-r-el |" in summary
