@@ -44,6 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.buckets = (16, 32, 64)
   c.data.doc_buckets = (64, 128, 256)   # teacher mode: passage lengths
   c.data.cache_dir = ""                 # '' = $OPTICAL_JAX_CACHE/tokens
+  # The frozen teacher's English token embeddings computed once and read by the step
+  # (optical_jax.teacher_cache): '' (off: the step runs the teacher), 'float32',
+  # 'float16' or 'bfloat16' (storage precision). Not for losses that need the teacher's
+  # hidden states or attention.
+  c.data.teacher_cache = ""
 
   # Held-out bitext for tuning (distill mode): translation retrieval and cosine between
   # student (foreign) and teacher (English) embeddings, logged as val_* metrics at

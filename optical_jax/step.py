@@ -112,12 +112,15 @@ class DistillSpec:
       marginals, special tokens).
     skip_nonfinite: skip (and count) an update whose loss or gradients are not finite;
       otherwise it is applied and the caller stops training on the reported flag.
+    teacher_from_batch: the batch carries the teacher's token embeddings (`tgt_tokens`,
+      from `optical_jax.teacher_cache`) and the step does not run the teacher.
   """
 
   student: enc.EncoderConfig
   teacher: enc.EncoderConfig
   loss: losses.DistillConfig = losses.DistillConfig()
   skip_nonfinite: bool = False
+  teacher_from_batch: bool = False
 
 
 def _finite_tree(tree) -> jnp.ndarray:
@@ -158,11 +161,15 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
     frozen: {'teacher': teacher params, and 'src_idf'/'tgt_idf' for idf marginals,
       'src_mean'/'tgt_mean' for bitext-centred costs} (replicated; never differentiated).
     batch: src_ids/src_mask (foreign side, student) and tgt_ids/tgt_mask (English
-      side, teacher), each [local_batch, bucket_len].
+      side, teacher), each [local_batch, bucket_len]; with `spec.teacher_from_batch`
+      also tgt_tokens [local_batch, bucket_len, D].
   """
   outputs = dict(hidden=spec.loss.needs_hidden, cls_attention=spec.loss.needs_cls_attention)
-  teacher_tokens, teacher_aux = enc.apply_with(frozen["teacher"], batch["tgt_ids"],
-                                               batch["tgt_mask"], cfg=spec.teacher, **outputs)
+  if spec.teacher_from_batch:   # cached: see optical_jax.teacher_cache
+    teacher_tokens, teacher_aux = batch["tgt_tokens"].astype(jnp.float32), {}
+  else:
+    teacher_tokens, teacher_aux = enc.apply_with(frozen["teacher"], batch["tgt_ids"],
+                                                 batch["tgt_mask"], cfg=spec.teacher, **outputs)
   teacher_tokens, teacher_aux = jax.lax.stop_gradient((teacher_tokens, teacher_aux))
   rng = _step_rng(state)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from optical_jax import assets, checkpoint, fileio, losses, models, ot, step as step_lib, validation
 from optical_jax import mesh as mesh_lib
+from optical_jax import teacher_cache
 from optical_jax.config import config_changes, to_json
 from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import pipeline, retrieval_train
@@ -77,16 +78,21 @@ def _data_seed(config) -> int:
   return int(config.seed) if seed < 0 else seed
 
 
-def _build_distill(config, init_key: jax.Array) -> Setup:
+def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
   teacher = models.load_model(config.teacher, where="teacher")
   student = models.load_model(config.student, rng=init_key, where="student")
   if student.cfg.output_dim != teacher.cfg.output_dim:
     raise InputError(
         f"student embedding size {student.cfg.output_dim} != teacher's {teacher.cfg.output_dim}: "
         f"set --config.student.head_dim={teacher.cfg.output_dim} to add a projection head")
-  spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg,
-                              loss=distill_loss_config(config, student, teacher),
-                              skip_nonfinite=bool(config.train.skip_nonfinite))
+  loss_cfg = distill_loss_config(config, student, teacher)
+  cached = bool(config.data.teacher_cache)
+  if cached and (loss_cfg.needs_hidden or loss_cfg.needs_cls_attention):
+    raise InputError("data.teacher_cache holds the teacher's output tokens only: this loss "
+                     "needs its hidden states or attention; set --config.data.teacher_cache=''")
+  spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
+                              skip_nonfinite=bool(config.train.skip_nonfinite),
+                              teacher_from_batch=cached)
   mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
                                          ratios=config.data.bitext.ratios))
   pcfg = pipeline.PipelineConfig(
@@ -98,7 +104,10 @@ def _build_distill(config, init_key: jax.Array) -> Setup:
   batches = pipeline.BitextBatches(mixture, student.tokenizer, teacher.tokenizer, pcfg,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  frozen: Dict[str, Any] = {"teacher": teacher.params}
+  if cached:
+    teacher_cache.teacher_tokens(teacher, batches, str(config.data.teacher_cache),
+                                 os.path.join(_cache_dir(config), "teacher"), log=log_fn)
+  frozen: Dict[str, Any] = {} if cached else {"teacher": teacher.params}
   if spec.loss.marginals == "idf":
     frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)
@@ -198,9 +207,9 @@ def _check_resume(config, workdir: str, log_fn) -> None:
     log_fn("resuming with a changed config (allowed): " + "; ".join(math))
 
 
-def _setup(config, init_key: jax.Array) -> Setup:
+def _setup(config, init_key: jax.Array, log_fn=print) -> Setup:
   if config.mode == "distill":
-    return _build_distill(config, init_key)
+    return _build_distill(config, init_key, log_fn)
   if config.mode == "teacher":
     return _build_teacher(config, init_key)
   raise InputError(f"mode must be 'distill' or 'teacher', got {config.mode!r}")
@@ -233,7 +242,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     # Separate streams: the student's initialisation (random weights, a new head) and
     # the training randomness (dropout), so changing one never changes the other.
     init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-    setup = _setup(config, init_key)
+    setup = _setup(config, init_key, log_fn)
   except BaseException:
     if hold is not None:
       hold.release()

@@ -412,6 +412,31 @@ class PipelineConfig:
         object.__setattr__(self, k, tuple(getattr(self, k)))
 
 
+@dataclasses.dataclass
+class TokenVectors:
+  """Per-row token vectors stored flat: row i is `flat[offsets[i]:offsets[i + 1]]` [n_i, D].
+
+  Holds a frozen model's outputs for every row of a tokenised side (e.g. the teacher's
+  token embeddings of the English sentences), usually memory-mapped from the cache.
+  """
+
+  flat: np.ndarray     # [total tokens, D], float16 / bfloat16 / float32
+  offsets: np.ndarray  # int64 [n + 1]
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def gather(self, idx: np.ndarray, length: int) -> np.ndarray:
+    """Rows `idx` as [len(idx), length, D] in the stored dtype, zeros past each row's end."""
+    idx = np.asarray(idx, dtype=np.int64)
+    out = np.zeros((len(idx), length, self.flat.shape[-1]), self.flat.dtype)
+    for r, i in enumerate(idx):
+      a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+      n = min(b - a, length)
+      out[r, :n] = self.flat[a:a + n]
+    return out
+
+
 class BitextBatches(BatchIterator):
   """Bitext batches `src_ids, src_mask` (student, foreign) and `tgt_ids, tgt_mask` (teacher, English).
 
@@ -455,7 +480,23 @@ class BitextBatches(BatchIterator):
     idx = idx[local]
     src_ids, src_mask = self.src.gather(idx, self.src_bucket_lengths[bucket], self._src_pad)
     tgt_ids, tgt_mask = self.tgt.gather(idx, self.tgt_bucket_lengths[bucket], self._tgt_pad)
-    return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
+    out = {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask}
+    if self.teacher_tokens is not None:
+      out["tgt_tokens"] = self.teacher_tokens.gather(idx, self.tgt_bucket_lengths[bucket])
+    return out
+
+  teacher_tokens: Optional[TokenVectors] = None
+
+  def row_lengths(self) -> np.ndarray:
+    """Per pair, the teacher-side length it is batched at (its bucket's length)."""
+    return np.asarray(self.tgt_bucket_lengths, np.int64)[self.bucket_of]
+
+  def attach_teacher_tokens(self, vectors: TokenVectors) -> None:
+    """Batches then carry `tgt_tokens` [local_batch, tgt length, D]: the teacher's token
+    embeddings of the English side, read from `vectors` instead of computed per step."""
+    if len(vectors) != len(self.tgt):
+      raise ValueError(f"teacher tokens for {len(vectors)} rows, the bitext has {len(self.tgt)}")
+    self.teacher_tokens = vectors
 
   def shapes(self) -> List[Dict[str, Tuple[int, int]]]:
     """The distinct per-host batch shapes this iterator can yield."""

@@ -1,0 +1,103 @@
+"""The frozen teacher's token embeddings of the English side, computed once and reused.
+
+The teacher never trains, so its token embeddings of a bitext's English sentences are the
+same at every epoch and in every run over that bitext. `teacher_tokens` computes them
+once per (teacher, bitext, length buckets, storage dtype), stores them under the cache
+(memory-mapped on reuse; keyed by the model and pipeline fingerprints), and
+attaches them to the batches: the distillation step then reads `tgt_tokens` from the
+batch instead of running the teacher (`step.DistillSpec.teacher_from_batch`).
+
+Each English sentence is encoded at the padded length of its bucket, exactly as the step
+would encode it, so a float32 cache reproduces the uncached step (within float noise of
+a different batch composition). Float16 / bfloat16 halve the memory and the host-to-device
+traffic at a precision cost. Every host computes the whole cache (hosts draw different rows
+each epoch).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable, Optional
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from optical_jax import encoder as enc
+from optical_jax import fingerprint
+from optical_jax.data.pipeline import BitextBatches, TokenVectors
+from optical_jax.fileio import save_npy
+
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+FORMAT = 1
+
+
+def cache_key(teacher, batches: BitextBatches, dtype: str) -> str:
+  """Everything the cached vectors depend on: the teacher (files and spec; its params too
+  when they are random), the tokenised bitext and its buckets, the storage dtype."""
+  parts = {"format": FORMAT, "teacher": teacher.fingerprint, "encoder": teacher.cfg.to_dict(),
+           "pipeline": batches.fingerprint, "dtype": dtype,
+           "lengths": fingerprint.digest(batches.row_lengths().tolist())}
+  if teacher.spec.weights == "random":
+    parts["params"] = fingerprint.params(teacher.params)
+  return fingerprint.digest(parts, n=24)
+
+
+def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int = 64,
+            log: Callable[[str], None] = print) -> TokenVectors:
+  """The teacher's token embeddings of every English row, each at its bucket's length."""
+  store = DTYPES[dtype]
+  lengths = batches.row_lengths()
+  tgt = batches.tgt
+  d = teacher.cfg.output_dim
+  offsets = np.zeros(len(tgt) + 1, np.int64)
+  np.cumsum(np.minimum(tgt.lengths, lengths), out=offsets[1:])
+  flat = np.zeros((int(offsets[-1]), d), store)
+  run = jax.jit(lambda p, i, m: enc.apply(p, i, m, cfg=teacher.cfg))
+  pad = int(teacher.tokenizer.pad_id)
+  for length in sorted(set(lengths.tolist())):
+    rows = np.flatnonzero(lengths == length)
+    for lo in range(0, len(rows), chunk):
+      part = rows[lo:lo + chunk]
+      idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
+      ids, mask = tgt.gather(idx, int(length), pad)
+      out = np.asarray(run(teacher.params, ids, mask), np.float32)
+      for r, i in enumerate(part):
+        a, b = offsets[i], offsets[i + 1]
+        flat[a:b] = out[r, :b - a].astype(store)
+  log(f"teacher tokens: {len(tgt)} English rows, {len(flat)} tokens x {d} ({dtype}, "
+      f"{flat.nbytes / 2**20:.1f} MiB)")
+  return TokenVectors(flat, offsets)
+
+
+def teacher_tokens(teacher, batches: BitextBatches, dtype: str, cache_dir: Optional[str],
+                   log: Callable[[str], None] = print) -> TokenVectors:
+  """The cached vectors (computed and stored on first use) and attaches them to `batches`."""
+  if dtype not in DTYPES:
+    raise ValueError(f"teacher cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  vectors = None
+  path = None
+  if cache_dir:
+    path = os.path.join(cache_dir, cache_key(teacher, batches, dtype))
+    if os.path.exists(os.path.join(path, "offsets.npy")):
+      flat = np.load(os.path.join(path, "flat.npy"), mmap_mode="r", allow_pickle=False)
+      if dtype == "bfloat16":   # stored as its raw 16 bits (.npy has no bfloat16)
+        flat = flat.view(ml_dtypes.bfloat16)
+      vectors = TokenVectors(flat, np.load(os.path.join(path, "offsets.npy")))
+      log(f"teacher tokens: from cache ({path})")
+  if vectors is None:
+    vectors = compute(teacher, batches, dtype, log=log)
+    if path:
+      tmp = f"{path}.tmp{os.getpid()}"
+      shutil.rmtree(tmp, ignore_errors=True)
+      os.makedirs(tmp)
+      flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat
+      save_npy(os.path.join(tmp, "flat.npy"), np.ascontiguousarray(flat))
+      save_npy(os.path.join(tmp, "offsets.npy"), vectors.offsets)   # written last: complete
+      try:
+        os.replace(tmp, path)
+      except OSError:   # another process stored the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+  batches.attach_teacher_tokens(vectors)
+  return vectors

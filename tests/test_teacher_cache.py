@@ -1,0 +1,96 @@
+"""The frozen teacher's token cache: the step reading cached tokens equals the step running the teacher."""
+
+import jax
+import numpy as np
+import pytest
+
+from optical_jax import losses, models, step as step_lib, teacher_cache
+from optical_jax.data import bitext, pipeline
+from optical_jax.errors import InputError
+
+from test_train import tiny  # pylint: disable=g-bad-import-order
+
+ARCH = dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+            max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup(minilm_dir):
+  del minilm_dir
+  spec = lambda seed: models.model_spec(weights="random", tokenizer="asset:minilm/tokenizer.json",  # pylint: disable=unnecessary-lambda-assignment
+                                        arch=ARCH, query_max_len=32)
+  teacher = models.load_model(spec(0), rng=jax.random.PRNGKey(2))
+  student = models.load_model(spec(1), rng=jax.random.PRNGKey(1))
+  words = ["habari", "dunia", "ya", "leo", "na", "kesho", "mji", "mkubwa", "sana"]
+  eng = ["hello", "world", "of", "today", "and", "tomorrow", "city", "big", "very"]
+  rng = np.random.default_rng(0)
+  pairs = [(" ".join(rng.choice(words, n)), " ".join(rng.choice(eng, n + 2)))
+           for n in rng.integers(1, 20, 48)]
+  bt = bitext.Bitext("toy", [f for f, _ in pairs], [e for _, e in pairs])
+  cfg = pipeline.PipelineConfig(global_batch=8, src_max_length=32, tgt_max_length=32,
+                                buckets=(8, 16, 32), remainder="drop", seed=0, cache_dir=None)
+  return teacher, student, bt, cfg
+
+
+def _run(teacher, student, batches, cached: bool, steps: int = 4):
+  loss_cfg = losses.DistillConfig(loss="ot", src_special=tuple(student.tokenizer.special_ids),
+                                  tgt_special=tuple(teacher.tokenizer.special_ids))
+  spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
+                              teacher_from_batch=cached)
+  tx = step_lib.make_optimizer(student.params, lr=1e-2, steps=steps, warmup_steps=1,
+                               weight_decay=0.01, clip_norm=1.0)
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  frozen = {} if cached else {"teacher": teacher.params}
+  state, frozen = step_lib.replicated_state(student.params, tx, jax.random.PRNGKey(0), frozen, mesh)
+  fn = step_lib.make_distill_step(spec, tx, mesh)
+  it = iter(batches)
+  seen = []
+  for _ in range(steps):
+    b = next(it)
+    b.pop("valid")
+    state, m = fn(state, frozen, step_lib.shard_batch(b, mesh))
+    seen.append(float(m["loss"]))
+  return seen, jax.device_get(state.params)
+
+
+def test_float32_cache_reproduces_the_uncached_step(setup):
+  teacher, student, bt, cfg = setup
+  plain = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  cached = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  vectors = teacher_cache.teacher_tokens(teacher, cached, "float32", None, log=lambda *_: None)
+  assert len(vectors) == len(bt) and vectors.flat.dtype == np.float32
+  peek = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  peek.attach_teacher_tokens(vectors)
+  b = next(iter(peek))
+  assert b["tgt_tokens"].shape == b["tgt_ids"].shape + (32,)
+  assert not b["tgt_tokens"][b["tgt_mask"] == 0].any()      # zero past each row's end
+  l0, p0 = _run(teacher, student, plain, cached=False)
+  l1, p1 = _run(teacher, student, cached, cached=True)
+  np.testing.assert_allclose(l1, l0, rtol=0, atol=1e-6)
+  for a, c in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(c, a, rtol=0, atol=1e-6)
+
+
+def test_cache_is_stored_once_and_reused(setup, tmp_path):
+  teacher, student, bt, cfg = setup
+  logs = []
+  for _ in range(2):
+    batches = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+    v = teacher_cache.teacher_tokens(teacher, batches, "bfloat16", str(tmp_path), log=logs.append)
+  assert "from cache" not in logs[0] and "from cache" in logs[1]
+  fresh = teacher_cache.compute(teacher, batches, "bfloat16", log=lambda *_: None)
+  np.testing.assert_array_equal(np.asarray(v.flat, np.float32), np.asarray(fresh.flat, np.float32))
+  # Another storage precision is another entry.
+  assert teacher_cache.cache_key(teacher, batches, "float16") != teacher_cache.cache_key(
+      teacher, batches, "bfloat16")
+
+
+def test_trainer_with_a_16_bit_cache_trains_and_refuses_losses_needing_teacher_internals(tmp_path):
+  r = __import__("optical_jax.trainer", fromlist=["run"]).run(
+      tiny(**{"train.devices": 1, "data.teacher_cache": "float16",
+              "data.cache_dir": str(tmp_path / "cache")}), str(tmp_path / "w"), log_fn=lambda *_: None)
+  assert r.step == 12 and np.isfinite(r.last_metrics["loss"])
+  with pytest.raises(InputError, match="teacher_cache"):
+    __import__("optical_jax.trainer", fromlist=["run"]).run(
+        tiny(**{"train.devices": 1, "data.teacher_cache": "float16", "loss.marginals": "cls_attention"}),
+        str(tmp_path / "w2"), log_fn=lambda *_: None)
