@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
-from typing import Any, Collection, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 PathLike = Union[str, os.PathLike]
 T = TypeVar("T")
@@ -31,6 +32,56 @@ class InputError(Exception):
       where = self.path if self.line is None else f"{self.path}:{self.line}"
       where += ": "
     return f"{where}{self.problem}"
+
+
+# --- config values: range checks of config dataclasses, in one format ----------------------
+
+
+def value_problem(name: str, value: Any, kind: str, *, choices: Sequence[Any] = (),
+                  low: Optional[float] = None, high: Optional[float] = None,
+                  open_low: bool = False, note: str = "") -> Optional[str]:
+  """What is wrong with one config value, or None.
+
+  `kind`: 'choice' (one of `choices`), 'bool', 'int' or 'number' (finite; not bool) with
+  optional bounds `low` (exclusive with `open_low`) and `high` (inclusive), or 'ids' (a
+  list of integers). The text reads `<name> must be <what><note>, got <value>`.
+  """
+  if kind == "choice":
+    ok, want = value in tuple(choices), f"one of {tuple(choices)}"
+  elif kind == "bool":
+    ok, want = isinstance(value, bool), "true or false"
+  elif kind in ("int", "number"):
+    types = (int,) if kind == "int" else (int, float)
+    ok = (not isinstance(value, bool) and isinstance(value, types)
+          and (kind == "int" or math.isfinite(value))
+          and (low is None or (value > low if open_low else value >= low))
+          and (high is None or value <= high))
+    want = "an integer" if kind == "int" else "a finite number"
+    if low is not None and high is not None:
+      want += f" in {'(' if open_low else '['}{low}, {high}]"
+    elif low is not None:
+      want += f" {'>' if open_low else '>='} {low}"
+    elif high is not None:
+      want += f" <= {high}"
+  elif kind == "ids":
+    ok = (isinstance(value, (tuple, list))
+          and all(isinstance(i, int) and not isinstance(i, bool) for i in value))
+    want = "a list of integers"
+  else:
+    raise ValueError(f"unknown kind {kind!r}")
+  return None if ok else f"{name} must be {want}{note}, got {value!r}"
+
+
+def field_problems(obj: Any, rules: Sequence[Tuple[Union[str, Sequence[str]], str, Dict[str, Any]]]
+                   ) -> List[str]:
+  """`value_problem` of each field a rule names: rules are (field or fields, kind, options)."""
+  out = []
+  for names, kind, options in rules:
+    for name in ((names,) if isinstance(names, str) else names):
+      problem = value_problem(name, getattr(obj, name), kind, **options)
+      if problem:
+        out.append(problem)
+  return out
 
 
 # --- config mappings: checks for config values that arrive as plain mappings ----------------

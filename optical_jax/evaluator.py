@@ -526,14 +526,6 @@ def _run_key(plan: SystemPlan, config, data: Dataset, title_sep) -> Dict[str, An
   return parts
 
 
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _doc_rows(data: Dataset, depth: int) -> List[int]:
   """Corpus rows of the documents a rerank needs (the top `depth` of each run query)."""
   rows = set()
@@ -583,7 +575,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
   measures = list(config.measures)
   qrels_fp = fingerprint.digest(data.qrels, n=24)
   manifest_path = os.path.join(out_dir, MANIFEST)
-  manifest = _read_json(manifest_path) or {}
+  manifest = fileio.read_json(manifest_path) or {}
   entries = manifest.get("systems", {}) if isinstance(manifest.get("systems"), dict) else {}
   log(f"dataset: {len(data.corpus)} passages, "
       + ", ".join(f"{len(q)} queries ({f})" for f, q in data.queries.items())
@@ -609,7 +601,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       fresh = bool(multihost_utils.broadcast_one_to_all(np.asarray(fresh)))
     if fresh:
-      saved = _read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
+      saved = fileio.read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
       if saved and all(m in saved.get("aggregate", {}) for m in measures):
         results[plan.name] = saved
         log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")

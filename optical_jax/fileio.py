@@ -54,6 +54,16 @@ def atomic_open(path, mode: str = "w", **kwargs) -> Iterator[Any]:
     raise
 
 
+def read_json(path) -> Any:
+  """The JSON value in `path`, or None when the file is missing or not valid JSON (an
+  output of an earlier, maybe interrupted, run that is then recomputed)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 def write_text(path, text: str) -> None:
   with atomic_open(path, "w", encoding="utf-8") as f:
     f.write(text)

@@ -35,7 +35,6 @@ documents (in-batch and hard negatives), with dense or ColBERT MaxSim scores.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -44,7 +43,7 @@ import jax.numpy as jnp
 from optical_jax import ot as ot_lib
 from optical_jax import scoring as scoring_lib
 from optical_jax.encoder import masked_mean, mean_pool
-from optical_jax.errors import InputError, build
+from optical_jax.errors import InputError, build, field_problems
 
 LOSSES = ("ot", "sentence", "hard", "ot+sentence", "divergence", "barycentric", "ranking",
           "ot+ranking", "divergence+ranking", "barycentric+ranking")
@@ -52,6 +51,20 @@ SENTENCE_DISTANCES = ("mse", "cosine")
 TOKEN_DISTANCES = ot_lib.BARYCENTRIC_DISTANCES
 MARGINALS = ("uniform", "idf", "norm", "cls_attention")
 LAYER_COMBINE = ("mean", "sum")
+
+
+_RULES = (
+    ("loss", "choice", dict(choices=LOSSES)),
+    ("sentence_distance", "choice", dict(choices=SENTENCE_DISTANCES)),
+    ("marginals", "choice", dict(choices=MARGINALS)),
+    ("token_distance", "choice", dict(choices=TOKEN_DISTANCES)),
+    ("layer_combine", "choice", dict(choices=LAYER_COMBINE)),
+    (("sentence_weight", "ranking_weight"), "number", dict(low=0)),
+    ("ranking_temperature", "number", dict(low=0, open_low=True)),
+    (("hard_symmetric", "include_special"), "bool", {}),
+    (("src_special", "tgt_special"), "ids", dict(note=" (token ids)")),
+    ("layers", "ids", dict(note=" (hidden-state indices)")),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,42 +118,9 @@ class DistillConfig:
   layer_combine: str = "mean"
 
   def __post_init__(self):
-    problems = []
-    if self.loss not in LOSSES:
-      problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
-    if self.sentence_distance not in SENTENCE_DISTANCES:
-      problems.append(f"sentence_distance must be one of {SENTENCE_DISTANCES}, "
-                      f"got {self.sentence_distance!r}")
-    if self.marginals not in MARGINALS:
-      problems.append(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
-    w = self.sentence_weight
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
-      problems.append(f"sentence_weight must be a finite number >= 0, got {w!r}")
-    for name in ("hard_symmetric", "include_special"):
-      if not isinstance(getattr(self, name), bool):
-        problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
-    for name in ("src_special", "tgt_special"):
-      ids = getattr(self, name)
-      if isinstance(ids, (str, bytes)) or not all(
-          isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        problems.append(f"{name} must be token ids, got {ids!r}")
+    problems = field_problems(self, _RULES)
     if not isinstance(self.ot, ot_lib.OTConfig):
       problems.append(f"ot must be an OTConfig, got {type(self.ot).__name__}")
-    w = self.ranking_weight
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
-      problems.append(f"ranking_weight must be a finite number >= 0, got {w!r}")
-    t = self.ranking_temperature
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-      problems.append(f"ranking_temperature must be a finite number > 0, got {t!r}")
-    if self.token_distance not in TOKEN_DISTANCES:
-      problems.append(f"token_distance must be one of {TOKEN_DISTANCES}, "
-                      f"got {self.token_distance!r}")
-    if self.layer_combine not in LAYER_COMBINE:
-      problems.append(f"layer_combine must be one of {LAYER_COMBINE}, got {self.layer_combine!r}")
-    layers = self.layers
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, (tuple, list)) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in layers):
-      problems.append(f"layers must be a tuple of hidden-state indices, got {layers!r}")
     if (self.loss.startswith("divergence") and isinstance(self.ot, ot_lib.OTConfig)
         and self.ot.grad != "envelope"):
       problems.append("loss 'divergence' needs ot.grad='envelope'")

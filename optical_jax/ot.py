@@ -59,7 +59,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
 from optical_jax.encoder import masked_mean
-from optical_jax.errors import InputError, build
+from optical_jax.errors import InputError, build, field_problems
 
 COSTS = ("cosine", "sqeuclidean")
 GRAD_MODES = ("envelope", "implicit", "unroll")
@@ -172,53 +172,32 @@ class OTConfig:
     return self.tau_a == 1.0 and self.tau_b == 1.0
 
 
+_RULES = (
+    ("cost", "choice", dict(choices=COSTS)),
+    ("grad", "choice", dict(choices=GRAD_MODES)),
+    (("epsilon", "threshold", "scale_cost"), "number", dict(low=0, open_low=True)),
+    (("max_iterations", "inner_iterations"), "int", dict(low=1)),
+    ("min_iterations", "int", dict(low=0)),
+    (("fixed_iterations", "lse_mode", "relative_epsilon", "center"), "bool", {}),
+    ("relative_to", "choice", dict(choices=RELATIVE_TO)),
+    ("center_source", "choice", dict(choices=CENTER_SOURCES)),
+    (("tau_a", "tau_b"), "number", dict(low=0, open_low=True, high=1)),
+    ("epsilon_start", "number", dict(low=0, note=" (0 = no schedule)")),
+    ("anneal_steps", "int", dict(low=0)),
+)
+
+
 def _config_problems(cfg: OTConfig) -> list:
-  problems = []
-  if cfg.cost not in COSTS:
-    problems.append(f"cost must be one of {COSTS}, got {cfg.cost!r}")
-  if cfg.grad not in GRAD_MODES:
-    problems.append(f"grad must be one of {GRAD_MODES}, got {cfg.grad!r}")
-  for name in ("epsilon", "threshold", "scale_cost"):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0):
-      problems.append(f"{name} must be a finite number > 0, got {value!r}")
-  for name in ("max_iterations", "inner_iterations"):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      problems.append(f"{name} must be an integer >= 1, got {value!r}")
-  value = cfg.min_iterations
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    problems.append(f"min_iterations must be an integer >= 0, got {value!r}")
-  if not problems:
-    if cfg.max_iterations % cfg.inner_iterations:
-      problems.append(f"max_iterations ({cfg.max_iterations}) must be a multiple of "
-                      f"inner_iterations ({cfg.inner_iterations})")
-    if cfg.min_iterations > cfg.max_iterations:
-      problems.append(f"min_iterations ({cfg.min_iterations}) exceeds max_iterations "
-                      f"({cfg.max_iterations})")
-  for name in ("fixed_iterations", "lse_mode"):
-    if not isinstance(getattr(cfg, name), bool):
-      problems.append(f"{name} must be true or false, got {getattr(cfg, name)!r}")
-  if cfg.relative_to not in RELATIVE_TO:
-    problems.append(f"relative_to must be one of {RELATIVE_TO}, got {cfg.relative_to!r}")
-  if cfg.center_source not in CENTER_SOURCES:
-    problems.append(f"center_source must be one of {CENTER_SOURCES}, got {cfg.center_source!r}")
-  for name in ("relative_epsilon", "center"):
-    if not isinstance(getattr(cfg, name), bool):
-      problems.append(f"{name} must be true or false, got {getattr(cfg, name)!r}")
-  for name in ("tau_a", "tau_b"):
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-      problems.append(f"{name} must be a number in (0, 1], got {value!r}")
-  value = cfg.epsilon_start
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      math.isfinite(value) and value >= 0):
-    problems.append(f"epsilon_start must be a finite number >= 0 (0 = no schedule), got {value!r}")
-  value = cfg.anneal_steps
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    problems.append(f"anneal_steps must be an integer >= 0, got {value!r}")
-  elif isinstance(cfg.epsilon_start, (int, float)) and cfg.epsilon_start > 0 and value < 1:
+  problems = field_problems(cfg, _RULES)
+  if problems:
+    return problems
+  if cfg.max_iterations % cfg.inner_iterations:
+    problems.append(f"max_iterations ({cfg.max_iterations}) must be a multiple of "
+                    f"inner_iterations ({cfg.inner_iterations})")
+  if cfg.min_iterations > cfg.max_iterations:
+    problems.append(f"min_iterations ({cfg.min_iterations}) exceeds max_iterations "
+                    f"({cfg.max_iterations})")
+  if cfg.epsilon_start > 0 and cfg.anneal_steps < 1:
     problems.append("epsilon_start needs anneal_steps >= 1")
   balanced = cfg.tau_a == 1 and cfg.tau_b == 1
   if not balanced and cfg.grad != "envelope":

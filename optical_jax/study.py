@@ -317,23 +317,15 @@ def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
   return CellPlan(cell, directory, train, evals, dict(refs or {}))
 
 
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def cell_status(plan: CellPlan) -> str:
   """'done' (finished with these configs), 'todo', or raises InputError when the cell
   finished with other configs."""
-  done = _read_json(os.path.join(plan.directory, DONE))
+  done = fileio.read_json(os.path.join(plan.directory, DONE))
   if not done:
     return "todo"
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
-  saved = _read_json(os.path.join(plan.directory, "cell.json")) or {}
+  saved = fileio.read_json(os.path.join(plan.directory, "cell.json")) or {}
   old, new = _flat(saved.get("resolved", {})), _flat(json.loads(json.dumps(plan.resolved())))
   diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
   shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
@@ -480,7 +472,7 @@ def collect(config, workdir: str) -> Collected:
   rows, per_query, finished, datasets, refs = [], {}, [], [], {}
   for cell in cells:
     directory = os.path.join(workdir, "cells", cell.key)
-    done = _read_json(os.path.join(directory, DONE))
+    done = fileio.read_json(os.path.join(directory, DONE))
     if not done:
       continue
     cell_status(plan_cell(config, cell, workdir))  # stops if it finished with other configs
@@ -489,7 +481,7 @@ def collect(config, workdir: str) -> Collected:
       if dataset not in datasets:
         datasets.append(dataset)
       for system, rel in systems.items():
-        res = _read_json(os.path.join(directory, rel))
+        res = fileio.read_json(os.path.join(directory, rel))
         if res is None:
           raise InputError(f"study cell {cell.key}: cannot read its metrics", os.path.join(directory, rel))
         per_query[(cell.key, dataset, system)] = res["per_query"]

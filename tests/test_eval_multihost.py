@@ -10,27 +10,14 @@ import pytest
 
 from optical_jax import retrieval
 
+from test_runs import EVAL_CONFIG  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
-CONFIG = """
-import os
-from optical_jax import evaluator, models
-
-def get_config():
-  data = os.path.join({repo!r}, "data", "afriqa-clir")
-  c = evaluator.default_config()
-  c.dataset.corpus = os.path.join(data, "corpus.jsonl")
-  c.dataset.queries = os.path.join(data, "queries", "swa.test.jsonl")
-  c.dataset.qrels = os.path.join(data, "qrels", "swa.test.tsv")
-  c.systems["tiny"] = evaluator.system(models.model_spec(
-      weights="random", tokenizer="asset:minilm/tokenizer.json", query_max_len=16,
-      doc_max_len=32, arch=dict(vocab_size=30522, hidden_size=32, num_layers=1, num_heads=4,
-                                intermediate_size=64, max_position_embeddings=64)))
-  c.cache_dir = "none"
-  c.progress = False
-  c.top_k = 20
-  return c
-"""
+# The shipped swa queries over the shipped passage pool with a tiny random encoder; no
+# embedding cache, quiet, top 20.
+CONFIG = EVAL_CONFIG.replace("  return c\n", "  c.cache_dir = 'none'\n  c.progress = False\n"
+                                             "  c.top_k = 20\n  return c\n")
 
 
 def test_merge_top_k_equals_one_search():

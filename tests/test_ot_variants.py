@@ -17,17 +17,10 @@ from optical_jax import losses, ot
 from optical_jax.config import base_config
 from optical_jax.errors import InputError
 
+from test_ot import _batch  # pylint: disable=g-bad-import-order
+
 TIGHT = dict(threshold=1e-6, max_iterations=3000)
 SHAPE = (3, 6, 5, 3)  # (pairs, student tokens, teacher tokens, dim): shared compilations
-
-
-def _batch(seed, b, n, m, d, x_len, y_len, scale=1.0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(b, n, d)) * scale
-  y = rng.normal(size=(b, m, d)) * scale
-  xm = (np.arange(n)[None, :] < np.asarray(x_len)[:, None]).astype(np.float32)
-  ym = (np.arange(m)[None, :] < np.asarray(y_len)[:, None]).astype(np.float32)
-  return x, xm, y, ym
 
 
 def _jax(x, xm, y, ym, dtype=jnp.float32):
@@ -432,15 +425,9 @@ TRAIN_VARIANTS = {
 
 def _train_tiny(tmp_path, overrides, steps):
   import math  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
   from optical_jax import trainer  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  from test_train import tiny  # pylint: disable=g-import-not-at-top,g-bad-import-order
+  config = tiny(**overrides)
   config.train.steps = steps
   result = trainer.run(config, str(tmp_path / "w"), log_fn=lambda *a: None)
   assert result.step == steps
