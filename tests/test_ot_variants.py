@@ -1,7 +1,6 @@
 """OT variants of issue 14: Sinkhorn divergence, unbalanced OT, relative and annealed epsilon,
 centred costs, barycentric targets, the ranking term, importance marginals, hidden layers."""
 
-import functools
 
 import hypothesis
 import jax
