@@ -709,11 +709,24 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
       axis.fill_between(pos, lo, hi, alpha=0.2, color=line.get_color())
 
   def refs(axis, dataset, measure):
-    for (ref_key, ds, system), agg in col.references.items():
-      if ds == dataset and measure in agg:
-        axis.axhline(agg[measure], linestyle="--", linewidth=0.8, color="grey")
-        axis.annotate(system, (0, agg[measure]), fontsize=6, color="grey",
-                      xytext=(2, 2), textcoords="offset points")
+    # References far off the curves' scale (an oracle at 1.0) are named, not drawn, so
+    # the curves stay readable.
+    lo, hi = axis.get_ylim()
+    span = max(hi - lo, 1e-3)
+    off = []
+    for (_, ds, system), agg in col.references.items():
+      if ds != dataset or measure not in agg:
+        continue
+      v = agg[measure]
+      if lo - span <= v <= hi + span:
+        axis.axhline(v, linestyle="--", linewidth=0.8, color="grey")
+        axis.annotate(system, (0, v), fontsize=6, color="grey", xytext=(2, 2),
+                      textcoords="offset points")
+      else:
+        off.append(f"{system} {v:.3f}")
+    if off:
+      axis.annotate("off scale: " + ", ".join(off), (0.01, 0.99), xycoords="axes fraction",
+                    fontsize=6, color="grey", va="top")
 
   def finish(fig, axis_list, title):
     for a in axis_list:

@@ -19,7 +19,8 @@ with the English translations (oracle) are the reference lines.
 Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, swa, amounts 16 and 48, 2 seeds, 4 steps: tests (< 2 min)
   cpu     MiniLM (English teacher, student a copy), swa, amounts 250, 1000, 4000, 2 seeds,
-          100 steps of 32 pairs (~45 min on 2 idle CPU cores; passages encoded once)
+          100 steps of 32 pairs (67 min measured on the project's 2-core CPU under a
+          load of 6-9 from other jobs; about 20-25 min expected on idle cores)
   full    e5-small (the multilingual setting), swa+hau+yor+zul, amounts 250, 500, 1k, 2k,
           4k, all, 5 seeds, 1000 steps: for GPU/TPU (shard it: `--shard=i/n`, then
           `--aggregate`)
