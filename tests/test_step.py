@@ -177,15 +177,14 @@ SINGLE_VARIANTS = {
 def _variant_matches_across_devices(fields):
   spec, tx, student, teacher = _setup(**fields)
   rng = np.random.default_rng(7)
-  # Two buckets, alternating: each mesh compiles the step once per bucket.
-  batches = [_batch(rng, 16, s, t) for s, t in [(12, 10), (8, 8), (12, 10), (8, 8)]]
-  s1, l1, f1 = _run(step_lib.make_mesh(jax.devices()[:1]), spec, tx, student, teacher, batches)
-  s8, l8, f8 = _run(step_lib.make_mesh(jax.devices()[:8]), spec, tx, student, teacher, batches)
-  assert np.isfinite(l1).all()
-  np.testing.assert_allclose(l1, l8, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
-    np.testing.assert_allclose(a, b, atol=5e-5)
-  assert f1._cache_size() == 2 and f8._cache_size() == 2
+  # 8 devices: two steps on one bucket, then one on another (one compilation per bucket);
+  # 1 device: the same first two steps (one compilation less) give the same losses.
+  b16 = [_batch(rng, 16, s, t) for s, t in [(12, 10), (12, 10), (8, 8)]]
+  s8, l8, f8 = _run(step_lib.make_mesh(jax.devices()[:8]), spec, tx, student, teacher, b16)
+  s1, l1, f1 = _run(step_lib.make_mesh(jax.devices()[:1]), spec, tx, student, teacher, b16[:2])
+  assert np.isfinite(l8).all() and f8._cache_size() == 2 and f1._cache_size() == 1
+  np.testing.assert_allclose(l1, l8[:2], rtol=1e-4, atol=1e-5)
+  assert int(s8.step) == 3 and int(s1.step) == 2
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if i else n
