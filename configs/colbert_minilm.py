@@ -30,15 +30,8 @@ def colbert_export(path: str):
 
 
 def get_config(arg: str = "swa"):
-  items = [p.strip() for p in (arg or "").split(",") if p.strip()]
-  teacher = DEFAULT_TEACHER
-  rest = []
-  for item in items:
-    if item.startswith("teacher="):
-      teacher = item.partition("=")[2].strip()
-    else:
-      rest.append(item)
-  c = common.afriqa_distill(",".join(rest) or "swa", teacher=colbert_export(teacher),
-                            student=colbert_export(teacher))
+  args = common.distill_args(arg, teacher=DEFAULT_TEACHER)
+  c = common.afriqa_distill(args, teacher=colbert_export(args.teacher),
+                            student=colbert_export(args.teacher))
   c.optim.lr = 3e-4
   return c

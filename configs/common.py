@@ -275,7 +275,7 @@ def test_query_exclusion(lang: str, data_root: str = "") -> Dict[str, Any]:
 DISTILL_ARGS = dict(lang="swa", tune=False, mafand=False, bitext="", data_root="")
 
 
-def distill_args(arg: Optional[str]) -> ml_collections.ConfigDict:
+def distill_args(arg: Optional[str], **extra: Any) -> ml_collections.ConfigDict:
   """The argument of a distillation config: `LANG[,tune][,mafand][,bitext=...][,data_root=DIR]`.
 
   * `tune`: AfriQA dev questions are held out of the bitext and used as validation pairs
@@ -284,7 +284,7 @@ def distill_args(arg: Optional[str]) -> ml_collections.ConfigDict:
   * `bitext=SPEC`: train on these files instead (see `bitext_files`); the language's
     AfriQA test queries are still excluded when its AfriQA data is found.
   """
-  return parse_arg(arg, first="lang", **DISTILL_ARGS)
+  return parse_arg(arg, first="lang", **DISTILL_ARGS, **extra)
 
 
 def set_distill_data(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
@@ -342,9 +342,12 @@ def colbert_xlmr(**overrides) -> ml_collections.ConfigDict:
 PRESETS = {"minilm": minilm, "e5": e5}
 
 
-def afriqa_distill(arg: Optional[str], teacher: ml_collections.ConfigDict,
+def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
                    student: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The AfriQA distillation setting both shipped students share (see `distill_args`).
+  """The AfriQA distillation setting the shipped students share.
+
+  `arg` is the config argument (parsed by `distill_args`) or its parsed form (a config
+  file with keys of its own parses with `distill_args(arg, key=default)` first).
 
   Batch 32 over length buckets 16/32/64, 150 steps (about 2 epochs of the shipped
   bitext) with a 30-step warm-up, a checkpoint every 50 steps. Config files set the
@@ -354,7 +357,7 @@ def afriqa_distill(arg: Optional[str], teacher: ml_collections.ConfigDict,
   c = base_config()
   c.teacher = teacher
   c.student = student
-  set_distill_data(c, distill_args(arg))
+  set_distill_data(c, arg if isinstance(arg, ml_collections.ConfigDict) else distill_args(arg))
   c.data.global_batch = 32
   c.data.buckets = (16, 32, 64)
   c.optim.warmup_steps = 30

@@ -30,7 +30,8 @@ def _same_schema(c, base, path=""):
 
 @pytest.mark.parametrize("name,arg", [("tiny", None), ("swa_minilm", "swa"), ("swa_minilm", "swa,tune"),
                                       ("swa_e5", "swa"), ("teacher_minilm", None),
-                                      ("paper_xlmr_msmarco", "teacher"), ("paper_xlmr_msmarco", "distill")])
+                                      ("paper_xlmr_msmarco", "teacher"), ("paper_xlmr_msmarco", "distill"),
+                                      ("teacher_colbert", None), ("colbert_minilm", "swa,tune,teacher=/t")])
 def test_training_configs_build(name, arg):
   mod = _load(name)
   c = mod.get_config(arg) if arg is not None else mod.get_config()
