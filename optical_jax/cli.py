@@ -84,8 +84,11 @@ def one_line_warnings() -> None:
   lines; other libraries' warnings keep Python's format."""
   default = warnings.showwarning
 
+  from optical_jax.data.beir import DataWarning  # pylint: disable=g-import-not-at-top
+
   def show(message, category, filename, lineno, file=None, line=None):
-    if issubclass(category, UserWarning) and "site-packages" not in str(filename):
+    ours = issubclass(category, DataWarning) or "site-packages" not in str(filename)
+    if issubclass(category, UserWarning) and ours:
       print(f"warning: {message}", file=sys.stderr, flush=True)
     else:
       default(message, category, filename, lineno, file, line)
