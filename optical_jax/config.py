@@ -18,6 +18,7 @@ import json
 
 import ml_collections
 
+from optical_jax import plain
 from optical_jax.mesh import distributed_config
 from optical_jax.models import model_spec
 
@@ -133,17 +134,6 @@ HARMLESS_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_chec
                    "distributed.")
 
 
-def _flatten(tree, prefix: str = ""):
-  out = {}
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
-    if tree:
-      return out
-  out[prefix[:-1]] = tree
-  return out
-
-
 def config_changes(saved: dict, config: ml_collections.ConfigDict):
   """Differences between a workdir's saved `config.json` and `config`, split in two.
 
@@ -152,7 +142,7 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict):
     fields in sorted order; harmless fields are `HARMLESS_FIELDS` (a trailing '.'
     names a whole subtree).
   """
-  old, new = _flatten(saved), _flatten(json.loads(to_json(config)))
+  old, new = plain.flatten(saved), plain.flatten(json.loads(to_json(config)))
   math, harmless = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")

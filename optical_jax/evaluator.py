@@ -40,6 +40,7 @@ import numpy as np
 
 from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
+from optical_jax import plain
 from optical_jax.data import beir, xtreme
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -179,20 +180,6 @@ class EvalResult:
   timings: Dict[str, Dict[str, float]]
 
 
-def _keys_in_order(node) -> List[str]:
-  """Keys in insertion order (ConfigDict.keys() sorts them)."""
-  if isinstance(node, ml_collections.ConfigDict):
-    return list(json.loads(node.to_json_best_effort()))
-  return list(node)
-
-
-def _to_plain(node) -> Any:
-  """A JSON-able copy, keeping insertion order."""
-  if isinstance(node, ml_collections.ConfigDict):
-    return json.loads(node.to_json_best_effort())
-  return json.loads(json.dumps(node, default=str))
-
-
 _SPEC_FIELDS = tuple(models.model_spec().keys())
 
 
@@ -223,7 +210,7 @@ def _check_name(name: str, what: str) -> None:
 
 def _plan_systems(config) -> List[SystemPlan]:
   systems = config.systems
-  names = _keys_in_order(systems)
+  names = plain.keys_in_order(systems)
   if not names:
     raise InputError("config.systems is empty: add at least one system "
                      "(evaluator.system(query_model, doc_model, query_field))")
@@ -234,7 +221,7 @@ def _plan_systems(config) -> List[SystemPlan]:
     entry = systems[name]
     if not isinstance(entry, Mapping) and not isinstance(entry, ml_collections.ConfigDict):
       raise InputError(f"{where} must be evaluator.system(...), found {type(entry).__name__}")
-    keys = _keys_in_order(entry)
+    keys = plain.keys_in_order(entry)
     unknown = [k for k in keys if k not in SYSTEM_FIELDS]
     if unknown:
       raise InputError(f"{where}: unknown field {unknown[0]!r} (allowed: "
@@ -353,7 +340,7 @@ def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
 def resolved_config(config, plans: Sequence[SystemPlan], baselines: Sequence[str],
                     data: Dataset, cache_dir: Optional[str]) -> Dict[str, Any]:
   """The config as evaluated: defaults filled, paths resolved, doc models spelled out."""
-  out = _to_plain(config)
+  out = plain.plain(config)
   out["dataset"].update({k: v for k, v in data.paths.items()})
   out["systems"] = {p.name: {"query_model": p.query_spec.to_dict(),
                              "doc_model": p.doc_spec.to_dict(), "query_field": p.query_field}

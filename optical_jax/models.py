@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, encoder as enc, fingerprint, scoring, weights
+from optical_jax import assets, encoder as enc, fingerprint, plain, scoring, weights
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open, write_json
 from optical_jax.tokenizer import Tokenizer
@@ -336,16 +336,6 @@ def _fmt(v: Any) -> str:
   return "" if v is None else str(v)
 
 
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _source_line(source: Any) -> str:
   if not isinstance(source, dict):
     return f"`{source}`"
@@ -442,7 +432,7 @@ def model_card(saved: Dict[str, Any]) -> str:
     out.append(f"| teacher | {tdesc} |")
   loss = saved.get("loss")
   if isinstance(loss, dict):
-    out += [f"| loss.{k} | {_fmt(v)} |" for k, v in _flatten(loss).items()]
+    out += [f"| loss.{k} | {_fmt(v)} |" for k, v in plain.flatten(loss).items()]
   elif loss:
     out.append(f"| loss | {_fmt(loss)} |")
   out.append("")

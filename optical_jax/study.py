@@ -55,7 +55,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from optical_jax import fileio, fingerprint, metrics
+from optical_jax import fileio, fingerprint, metrics, plain
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 
@@ -121,17 +121,11 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _ordered(node) -> Dict[str, Any]:
-  """A ConfigDict's items in insertion order (ConfigDict.keys() sorts them)."""
-  if isinstance(node, ml_collections.ConfigDict):
-    return {k: node[k] for k in json.loads(node.to_json_best_effort())}
-  return dict(node)
-
-
 def axes(config) -> Dict[str, Tuple[Any, ...]]:
   """The study's axes in order, checked (non-empty, values usable in names, no repeats)."""
   out = {}
-  for name, values in _ordered(config.axes).items():
+  for name in plain.keys_in_order(config.axes):
+    values = config.axes[name]
     if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
       values = (values,)
     values = tuple(values)
@@ -249,22 +243,6 @@ def shard_cells(cells: Sequence[Cell], shard: Tuple[int, int]) -> List[Cell]:
 # Running cells.
 
 
-def _plain(node) -> Any:
-  if isinstance(node, ml_collections.ConfigDict):
-    return json.loads(node.to_json_best_effort())
-  return json.loads(json.dumps(node, default=str))
-
-
-def _flat(tree, prefix: str = "") -> Dict[str, Any]:
-  out = {}
-  if isinstance(tree, dict) and tree:
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}{k}."))
-    return out
-  out[prefix[:-1]] = tree
-  return out
-
-
 @dataclasses.dataclass
 class CellPlan:
   """A cell's configs, resolved (before training: the trained system is added later)."""
@@ -277,9 +255,9 @@ class CellPlan:
 
   def resolved(self) -> Dict[str, Any]:
     return {"key": self.cell.key, "values": self.cell.values, "reference": self.cell.reference,
-            "train": None if self.train is None else _plain(self.train),
-            "evals": {k: _plain(v) for k, v in self.evals.items()},
-            "references": {k: _plain(v) for k, v in self.references.items()}}
+            "train": None if self.train is None else plain.plain(self.train),
+            "evals": {k: plain.plain(v) for k, v in self.evals.items()},
+            "references": {k: plain.plain(v) for k, v in self.references.items()}}
 
   def fingerprint(self) -> str:
     return fingerprint.digest(self.resolved(), n=24)
@@ -326,7 +304,7 @@ def cell_status(plan: CellPlan) -> str:
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
   saved = fileio.read_json(os.path.join(plan.directory, "cell.json")) or {}
-  old, new = _flat(saved.get("resolved", {})), _flat(json.loads(json.dumps(plan.resolved())))
+  old, new = plain.flatten(saved.get("resolved", {})), plain.flatten(json.loads(json.dumps(plan.resolved())))
   diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
   shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
                     for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from optical_jax import evaluator, models, retrieval
+from optical_jax import evaluator, models, plain, retrieval
 from optical_jax.data import beir
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -320,7 +320,7 @@ def test_afriqa_config_and_student_system(tmp_path, minilm_dir):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("swa")
-  assert evaluator._keys_in_order(c.systems) == [  # pylint: disable=protected-access
+  assert plain.keys_in_order(c.systems) == [
       "minilm-zeroshot", "minilm-oracle", "e5-zeroshot", "e5-oracle"]
   assert c.systems["e5-oracle"].query_field == "text_en"
   assert os.path.exists(c.dataset.queries) and os.path.exists(c.dataset.qrels)
@@ -410,7 +410,7 @@ def test_afriqa_reproduces_reference(family, tmp_path, minilm_dir, e5_dir):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("swa")
-  for name in list(evaluator._keys_in_order(c.systems)):  # pylint: disable=protected-access
+  for name in list(plain.keys_in_order(c.systems)):
     if not name.startswith(family):
       del c.systems[name]
   c.baselines = (f"{family}-zeroshot",)
