@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
       threshold=1e-3,
       fixed_iterations=False,  # run exactly max_iterations
       grad="envelope",         # 'envelope' (plan held fixed) | 'implicit' | 'unroll'
-      lse_mode=True,
+      lse_mode=True,           # log domain; false = scalings (cost/epsilon must stay < ~80)
+      solver="ott",            # 'ott' (vmapped per-pair solves) | 'batched' (one loop, same plans)
       scale_cost=1.0,
       relative_epsilon=False,  # epsilon (and epsilon_start) x each pair's cost std / mean
       relative_to="std",       # 'std' or 'mean' of the pair's costs (relative_epsilon)

@@ -63,6 +63,7 @@ from optical_jax.errors import InputError, build, field_problems
 
 COSTS = ("cosine", "sqeuclidean")
 GRAD_MODES = ("envelope", "implicit", "unroll")
+SOLVERS = ("ott", "batched")
 RELATIVE_TO = ("std", "mean")
 CENTER_SOURCES = ("batch", "bitext")
 _NORM_FLOOR = 1e-12  # squared norm below which a vector counts as zero (cosine cost)
@@ -127,6 +128,12 @@ class OTConfig:
       global batch, no gradient) or 'bitext' (estimated once before training
       over the whole bitext, the student's at initialisation; a frozen input
       of the step, like the idf tables).
+    solver: 'ott' (one ott-jax solve per pair under `jax.vmap`) or 'batched' (one
+      loop over the whole [B, n, m] batch, `batched_sinkhorn`: the same updates,
+      stopping rule and outputs as ott's per pair, with each problem frozen once it
+      converged; the convergence check runs once per `inner_iterations` instead of
+      being evaluated every iteration, as ott's `lax.cond` is under `vmap`). Not
+      with grad='unroll'; a divergence's symmetric self terms always use ott.
   """
 
   cost: str = "cosine"
@@ -147,6 +154,7 @@ class OTConfig:
   tau_b: float = 1.0
   center: bool = False
   center_source: str = "batch"
+  solver: str = "ott"
 
   def __post_init__(self):
     problems = _config_problems(self)
@@ -181,6 +189,7 @@ _RULES = (
     (("fixed_iterations", "lse_mode", "relative_epsilon", "center"), "bool", {}),
     ("relative_to", "choice", dict(choices=RELATIVE_TO)),
     ("center_source", "choice", dict(choices=CENTER_SOURCES)),
+    ("solver", "choice", dict(choices=SOLVERS)),
     (("tau_a", "tau_b"), "number", dict(low=0, open_low=True, high=1)),
     ("epsilon_start", "number", dict(low=0, note=" (0 = no schedule)")),
     ("anneal_steps", "int", dict(low=0)),
@@ -207,6 +216,8 @@ def _config_problems(cfg: OTConfig) -> list:
     # ott 0.6.0's kernel-mode iterations differentiate to NaN once a weight is 0.
     problems.append("grad='unroll' needs lse_mode=true (kernel-mode unrolling gives NaN "
                     "gradients with padded tokens)")
+  if cfg.solver == "batched" and cfg.grad == "unroll":
+    problems.append("solver='batched' cannot be unrolled (grad='unroll' needs solver='ott')")
   return problems
 
 
@@ -377,6 +388,146 @@ def _solve_pair(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon: jnp.
   return out.matrix, out.converged, out.n_iters.astype(jnp.int32), out.reg_ot_cost
 
 
+def batched_sinkhorn(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon: jnp.ndarray,
+                     cfg: OTConfig) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Sinkhorn on a whole batch of problems in one loop: (plan, converged, n_iters, reg_ot_cost).
+
+  The same algorithm as ott's `Sinkhorn` (alternating updates g then f, log domain
+  with the same stabilisation, or scalings when `cfg.lse_mode` is false; KL-relaxed
+  updates for tau < 1; ott's default initial potentials: 0 on the support, -inf off it) and its stopping rule per problem:
+  blocks of `inner_iterations` updates, the error (L1 column-marginal error when
+  balanced, ott's gradient-norm error when unbalanced) computed at the end of a
+  block once `min_iterations` is reached, a problem stops when its error is below
+  `threshold` or not finite, and everything stops at `max_iterations`. A stopped
+  problem is frozen while the others go on, so each plan is the one a separate
+  solve gives. Outputs match `_solve_pair` under `jax.vmap` (`converged` and
+  `n_iters` by ott's conventions, `reg_ot_cost` ott's dual objective).
+
+  Args:
+    cost: [B, n, m] cost matrices (solved as constants: no gradient).
+    a, b: [B, n] and [B, m] marginals (zeros allowed: those rows/columns get no mass).
+    epsilon: [B] entropic regularisation of each problem.
+    cfg: solver settings (tau_a, tau_b, lse_mode and the iteration settings).
+  """
+  cost = jax.lax.stop_gradient(cost)
+  dtype = cost.dtype
+  eps = jnp.asarray(epsilon, dtype)[:, None]  # [B, 1]: broadcasts over a potential
+  e3 = eps[:, :, None]
+  tau_a, tau_b = cfg.tau_a, cfg.tau_b
+  inner = cfg.inner_iterations
+  min_it = cfg.max_iterations if cfg.fixed_iterations else cfg.min_iterations
+  max_it = cfg.max_iterations
+  outer = -(-max_it // inner)
+
+  def where_finite(x):
+    return jnp.where(jnp.isfinite(x), x, 0.0)
+
+  if cfg.lse_mode:
+    log_a, log_b = jnp.log(a), jnp.log(b)
+
+    def lse_kernel(f, g, axis):
+      # eps * log sum exp((f_i + g_j - C_ij) / eps) minus the potential added for
+      # stability (ott's `apply_lse_kernel`).
+      z = eps * jax.nn.logsumexp((f[:, :, None] + g[:, None, :] - cost) / e3, axis=axis)
+      return z - where_finite(g if axis == 1 else f)
+
+    def update(f, g):
+      g = tau_b * (eps * log_b - where_finite(lse_kernel(f, g, axis=1)))
+      f = tau_a * (eps * log_a - where_finite(lse_kernel(f, g, axis=2)))
+      return f, g
+
+    def marginals(f, g):  # ott's `marginal_from_potentials`
+      return (jnp.exp((lse_kernel(f, g, axis=2) + f) / eps),
+              jnp.exp((lse_kernel(f, g, axis=1) + g) / eps))
+
+    def potentials(f, g):
+      return f, g
+
+    init = (jnp.where(a > 0, 0.0, -jnp.inf), jnp.where(b > 0, 0.0, -jnp.inf))
+  else:
+    kernel = jnp.exp(-cost / e3)
+
+    def scale(marginal, applied):
+      return marginal / jnp.where(applied > 0, applied, 1.0)
+
+    def update(u, v):
+      v = scale(b, jnp.einsum("bnm,bn->bm", kernel, u)) ** tau_b
+      u = scale(a, jnp.einsum("bnm,bm->bn", kernel, v)) ** tau_a
+      return u, v
+
+    def marginals(u, v):
+      return (u * jnp.einsum("bnm,bm->bn", kernel, v), v * jnp.einsum("bnm,bn->bm", kernel, u))
+
+    def potentials(u, v):
+      return eps * jnp.log(u), eps * jnp.log(v)
+
+    init = (jnp.where(a > 0, 1.0, 0.0), jnp.where(b > 0, 1.0, 0.0))
+
+  def marginal_fit(c, h, tau):
+    # ott's `grad_of_marginal_fit` on potentials h (the target itself when balanced).
+    if tau == 1.0:
+      return c
+    rho = eps * tau / (1.0 - tau)
+    return jnp.where(c > 0, c * jnp.exp(-h / rho), 0.0)
+
+  def error(f, g):
+    rows, cols = marginals(f, g)
+    if tau_a == 1.0 and tau_b == 1.0:
+      return jnp.sum(jnp.abs(cols - b), axis=1)
+    pf, pg = potentials(f, g)
+    return (jnp.sum(jnp.abs(rows - marginal_fit(a, pf, tau_a)), axis=1)
+            + jnp.sum(jnp.abs(cols - marginal_fit(b, pg, tau_b)), axis=1))
+
+  def block(carry):
+    f, g, it, active, blocks, last_err, saw_nan = carry
+    f_new, g_new = jax.lax.fori_loop(0, inner, lambda _, fg: update(*fg), (f, g))
+    f = jnp.where(active[:, None], f_new, f)
+    g = jnp.where(active[:, None], g_new, g)
+    it = it + inner
+    last = it - 1
+    checked = (last >= min_it) | (last == max_it - 1)
+    err = jnp.where(checked, error(f, g), jnp.inf)
+    last_err = jnp.where(active, err, last_err)
+    saw_nan = saw_nan | (active & jnp.isnan(err))
+    blocks = blocks + active.astype(jnp.int32)
+    go_on = (it < min_it) | (jnp.isfinite(err) & (err >= cfg.threshold))
+    active = active & go_on & (it < max_it)
+    return f, g, it, active, blocks, last_err, saw_nan
+
+  batch = cost.shape[0]
+  carry = (*init, jnp.int32(0), jnp.ones((batch,), bool), jnp.zeros((batch,), jnp.int32),
+           jnp.full((batch,), jnp.inf, dtype), jnp.zeros((batch,), bool))
+  if min_it >= max_it:  # fixed iterations: a scan, as ott forces one
+    carry = jax.lax.fori_loop(0, outer, lambda _, c: block(c), carry)
+  else:
+    carry = jax.lax.while_loop(lambda c: jnp.any(c[3]), block, carry)
+  fu, gv, _, _, blocks, last_err, saw_nan = carry
+  # ott: converged unless an error was NaN, and either the loop stopped early (its last
+  # error slot never written) or the final error is below the threshold.
+  converged = ~saw_nan & ((blocks < outer) | (last_err < cfg.threshold))
+  f, g = potentials(fu, gv)
+  plan = jnp.exp((f[:, :, None] + g[:, None, :] - cost) / e3)
+  mass = jnp.sum(marginals(fu, gv)[1], axis=1)
+  reg_cost = _dual_objective(f, g, a, b, eps, mass, tau_a, tau_b)
+  return plan, converged, blocks * inner, reg_cost
+
+
+def _dual_objective(f, g, a, b, eps, mass, tau_a, tau_b) -> jnp.ndarray:
+  """ott's `compute_kl_reg_cost` per problem: the regularised cost from the potentials."""
+  def div(c, h, tau):
+    keep = c > 0
+    hc = h - eps * jnp.log(jnp.where(keep, c, 1.0))
+    if tau == 1.0:
+      term = c * hc
+    else:
+      rho = eps * tau / (1.0 - tau)
+      term = -c * rho * (jnp.exp(-hc / rho) - 1.0)
+    return jnp.sum(jnp.where(keep, term, 0.0), axis=1)
+
+  return (div(a, f, tau_a) + div(b, g, tau_b)
+          + eps[:, 0] * (jnp.sum(a, axis=1) * jnp.sum(b, axis=1) - mass))
+
+
 def scheduled_epsilon(cfg: OTConfig, step: Any) -> Optional[jnp.ndarray]:
   """Epsilon at training step `step` (a traced int is fine), or None without a schedule.
 
@@ -521,8 +672,12 @@ def _solve_batch(cost, support, a_s, b_s, valid, eps, cfg: OTConfig,
                  symmetric: bool = False) -> OTResult:
   unroll = cfg.grad == "unroll"
   solve_cost = cost if unroll else jax.lax.stop_gradient(cost)
-  solve = jax.vmap(functools.partial(_solve_pair, cfg=cfg, unroll=unroll, symmetric=symmetric))
-  plan, converged, n_iters, reg_cost = solve(solve_cost, a_s, b_s, eps)
+  if cfg.solver == "batched" and not symmetric:
+    plan, converged, n_iters, reg_cost = batched_sinkhorn(solve_cost, a_s, b_s, eps, cfg)
+  else:
+    solve = jax.vmap(functools.partial(_solve_pair, cfg=cfg, unroll=unroll,
+                                       symmetric=symmetric))
+    plan, converged, n_iters, reg_cost = solve(solve_cost, a_s, b_s, eps)
   finite = jnp.all(jnp.isfinite(jax.lax.stop_gradient(plan)), axis=(1, 2))
   plan = jnp.where(support & jnp.isfinite(plan), plan, 0.0)
   if cfg.grad == "envelope":

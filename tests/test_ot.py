@@ -113,6 +113,8 @@ def test_config_defaults_hashable_and_from_dict():
     ({"fixed_iterations": 1}, "fixed_iterations"),
     ({"min_iterations": 200}, "min_iterations"),
     ({"lse_mode": False, "grad": "unroll"}, "unroll"),
+    ({"solver": "batched", "grad": "unroll"}, "unroll"),
+    ({"solver": "pot"}, "solver"),
     ({"epsilom": 0.1}, "unknown"),
 ])
 def test_config_rejects_bad_values(bad, words):
@@ -356,7 +358,52 @@ def test_bfloat16_inputs_are_solved_in_float32():
   assert float(loss) == float(ref)
 
 
-def test_shard_map_matches_single_device():
+BATCHED_CASES = [
+    dict(),
+    dict(epsilon=0.01, max_iterations=500),
+    dict(tau_b=0.5),
+    dict(tau_a=0.7, tau_b=0.5),
+    dict(lse_mode=False),
+    dict(lse_mode=False, tau_b=0.6),
+    dict(fixed_iterations=True),
+    dict(min_iterations=20),
+    dict(threshold=1e-6, max_iterations=50),  # some pairs stop at the cap unconverged
+    dict(relative_epsilon=True),
+]
+
+
+@pytest.mark.parametrize("kw", BATCHED_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+def test_batched_solver_matches_vmapped_ott(kw):
+  # Ragged lengths, padding on both sides and one pair with an empty student side.
+  rng = np.random.default_rng(11)
+  x, y = rng.normal(size=(6, 7, 4)), rng.normal(size=(6, 9, 4))
+  xm = (np.arange(7)[None] < np.array([7, 5, 1, 3, 0, 6])[:, None]).astype(np.float32)
+  ym = (np.arange(9)[None] < np.array([9, 2, 6, 9, 4, 1])[:, None]).astype(np.float32)
+  a, b = ot.token_weights(jnp.asarray(xm)), ot.token_weights(jnp.asarray(ym))
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  ref = _batch_solve(x, a, y, b, cfg=ot.OTConfig(**kw))
+  got = _batch_solve(x, a, y, b, cfg=ot.OTConfig(solver="batched", **kw))
+  np.testing.assert_allclose(got.plan, ref.plan, atol=1e-5)  # the bound; float32
+  np.testing.assert_array_equal(got.n_iters, ref.n_iters)
+  np.testing.assert_array_equal(got.converged, ref.converged)
+  valid = np.asarray(ref.valid)
+  np.testing.assert_allclose(np.asarray(got.reg_ot_cost)[valid], np.asarray(ref.reg_ot_cost)[valid],
+                             atol=1e-5)
+  if "threshold" in kw:  # the case is meant to mix converged and capped pairs
+    assert 0 < int(np.sum(np.asarray(ref.converged) & valid)) < int(valid.sum())
+
+
+@pytest.mark.parametrize("grad", ["envelope", "implicit"])
+def test_batched_solver_gradients_match_ott(grad):
+  (x, a, y, b), _, _ = _std(12, x_len=[6, 4, 2], y_len=[3, 5, 5])
+  (l1, _), g1 = _loss_and_grad(x, a, y, b, cfg=ot.OTConfig(grad=grad))
+  (l2, _), g2 = _loss_and_grad(x, a, y, b, cfg=ot.OTConfig(grad=grad, solver="batched"))
+  np.testing.assert_allclose(l2, l1, rtol=1e-6)
+  np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("solver", ot.SOLVERS)
+def test_shard_map_matches_single_device(solver):
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake CPU) devices: set jax_num_cpu_devices before JAX initialises")
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -365,7 +412,7 @@ def test_shard_map_matches_single_device():
   x, xm, y, ym = _batch(9, n_pairs, *SHAPE[1:], x_len=lens % 6 + 1, y_len=lens % 5 + 1)
   a, b = ot.token_weights(jnp.asarray(xm)), ot.token_weights(jnp.asarray(ym))
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-  cfg = ot.OTConfig()
+  cfg = ot.OTConfig(solver=solver)
 
   def local(x, a, y, b):  # every shard holds SHAPE[0] pairs, so pmean = global mean
     (loss, diag), g = jax.value_and_grad(lambda x: ot.ot_loss(x, a, y, b, cfg), has_aux=True)(x)
