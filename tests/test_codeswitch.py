@@ -71,9 +71,9 @@ def test_rate_zero_is_the_identity():
 
 
 def test_switch_keeps_punctuation_spacing_and_capitals():
-  rng = np.random.default_rng(0)
-  out, switchable, switched = cs.switch_text('"Haus,  und  (katze)!', {"haus": ("house",), "katze": ("cat",)},
-                                             1.0, rng)
+  lex = {"haus": ("house",), "katze": ("cat",)}
+  out, switchable, switched = cs.switch_text('"Haus,  und  (katze)!', lex, 1.0,
+                                             np.random.default_rng(0))
   assert out == '"House,  und  (cat)!'
   assert (switchable, switched) == (2, 2)
   assert cs.words('"Haus,  und -- (katze)!') == ["haus", "und", "katze"]
