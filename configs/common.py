@@ -154,6 +154,27 @@ def mlqa_r_dir(data_root: str = "") -> str:
   return locate("mlqa-r", probe="en.json", data_root=data_root)
 
 
+# NTREX / Tatoeba (ISO 639-3) codes of the MUSE languages -> MUSE's two-letter codes.
+MUSE_CODES = {"ara": "ar", "arb": "ar", "deu": "de", "ell": "el", "spa": "es", "hin": "hi",
+              "rus": "ru", "tha": "th", "tur": "tr", "vie": "vi", "zho": "zh", "cmn": "zh"}
+MUSE_SPLITS = {"full": "", "train": ".0-5000", "test": ".5000-6500"}
+
+
+def muse_dictionary(lang: str, *, to_english: bool = True, split: str = "full",
+                    data_root: str = "") -> str:
+  """A MUSE bilingual dictionary file: `X-en` (`to_english`: foreign words with their English
+  translations, for `data.code_switch.side='foreign'`) or `en-X` (for side 'english').
+
+  `lang` is a MUSE code (`de`) or an ISO 639-3 code (`deu`, `ell`, ...); `split` is
+  `full`, `train` (the 0-5000 split) or `test` (5000-6500, for lexicon precision).
+  """
+  if split not in MUSE_SPLITS:
+    raise ValueError(f"MUSE split must be one of {sorted(MUSE_SPLITS)}, got {split!r}")
+  x = MUSE_CODES.get(lang, lang)
+  name = (f"{x}-en" if to_english else f"en-{x}") + MUSE_SPLITS[split] + ".txt"
+  return os.path.join(locate("dictionaries", "muse", probe=name, data_root=data_root), name)
+
+
 # AfriQA / NTREX codes -> Tatoeba (LASER) codes where they differ.
 TATOEBA_CODES = {"swa": "swh"}
 

@@ -50,6 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 'float16' or 'bfloat16' (storage precision). Not for losses that need the teacher's
   # hidden states or attention.
   c.data.teacher_cache = ""
+  # Code-switching (optical_jax.data.codeswitch): each switchable word of `side`
+  # ('foreign' or 'english') is replaced with probability `rate` (0 = off) by a translation
+  # from `dictionary` ('word translation' lines, MUSE format; several files joined by
+  # os.pathsep), once, before tokenisation; `seed` -1 = the data seed.
+  c.data.code_switch = ml_collections.ConfigDict(dict(rate=0.0, side="foreign", dictionary="",
+                                                      seed=-1))
 
   # Held-out bitext for tuning (distill mode): translation retrieval and cosine between
   # student (foreign) and teacher (English) embeddings, logged as val_* metrics at

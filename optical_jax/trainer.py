@@ -25,6 +25,7 @@ from optical_jax import mesh as mesh_lib
 from optical_jax import teacher_cache
 from optical_jax.config import config_changes, to_json
 from optical_jax.data import bitext as bitext_lib
+from optical_jax.data import codeswitch
 from optical_jax.data import pipeline, retrieval_train
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
@@ -95,6 +96,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
                               teacher_from_batch=cached)
   mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
                                          ratios=config.data.bitext.ratios))
+  mixture = codeswitch.switch_mixture(mixture, config.data.code_switch.to_dict(),
+                                     _data_seed(config))
   pcfg = pipeline.PipelineConfig(
       global_batch=int(config.data.global_batch),
       src_max_length=student.max_len("query"), tgt_max_length=teacher.max_len("query"),

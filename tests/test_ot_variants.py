@@ -436,9 +436,14 @@ def _train_tiny(tmp_path, overrides, steps):
 
 
 def test_tiny_training_smoke_with_combined_variants(tmp_path):
+  # Also code-switched (issue 15's `--config.data.code_switch.rate=0.25`): no extra compilation.
+  from test_codeswitch import tiny_lexicon  # pylint: disable=g-import-not-at-top,g-bad-import-order
+  from test_train import tiny  # pylint: disable=g-import-not-at-top,g-bad-import-order
+  lexicon = tiny_lexicon(tiny(), tmp_path / "swa-en.txt")
   _train_tiny(tmp_path, {"loss.loss": "ot+ranking", "loss.ot.tau_b": 0.5,
                          "loss.ot.relative_epsilon": True, "loss.ot.center": True,
-                         "loss.marginals": "norm"}, steps=2)
+                         "loss.marginals": "norm", "data.code_switch.rate": 0.25,
+                         "data.code_switch.dictionary": lexicon}, steps=2)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ REMAINDERS = ("pad", "drop")
 TAG_EPOCH_SHUFFLE = 0
 TAG_SOURCE_PERM = 1
 TAG_ROW_CHOICES = 2
+TAG_CODE_SWITCH = 3   # optical_jax.data.codeswitch: per-example word switches
 
 
 class TokenizerLike(Protocol):
