@@ -141,8 +141,24 @@ HARMLESS_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_chec
                    "distributed.")
 
 
+def drop_added_defaults(old: dict, new: dict, defaults: dict, prefix: str = "") -> dict:
+  """`new` (a flat config) without the fields `old` lacks whose value is their default.
+
+  `defaults` is the flat default config, its keys without `prefix` (the place of that
+  config inside `old`/`new`, e.g. 'train.'): fields added since `old` was saved, left
+  at their defaults, do not count as differences.
+  """
+  return {k: v for k, v in new.items()
+          if k in old or not k.startswith(prefix) or k[len(prefix):] not in defaults
+          or defaults[k[len(prefix):]] != v}
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict):
   """Differences between a workdir's saved `config.json` and `config`, split in two.
+
+  A field that `saved` lacks and `config` holds at its `base_config()` default is no
+  change: it was added to the library after the run, and a new field's default keeps
+  the old behaviour (a project rule: new options default to off).
 
   Returns:
     (changes to the math, harmless changes): lists of 'field: old -> new' strings,
@@ -150,6 +166,7 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict):
     names a whole subtree).
   """
   old, new = plain.flatten(saved), plain.flatten(json.loads(to_json(config)))
+  new = drop_added_defaults(old, new, plain.flatten(json.loads(to_json(base_config()))))
   math, harmless = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")

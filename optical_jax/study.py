@@ -305,11 +305,26 @@ def cell_status(plan: CellPlan) -> str:
     return "done"
   saved = fileio.read_json(os.path.join(plan.directory, "cell.json")) or {}
   old, new = plain.flatten(saved.get("resolved", {})), plain.flatten(json.loads(json.dumps(plan.resolved())))
+  new = _without_added_defaults(old, new, plan)
   diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  if not diff:  # only fields added to the library since, at their defaults
+    return "done"
   shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
                     for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
   raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
                    f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+
+
+def _without_added_defaults(old: dict, new: dict, plan: CellPlan) -> dict:
+  """The flat resolved configs `new` without fields added since `old` at their defaults
+  (train configs against `config.base_config`, eval configs against the evaluator's)."""
+  from optical_jax import config as config_lib, evaluator  # pylint: disable=g-import-not-at-top
+  flat = lambda c: plain.flatten(json.loads(json.dumps(plain.plain(c))))
+  new = config_lib.drop_added_defaults(old, new, flat(config_lib.base_config()), "train.")
+  eval_defaults = flat(evaluator.default_config())
+  for name in plan.evals:
+    new = config_lib.drop_added_defaults(old, new, eval_defaults, f"evals.{name}.")
+  return new
 
 
 def _student_system(train_workdir: str, train_config):

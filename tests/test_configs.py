@@ -180,3 +180,15 @@ def test_eval_cli_refuses_a_misspelt_argument_in_one_line(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr
   assert "unknown key 'scorng'" in lines[0] and "known keys: baselines" in lines[0]
   assert not out.exists()
+
+
+def test_config_changes_ignore_fields_added_at_their_defaults():
+  from optical_jax.config import config_changes, to_json  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  saved = json.loads(to_json(c))  # a workdir saved before these two fields existed
+  del saved["data"]["code_switch"]
+  del saved["loss"]["ot"]["solver"]
+  assert config_changes(saved, c) == ([], [])
+  c.loss.ot.solver = "batched"
+  math, harmless = config_changes(saved, c)
+  assert math == ['loss.ot.solver: "<absent>" -> "batched"'] and harmless == []

@@ -118,6 +118,15 @@ def test_shards_aggregate_rerun_resume_in_process(tmp_path, cache):
   assert again.ran == [] and len(again.skipped) == 3 and again.aggregated
   assert (work / "results.csv").read_text() == csv_text
 
+  # A field added to the library after a cell finished, left at its default, is no change.
+  cell_dir = work / "cells" / "lang=swa,amount=16,loss=ot,seed=0"
+  saved = json.loads((cell_dir / "cell.json").read_text())
+  del saved["resolved"]["train"]["data"]["code_switch"]
+  (cell_dir / "cell.json").write_text(json.dumps(saved))
+  done = json.loads((cell_dir / "done.json").read_text())
+  (cell_dir / "done.json").write_text(json.dumps(dict(done, fingerprint="older")))
+  assert study.run(c, str(work), log=_quiet).ran == []
+
   victim = "lang=swa,amount=16,loss=sentence,seed=0"
   os.remove(work / "cells" / victim / "done.json")
   resumed = study.run(c, str(work), log=_quiet)
