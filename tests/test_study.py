@@ -160,7 +160,10 @@ def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
                                               ("data_amount", "full", 4 + 4 * 6 * 2 * 5),
                                               ("language_ratio", "smoke", 4),
                                               ("language_ratio", "cpu", 6),
-                                              ("language_ratio", "full", 16)])
+                                              ("language_ratio", "full", 16),
+                                              ("code_switch", "smoke", 3),
+                                              ("code_switch", "cpu", 9),
+                                              ("code_switch", "full", 7 + 7 * 4 * 2 * 3)])
 def test_study_configs_build(shared_data, name, scale, cells):
   """Every scale of both studies builds its grid, one cell's train config and its evals."""
   import importlib  # pylint: disable=g-import-not-at-top
@@ -179,6 +182,10 @@ def test_study_configs_build(shared_data, name, scale, cells):
   if name == "language_ratio":
     assert any(k.startswith("xquad-r-") for k in evals) and any(k.startswith("afriqa-") for k in evals)
     assert abs(sum(train.data.bitext.ratios) - 1) < 1e-9
+  if name == "code_switch":  # the last cell switches at the largest rate, with a real lexicon
+    assert train.data.code_switch.rate == max(c.axes.rate) > 0
+    assert os.path.isfile(train.data.code_switch.dictionary)
+    assert all("R@1" in e.measures and "R@100" in e.measures for e in evals.values())
   with pytest.raises(ValueError, match="study scale must be one of"):
     mod.get_config("huge")
 
@@ -257,3 +264,18 @@ def test_language_ratio_smoke_writes_one_curve_per_dataset(tmp_path, cache, shar
   assert os.listdir(tmp_path / "plots") == ["nDCG_10.png"]
   summary = (tmp_path / "summary.md").read_text()
   assert "| ratio=0.5 | ratio=1.0 | xquad-r-el |" in summary
+
+
+@pytest.mark.slow
+def test_code_switch_smoke_compares_switched_with_plain(tmp_path, cache, shared_data):
+  """Study (c) at smoke scale: rate 0 and 0.5 trained, recall@K reported and compared."""
+  del shared_data
+  from configs.studies import code_switch  # pylint: disable=g-import-not-at-top
+  c = code_switch.get_config(f"smoke,cache_dir={cache}")
+  r = study.run(c, str(tmp_path), log=_quiet)
+  assert len(r.ran) == 3
+  rows = _csv(tmp_path / "results.csv")
+  assert {"R@1", "R@5", "R@10", "R@100"} <= {x["metric"] for x in rows}
+  cell = json.loads((tmp_path / "cells" / "lang=swa,rate=0.5,loss=ot,seed=0" / "cell.json").read_text())
+  assert cell["resolved"]["train"]["data"]["code_switch"]["rate"] == 0.5
+  assert "| rate=0.5 | rate=0.0 | afriqa-swa |" in (tmp_path / "summary.md").read_text()

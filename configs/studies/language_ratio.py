@@ -39,10 +39,8 @@ from configs import common
 from configs.studies import shared
 from optical_jax import evaluator, study
 
-# NTREX-128 codes -> XQuAD-R / MLQA-R codes of the high-resource languages.
-LAREQA_CODES = {"ell": "el", "hin": "hi", "tur": "tr", "tha": "th", "ara": "ar", "deu": "de",
-                "spa": "es", "rus": "ru", "vie": "vi", "zho": "zh"}
-MLQA_LANGS = ("ar", "de", "es", "hi", "vi", "zh")
+LAREQA_CODES = shared.LAREQA_CODES
+MLQA_LANGS = shared.MLQA_LANGS
 
 SCALE = {
     "smoke": dict(low="swa", high="ell", ratios="0.0+0.5+1.0", seeds=1, steps=4, model="tiny",

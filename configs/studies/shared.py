@@ -19,6 +19,11 @@ from optical_jax import evaluator
 MEASURES = ("P@1", "P@5", "R@10", "nDCG@10", "AP")
 SCALES = ("smoke", "cpu", "full")
 
+# NTREX-128 codes -> XQuAD-R / MLQA-R codes of the high-resource languages.
+LAREQA_CODES = {"ell": "el", "hin": "hi", "tur": "tr", "tha": "th", "ara": "ar", "deu": "de",
+                "spa": "es", "rus": "ru", "vie": "vi", "zho": "zh"}
+MLQA_LANGS = ("ar", "de", "es", "hi", "vi", "zh")
+
 TINY_ARCH = dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
                  intermediate_size=64, max_position_embeddings=64, hidden_dropout=0.0,
                  attention_dropout=0.0)
@@ -128,3 +133,42 @@ def parse_amount(value) -> Optional[int]:
   if text.endswith("k"):
     return int(float(text[:-1]) * 1000)
   return int(text)
+
+
+def lareqa_evals(lang: str, data_root: str = "") -> Dict[str, ml_collections.ConfigDict]:
+  """XQuAD-R (and MLQA-R where it has the language) for an NTREX code such as 'ell'."""
+  code = LAREQA_CODES[lang]
+  out = {f"xquad-r-{code}": lareqa_eval("xquad-r", code, data_root)}
+  if code in MLQA_LANGS:
+    out[f"mlqa-r-{code}"] = lareqa_eval("mlqa-r", code, data_root)
+  return out
+
+
+def ntrex_source(lang: str, data_root: str = "") -> Dict[str, Any]:
+  """NTREX-128 `lang`-English news sentences as one bitext source."""
+  d = common.ntrex_dir(lang, data_root)
+  return dict(type="lines", label=f"ntrex-{lang}", foreign=os.path.join(d, f"{lang}.txt"),
+              english=os.path.join(d, "eng.txt"))
+
+
+def induced_lexicon(sources: Sequence[Dict[str, Any]], cache_dir: str = "", *,
+                    min_count: int = 2, iterations: int = 5) -> str:
+  """A foreign -> English lexicon induced from `sources` (IBM Model 1,
+  `optical_jax.data.codeswitch.induce_lexicon`), for languages without a MUSE dictionary.
+
+  Written once to `CACHE/lexicons/<hash of the texts and settings>.txt` (CACHE =
+  `cache_dir` or the project cache) and reused by every cell and later study.
+  """
+  from optical_jax import assets, fingerprint  # pylint: disable=g-import-not-at-top
+  from optical_jax.data import bitext, codeswitch  # pylint: disable=g-import-not-at-top
+  mixture = bitext.load_mixture(dict(sources=[dict(s) for s in sources]))
+  foreign = [t for s in mixture.sources for t in s.foreign]
+  english = [t for s in mixture.sources for t in s.english]
+  key = fingerprint.digest(dict(foreign=fingerprint.texts(foreign), english=fingerprint.texts(english),
+                                min_count=min_count, iterations=iterations), n=20)
+  path = os.path.join(assets.cache_dir(cache_dir or None), "lexicons", f"induced-{key}.txt")
+  if not os.path.exists(path):
+    lexicon = codeswitch.induce_lexicon(zip(foreign, english), iterations=iterations,
+                                        min_count=min_count)
+    codeswitch.write_lexicon(path, lexicon)
+  return path
