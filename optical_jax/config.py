@@ -105,6 +105,21 @@ def base_config() -> ml_collections.ConfigDict:
   # Teacher mode: contrastive loss with in-batch negatives across devices.
   c.loss.temperature = 0.05
 
+  # Adversarial language invariance (distill mode, optical_jax.adversarial): a
+  # discriminator MLP tells the student's pooled foreign embeddings from the teacher's
+  # pooled English ones, trained jointly; the student gets its gradient reversed (GRL).
+  # weight 0 = off (no discriminator: the state and checkpoints are the student's alone).
+  c.adversarial = ml_collections.ConfigDict(dict(
+      weight=0.0,             # total loss = distillation + weight * discriminator BCE
+      hidden_size=256,        # width of the MLP's hidden layers
+      num_layers=1,           # hidden layers (0 = logistic regression)
+      lr=1e-3,                # the discriminator's own AdamW peak rate (optim.* otherwise)
+      schedule="constant",    # reversed-gradient scale: 'constant' (1) or 'dann' (0 -> 1 ramp)
+      ramp_steps=0,           # 'dann': ramp length in steps; 0 = train.steps
+      pooling="mean",         # 'mean' or 'cls' pooling of both sides' token embeddings
+      normalize=True,         # L2-normalise the pooled embeddings first
+  ))
+
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-5, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
       freeze=(),   # regexes over param paths, e.g. ('word_embeddings',)

@@ -7,8 +7,10 @@ collectives (`lax.pmean` over 'data'), and applies one optax update. The mapped
 function is jitted once per input-shape bucket and donates the old train state.
 
 The teacher's params are an argument of the step: never differentiated, never in
-the optimizer state, never in the checkpoint. Only the student (encoder and head)
-trains.
+the optimizer state, never in the checkpoint. The student (encoder and head) trains,
+and with `DistillSpec.adversarial` also a language discriminator: an auxiliary part
+with its own params and optimizer state in the train state (`AuxTrainState`),
+checkpointed but never exported.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -26,7 +28,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from optical_jax import encoder as enc
-from optical_jax import losses, scoring
+from optical_jax import adversarial, losses, scoring
 from optical_jax.mesh import AXIS, make_mesh, replicate, shard_batch  # noqa: F401  (the step's API)
 
 Batch = Dict[str, jnp.ndarray]
@@ -34,13 +36,29 @@ Batch = Dict[str, jnp.ndarray]
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training run checkpoints (the teacher is deliberately not here)."""
+  """Everything a training run checkpoints (the teacher is deliberately not here).
+
+  `params` is what gets exported: the student, its projection head included.
+  """
 
   step: jnp.ndarray          # int32 scalar
-  params: Any                # student params
+  params: Any                # student params (exported)
   opt_state: Any
   rng: jax.Array             # raw uint32 key; per-step keys are fold_in(rng, step)
   skipped: jnp.ndarray       # int32 count of updates skipped for non-finite values
+
+
+@flax.struct.dataclass
+class AuxTrainState(TrainState):
+  """A train state with auxiliary trained parts that are checkpointed but never exported.
+
+  `aux_params` holds them by name (the adversarial discriminator: {'discriminator': ...})
+  and `aux_opt_state` their own optimizer's state. A run without such parts keeps the
+  plain `TrainState`, so its state and checkpoints are exactly the student's.
+  """
+
+  aux_params: Any
+  aux_opt_state: Any
 
 
 # --------------------------------------------------------------------------------------
@@ -80,22 +98,32 @@ def make_optimizer(params, *, lr: float, steps: int, warmup_steps: int, weight_d
   return tx
 
 
-def init_state(params, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=rng, skipped=jnp.zeros((), jnp.int32))
+def init_state(params, tx: optax.GradientTransformation, rng: jax.Array, aux_params=None,
+               aux_tx: Optional[optax.GradientTransformation] = None) -> TrainState:
+  """Step 0 of a run; `aux_params` (trained with `aux_tx`) are never exported."""
+  if (aux_params is None) != (aux_tx is None):
+    raise ValueError("aux_params and aux_tx go together")
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=rng, skipped=jnp.zeros((), jnp.int32))
+  if aux_params is None:
+    return state
+  return AuxTrainState(**vars(state), aux_params=aux_params,
+                       aux_opt_state=aux_tx.init(aux_params))
 
 
 def replicated_state(params, tx: optax.GradientTransformation, rng: jax.Array,
-                     frozen: Dict[str, Any], mesh: jax.sharding.Mesh
+                     frozen: Dict[str, Any], mesh: jax.sharding.Mesh, *, aux_params=None,
+                     aux_tx: Optional[optax.GradientTransformation] = None
                      ) -> Tuple[TrainState, Dict[str, Any]]:
   """(train state, frozen inputs) replicated on `mesh`, ready for `make_distill_step` and
   `make_teacher_step`.
 
   The state is built on the host first: the first (donated) step would otherwise
   delete the caller's param arrays. `frozen` holds what the step reads but never
-  trains, e.g. {'teacher': teacher params}.
+  trains, e.g. {'teacher': teacher params}. `aux_params` / `aux_tx`: auxiliary trained
+  parts (the adversarial discriminator) and their optimizer.
   """
-  state = jax.tree.map(np.asarray, init_state(params, tx, rng))
+  state = jax.tree.map(np.asarray, init_state(params, tx, rng, aux_params, aux_tx))
   return replicate(state, mesh), replicate(frozen, mesh)
 
 
@@ -114,6 +142,10 @@ class DistillSpec:
       otherwise it is applied and the caller stops training on the reported flag.
     teacher_from_batch: the batch carries the teacher's token embeddings (`tgt_tokens`,
       from `optical_jax.teacher_cache`) and the step does not run the teacher.
+    adversarial: None (off), or the language discriminator trained jointly through a
+      gradient-reversal layer (`optical_jax.adversarial`); the state is then an
+      `AuxTrainState` holding its params under `aux_params['discriminator']` and the
+      step takes its optimizer (`aux_tx`).
   """
 
   student: enc.EncoderConfig
@@ -121,6 +153,7 @@ class DistillSpec:
   loss: losses.DistillConfig = losses.DistillConfig()
   skip_nonfinite: bool = False
   teacher_from_batch: bool = False
+  adversarial: Optional[adversarial.AdversarialConfig] = None
 
 
 def _finite_tree(tree) -> jnp.ndarray:
@@ -128,20 +161,33 @@ def _finite_tree(tree) -> jnp.ndarray:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: bool):
-  """Averaged grads -> new state; handles non-finite values; adds common metrics."""
+def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: bool,
+                  aux_grads=None, aux_tx: Optional[optax.GradientTransformation] = None):
+  """Averaged grads -> new state; handles non-finite values; adds common metrics.
+
+  With `aux_grads` (and `aux_tx`), the auxiliary params take their own update too; a
+  non-finite value anywhere skips (or flags) the whole update.
+  """
   if jax.lax.axis_size(AXIS) > 1:  # static; on one device XLA would still copy every grad
-    grads = jax.lax.pmean(grads, AXIS)
+    grads, aux_grads = jax.lax.pmean((grads, aux_grads), AXIS)
     loss = jax.lax.pmean(loss, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
-  finite = jnp.logical_and(jnp.isfinite(loss), _finite_tree(grads))
+  finite = jnp.logical_and(jnp.isfinite(loss), _finite_tree((grads, aux_grads)))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  aux = {}
+  if aux_grads is not None:
+    aux_updates, aux_opt_state = aux_tx.update(aux_grads, state.aux_opt_state, state.aux_params)
+    aux = dict(aux_params=optax.apply_updates(state.aux_params, aux_updates),
+               aux_opt_state=aux_opt_state)
+    metrics = dict(metrics, aux_grad_norm=optax.tree.norm(aux_grads))
   if skip_nonfinite:
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    aux = {k: keep(v, getattr(state, k)) for k, v in aux.items()}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32))
+                            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+                            **aux)
   metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                  finite=finite.astype(jnp.float32), skipped=new_state.skipped.astype(jnp.float32))
   return new_state, metrics
@@ -153,8 +199,13 @@ def _step_rng(state: TrainState) -> jax.Array:
 
 
 def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, *,
-                       spec: DistillSpec, tx: optax.GradientTransformation):
+                       spec: DistillSpec, tx: optax.GradientTransformation,
+                       aux_tx: Optional[optax.GradientTransformation] = None):
   """One OPTICAL update on this device's slice of the batch.
+
+  With `spec.adversarial` the loss adds the discriminator's BCE (`optical_jax.adversarial`)
+  and the discriminator (`state.aux_params['discriminator']`) takes an `aux_tx` update in
+  the same step.
 
   Args:
     state: the student's train state (replicated).
@@ -173,16 +224,30 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   teacher_tokens, teacher_aux = jax.lax.stop_gradient((teacher_tokens, teacher_aux))
   rng = _step_rng(state)
 
-  def loss_fn(params):
+  adv = spec.adversarial
+
+  def loss_fn(params, aux_params=None):
     student_tokens, student_aux = enc.apply_with(params, batch["src_ids"], batch["src_mask"],
                                                  cfg=spec.student, deterministic=False, rng=rng,
                                                  **outputs)
-    return losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss, idf=frozen,
-                             step=state.step, student_aux=student_aux, teacher_aux=teacher_aux,
-                             axis_name=AXIS)
+    loss, metrics = losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss,
+                                      idf=frozen, step=state.step, student_aux=student_aux,
+                                      teacher_aux=teacher_aux, axis_name=AXIS)
+    if adv is not None:
+      adv_loss, adv_metrics = adversarial.adversarial_loss(
+          aux_params[adversarial.NAME], student_tokens, batch["src_mask"], teacher_tokens,
+          batch["tgt_mask"], adv, state.step)
+      loss, metrics = loss + adv.weight * adv_loss, dict(metrics, **adv_metrics)
+    return loss, metrics
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite)
+  if adv is None:
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite)
+  if aux_tx is None or not isinstance(state, AuxTrainState):
+    raise ValueError("spec.adversarial needs the discriminator in state.aux_params and aux_tx")
+  (loss, metrics), (grads, aux_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+      state.params, state.aux_params)
+  return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, aux_grads, aux_tx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +327,11 @@ def map_over_devices(local_fn: Callable, mesh: jax.sharding.Mesh, *, donate_stat
 
 
 def make_distill_step(spec: DistillSpec, tx: optax.GradientTransformation,
-                      mesh: jax.sharding.Mesh, donate_state: bool = True):
-  return map_over_devices(functools.partial(distill_step_local, spec=spec, tx=tx), mesh,
-                          donate_state=donate_state)
+                      mesh: jax.sharding.Mesh, donate_state: bool = True,
+                      aux_tx: Optional[optax.GradientTransformation] = None):
+  """The jitted distillation step; `aux_tx` trains the discriminator of `spec.adversarial`."""
+  return map_over_devices(functools.partial(distill_step_local, spec=spec, tx=tx, aux_tx=aux_tx),
+                          mesh, donate_state=donate_state)
 
 
 def make_teacher_step(spec: TeacherSpec, tx: optax.GradientTransformation,

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Optional
 import jax
 import numpy as np
 
-from optical_jax import assets, checkpoint, fileio, losses, models, ot, step as step_lib, validation
+from optical_jax import adversarial, assets, checkpoint, fileio, losses, models, ot
+from optical_jax import step as step_lib, validation
 from optical_jax import mesh as mesh_lib
 from optical_jax import teacher_cache
 from optical_jax.config import config_changes, to_json
@@ -55,7 +56,8 @@ def _cache_dir(config) -> str:
 @dataclasses.dataclass
 class Setup:
   """What a training mode needs: the trained model, the step's static spec and its
-  factory, the batches, the frozen step inputs and an optional validation function."""
+  factory, the batches, the frozen step inputs, an optional validation function and
+  optional auxiliary trained params (never exported) with their peak learning rate."""
 
   model: models.Model
   spec: Any
@@ -63,6 +65,8 @@ class Setup:
   batches: Any
   frozen: Dict[str, Any]
   validate: Optional[Callable[[Any], Dict[str, float]]] = None
+  aux_params: Optional[Dict[str, Any]] = None
+  aux_lr: float = 0.0
 
 
 def distill_loss_config(config, student: models.Model, teacher: models.Model) -> losses.DistillConfig:
@@ -72,6 +76,21 @@ def distill_loss_config(config, student: models.Model, teacher: models.Model) ->
   return losses.DistillConfig.from_dict(dict(
       settings, src_special=tuple(student.tokenizer.special_ids),
       tgt_special=tuple(teacher.tokenizer.special_ids)))
+
+
+# fold_in index of the discriminator's initialisation key in the init stream (the
+# student's new head uses 1, see models.load_model).
+_DISCRIMINATOR_INIT = 2
+
+
+def adversarial_config(config) -> Optional[adversarial.AdversarialConfig]:
+  """The discriminator settings of `config.adversarial`, or None when its weight is 0 (off);
+  `ramp_steps=0` becomes `train.steps`."""
+  settings = config.adversarial.to_dict()
+  if not settings["weight"]:
+    return None
+  settings["ramp_steps"] = int(settings["ramp_steps"]) or int(config.train.steps)
+  return adversarial.AdversarialConfig.from_dict(settings)
 
 
 def _data_seed(config) -> int:
@@ -91,9 +110,10 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
   if cached and (loss_cfg.needs_hidden or loss_cfg.needs_cls_attention):
     raise InputError("data.teacher_cache holds the teacher's output tokens only: this loss "
                      "needs its hidden states or attention; set --config.data.teacher_cache=''")
+  adv = adversarial_config(config)
   spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
                               skip_nonfinite=bool(config.train.skip_nonfinite),
-                              teacher_from_batch=cached)
+                              teacher_from_batch=cached, adversarial=adv)
   mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
                                          ratios=config.data.bitext.ratios))
   mixture = codeswitch.switch_mixture(mixture, config.data.code_switch.to_dict(),
@@ -117,8 +137,14 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
   if spec.loss.ot.center and spec.loss.ot.center_source == "bitext":
     frozen["src_mean"] = _token_mean(student, batches.src.rows(), spec.loss)
     frozen["tgt_mean"] = _token_mean(teacher, batches.tgt.rows(), spec.loss)
+  aux_params = None
+  if adv is not None:
+    key = jax.random.fold_in(init_key, _DISCRIMINATOR_INIT)
+    aux_params = {adversarial.NAME: jax.tree.map(
+        np.asarray, adversarial.init_params(adv, student.cfg.output_dim, key))}
   return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
-               _make_validation(config, student, teacher))
+               _make_validation(config, student, teacher), aux_params=aux_params,
+               aux_lr=adv.lr if adv is not None else 0.0)
 
 
 def _token_mean(model: models.Model, rows, loss_cfg: losses.DistillConfig,
@@ -164,6 +190,9 @@ def _tokenized(model: models.Model, texts):
 
 
 def _build_teacher(config, init_key: jax.Array) -> Setup:
+  if config.adversarial.weight:
+    raise InputError("adversarial.weight applies to distill mode only (teacher mode has no "
+                     "foreign side); set --config.adversarial.weight=0")
   model = models.load_model(config.teacher, rng=init_key, where="teacher")
   spec = step_lib.TeacherSpec(encoder=model.cfg, scoring=model.spec.scoring,
                               pooling=model.spec.pooling, temperature=float(config.loss.temperature),
@@ -275,7 +304,13 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   tx = step_lib.make_optimizer(model.params, lr=o.lr, steps=steps, warmup_steps=o.warmup_steps,
                                weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1,
                                b2=o.b2, eps=o.eps, freeze=tuple(o.freeze))
-  state, frozen = step_lib.replicated_state(model.params, tx, train_key, setup.frozen, mesh)
+  aux = {}   # auxiliary trained parts (the discriminator): their own AdamW, same shape
+  if setup.aux_params is not None:
+    aux["aux_tx"] = step_lib.make_optimizer(
+        setup.aux_params, lr=setup.aux_lr, steps=steps, warmup_steps=o.warmup_steps,
+        weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1, b2=o.b2, eps=o.eps)
+  state, frozen = step_lib.replicated_state(model.params, tx, train_key, setup.frozen, mesh,
+                                            aux_params=setup.aux_params, **aux)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.train.keep_checkpoints))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -287,7 +322,7 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
     log_fn(f"resumed from step {resumed_from} ({ckpt.directory})")
   writer = MetricWriter(workdir, enabled=primary)
   writer.truncate_after(int(resumed_from or 0))
-  train_step = setup.make_step(spec, tx, mesh)
+  train_step = setup.make_step(spec, tx, mesh, **aux)
   guard = checkpoint.PreemptionGuard()
   compiles = CompileCounter().start()
 
