@@ -91,6 +91,10 @@ def default_config() -> ml_collections.ConfigDict:
     compare: pairs ("axis=value[,axis=value]", "axis=value...") of arms to test.
     measures: ir_measures names shown in the summary and plots (the CSV holds every
       measure the evaluations computed).
+    derived: (name, dataset A, dataset B) triples: a dataset `name` whose per-query
+      values are A's minus B's over the queries both have (e.g. a transfer gap: the
+      English questions' score minus the same questions' in language X); it joins the
+      CSV, the summary, the comparisons and the plots like an evaluated dataset.
     plot.x: the axis along the x axis of the curves ('' = the first non-seed axis with
       more than one value); plot.by: '' (a figure per dataset, a panel per measure) or
       'dataset' (a figure per measure, a curve per dataset).
@@ -111,6 +115,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.system = "student"
   c.compare = ()
   c.measures = ("P@5", "R@10", "nDCG@10")
+  c.derived = ()
   c.plot = ml_collections.ConfigDict(dict(x="", by=""))
   c.cache_dir = ""
   c.confidence = 0.95
@@ -165,6 +170,10 @@ def _check_config(config) -> Dict[str, Tuple[Any, ...]]:
       raise InputError(f"config.compare entries are pairs of arms, got {pair!r}")
     for arm in pair:
       _parse_arm(arm, ax)
+  for triple in config.derived:
+    if len(triple) != 3 or not all(isinstance(t, str) and _VALUE_RE.match(t) for t in triple):
+      raise InputError("config.derived entries are (name, dataset A, dataset B) triples of "
+                       f"names made of letters, digits and . _ + -, got {triple!r}")
   if config.plot.x and config.plot.x not in ax:
     raise InputError(f"config.plot.x {config.plot.x!r} is not an axis ({', '.join(ax)})")
   if config.plot.by not in ("", "dataset"):
@@ -470,24 +479,54 @@ def collect(config, workdir: str) -> Collected:
       continue
     cell_status(plan_cell(config, cell, workdir))  # stops if it finished with other configs
     finished.append(cell.key)
+    results = {}
     for dataset, systems in done["datasets"].items():
-      if dataset not in datasets:
-        datasets.append(dataset)
       for system, rel in systems.items():
         res = fileio.read_json(os.path.join(directory, rel))
         if res is None:
           raise InputError(f"study cell {cell.key}: cannot read its metrics", os.path.join(directory, rel))
-        per_query[(cell.key, dataset, system)] = res["per_query"]
-        if cell.reference:
-          refs[(cell.key, dataset, system)] = res["aggregate"]
-        for metric, value in res["aggregate"].items():
-          row = {"study": config.name, "cell": cell.key,
-                 "kind": REFERENCE if cell.reference else "trained"}
-          row.update({a: cell.values.get(a, "") for a in ax})
-          row.update(system=system, dataset=dataset, metric=metric, value=float(value),
-                     num_queries=int(res.get("num_queries", 0)))
-          rows.append(row)
+        results[(dataset, system)] = res
+    results.update(_derived(config, results))
+    for (dataset, system), res in results.items():
+      if dataset not in datasets:
+        datasets.append(dataset)
+      per_query[(cell.key, dataset, system)] = res["per_query"]
+      if cell.reference:
+        refs[(cell.key, dataset, system)] = res["aggregate"]
+      for metric, value in res["aggregate"].items():
+        row = {"study": config.name, "cell": cell.key,
+               "kind": REFERENCE if cell.reference else "trained"}
+        row.update({a: cell.values.get(a, "") for a in ax})
+        row.update(system=system, dataset=dataset, metric=metric, value=float(value),
+                   num_queries=int(res.get("num_queries", 0)))
+        rows.append(row)
   return Collected(columns, rows, per_query, cells, finished, datasets, refs)
+
+
+def _derived(config, results: Mapping[Tuple[str, str], Mapping[str, Any]]
+             ) -> Dict[Tuple[str, str], Dict[str, Any]]:
+  """The `config.derived` datasets of one cell: per-query A - B for every system and
+  measure that both A and B have, over their shared queries."""
+  out = {}
+  for name, a, b in config.derived:
+    for (dataset, system), ra in results.items():
+      rb = results.get((b, system))
+      if dataset != a or rb is None:
+        continue
+      pq, agg, n = {}, {}, 0
+      for measure, va in ra["per_query"].items():
+        vb = rb["per_query"].get(measure)
+        if vb is None:
+          continue
+        shared = [q for q in va if q in vb]
+        if not shared:
+          continue
+        pq[measure] = {q: float(va[q]) - float(vb[q]) for q in shared}
+        agg[measure] = float(np.mean(list(pq[measure].values())))
+        n = max(n, len(shared))
+      if agg:
+        out[(name, system)] = {"per_query": pq, "aggregate": agg, "num_queries": n}
+  return out
 
 
 def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:

@@ -163,7 +163,10 @@ def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
                                               ("language_ratio", "full", 16),
                                               ("code_switch", "smoke", 3),
                                               ("code_switch", "cpu", 9),
-                                              ("code_switch", "full", 7 + 7 * 4 * 2 * 3)])
+                                              ("code_switch", "full", 7 + 7 * 4 * 2 * 3),
+                                              ("adversarial", "smoke", 3),
+                                              ("adversarial", "cpu", 4),
+                                              ("adversarial", "full", 1 + 5 * 2 * 3)])
 def test_study_configs_build(shared_data, name, scale, cells):
   """Every scale of both studies builds its grid, one cell's train config and its evals."""
   import importlib  # pylint: disable=g-import-not-at-top
@@ -182,6 +185,10 @@ def test_study_configs_build(shared_data, name, scale, cells):
   if name == "language_ratio":
     assert any(k.startswith("xquad-r-") for k in evals) and any(k.startswith("afriqa-") for k in evals)
     assert abs(sum(train.data.bitext.ratios) - 1) < 1e-9
+  if name == "adversarial":  # native and English questions of each language, and their gap
+    assert train.adversarial.weight == max(c.axes.weight) > 0
+    assert evals["xquad-r-el.en"].dataset.query_field == "text_en"
+    assert ("gap-ell", "xquad-r-el.en", "xquad-r-el") in c.derived
   if name == "code_switch":  # the last cell switches at the largest rate, with a real lexicon
     assert train.data.code_switch.rate == max(c.axes.rate) > 0
     assert os.path.isfile(train.data.code_switch.dictionary)
@@ -279,3 +286,36 @@ def test_code_switch_smoke_compares_switched_with_plain(tmp_path, cache, shared_
   cell = json.loads((tmp_path / "cells" / "lang=swa,rate=0.5,loss=ot,seed=0" / "cell.json").read_text())
   assert cell["resolved"]["train"]["data"]["code_switch"]["rate"] == 0.5
   assert "| rate=0.5 | rate=0.0 | afriqa-swa |" in (tmp_path / "summary.md").read_text()
+
+
+def test_derived_dataset_is_the_per_query_difference(tmp_path):
+  """`study.derived`: per-query A - B over shared queries, in the CSV and the summary."""
+  c = study.default_config()
+  c.derived = (("gap", "a", "b"),)
+  results = {("a", "s"): {"per_query": {"P@1": {"q1": 1.0, "q2": 0.0, "q3": 1.0}}},
+             ("b", "s"): {"per_query": {"P@1": {"q1": 0.0, "q2": 0.0}}}}
+  got = study._derived(c, results)  # pylint: disable=protected-access
+  assert got == {("gap", "s"): {"per_query": {"P@1": {"q1": 1.0, "q2": 0.0}},
+                                "aggregate": {"P@1": 0.5}, "num_queries": 2}}
+  c.derived = (("gap", "a"),)
+  c.axes.seed = (0,)
+  c.train = c.evals = lambda v: {}
+  with pytest.raises(InputError, match="derived entries"):
+    study.grid(c)
+
+
+@pytest.mark.slow
+def test_adversarial_smoke_reports_transfer_gaps(tmp_path, cache, shared_data):
+  """Study (d) at smoke scale: weight 0 and 0.1, native/English questions and their gap."""
+  del shared_data
+  from configs.studies import adversarial  # pylint: disable=g-import-not-at-top
+  c = adversarial.get_config(f"smoke,cache_dir={cache}")
+  r = study.run(c, str(tmp_path), log=_quiet)
+  assert len(r.ran) == 3
+  rows = _csv(tmp_path / "results.csv")
+  assert {"gap-swa", "gap-ell", "xquad-r-el.en", "afriqa-swa"} <= {x["dataset"] for x in rows}
+  by = {(x["cell"], x["dataset"], x["metric"]): float(x["value"]) for x in rows}
+  key = "weight=0.1,loss=ot,seed=0"
+  assert by[(key, "gap-ell", "P@1")] == pytest.approx(
+      by[(key, "xquad-r-el.en", "P@1")] - by[(key, "xquad-r-el", "P@1")], abs=1e-9)
+  assert "| weight=0.1 | weight=0.0 | gap-swa |" in (tmp_path / "summary.md").read_text()
