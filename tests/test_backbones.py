@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from optical_jax import models, study, weights
+from optical_jax import encoder, models, study, weights
 
 
 def test_hub_presets_pool_and_normalise_as_their_models():
@@ -71,15 +71,15 @@ def test_random_e5_control_is_e5_sized_and_seeded(e5_dir):
   assert dict(full.arch) == pytest.approx(arch)
   spec = common.random_e5(arch=TINY_E5)  # small layers, e5's vocabulary and positions
   a = models.load_model(spec, rng=jax.random.PRNGKey(3))
-  b = models.load_model(spec, rng=jax.random.PRNGKey(3))
   c = models.load_model(spec, rng=jax.random.PRNGKey(4))
   assert a.cfg.vocab_size == header["vocab"] and a.cfg.hidden_size == 16
-  same = jax.tree.map(np.array_equal, a.params, b.params)
+  # The loaded weights are exactly the seed's initialisation: the same seed, the same control.
+  same = jax.tree.map(np.array_equal, a.params, encoder.init_params(a.cfg, jax.random.PRNGKey(3)))
   assert all(jax.tree.leaves(same))
   kernel = lambda m: m.params["encoder"]["layer_0"]["attention"]["query"]["kernel"]
   assert not np.array_equal(kernel(a), kernel(c))
   ids, mask = a.tokenizer.pad(a.tokenize_fn("query")(["Rais wa Kenya ni nani?"]), 12)
-  np.testing.assert_array_equal(a.embed_fn()(ids, mask), b.embed_fn()(ids, mask))
+  assert np.isfinite(a.embed_fn()(ids, mask)).all()
 
 
 @pytest.mark.parametrize("scale,cells", [("smoke", 2 + 4), ("cpu", 3 + 6),
