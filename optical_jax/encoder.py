@@ -38,6 +38,10 @@ class EncoderConfig:
       tokens count up from pad_token_id + 1; padding positions get pad_token_id).
     head_dim: output size of an optional linear projection head on the token
       embeddings (ColBERT-style, e.g. 128); None for no head.
+    pooler: whether the params hold BERT's pooler (`pooler`: dense hidden -> hidden, then
+      tanh, on the first token), which pooling 'pooler' uses (LaBSE's sentence
+      embedding). The token embeddings are the same with or without it; it cannot be
+      combined with a head (the pooler maps hidden states).
     dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32.
   """
 
@@ -55,6 +59,7 @@ class EncoderConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   head_dim: Optional[int] = None
+  pooler: bool = False
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -66,6 +71,8 @@ class EncoderConfig:
       raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
+    if self.pooler and self.head_dim:
+      raise ValueError("pooler and head_dim cannot be combined (the BERT pooler maps hidden states)")
 
   @property
   def output_dim(self) -> int:
@@ -218,9 +225,22 @@ class TextEncoder(nn.Module):
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def init_params(cfg: EncoderConfig, rng: jax.Array, seq_len: int = 8) -> Dict[str, Any]:
-  """Random parameters (BERT initialisation: normal(0.02), LayerNorm 1/0); one compilation."""
+  """Random parameters (BERT initialisation: normal(0.02), LayerNorm 1/0); one compilation.
+
+  With `cfg.pooler`, also `pooler` (from a key folded off `rng`: the encoder's params are
+  the same as without it).
+  """
   ids = jnp.ones((1, seq_len), jnp.int32) * (cfg.pad_token_id + 3)
-  return TextEncoder(cfg).init(rng, ids, jnp.ones_like(ids))["params"]
+  params = TextEncoder(cfg).init(rng, ids, jnp.ones_like(ids))["params"]
+  if cfg.pooler:
+    params = {**params, "pooler": init_pooler(cfg, jax.random.fold_in(rng, 2))}
+  return params
+
+
+def init_pooler(cfg: EncoderConfig, rng: jax.Array) -> Dict[str, Any]:
+  """Fresh BERT pooler params: kernel [hidden, hidden] normal(0.02), bias 0."""
+  kernel = nn.initializers.normal(0.02)(rng, (cfg.hidden_size, cfg.hidden_size), jnp.float32)
+  return {"kernel": kernel, "bias": jnp.zeros((cfg.hidden_size,), jnp.float32)}
 
 
 def init_head(cfg: EncoderConfig, rng: jax.Array) -> Dict[str, Any]:
@@ -289,18 +309,38 @@ def cls_pool(tokens: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return tokens[:, 0].astype(jnp.float32)
 
 
+def pooler_pool(tokens: jnp.ndarray, mask: jnp.ndarray, pooler: Optional[Dict[str, Any]]
+                ) -> jnp.ndarray:
+  """BERT's pooler output: tanh(first token @ kernel + bias) (LaBSE's sentence embedding).
+
+  `pooler` is the params' `pooler` entry (`EncoderConfig.pooler`), in float32.
+  """
+  del mask
+  if pooler is None:
+    raise ValueError("pooling 'pooler' needs the encoder's pooler params (EncoderConfig.pooler)")
+  first = tokens[:, 0].astype(jnp.float32)
+  return jnp.tanh(first @ jnp.asarray(pooler["kernel"], jnp.float32)
+                  + jnp.asarray(pooler["bias"], jnp.float32))
+
+
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
   """x / max(||x||, eps), as torch.nn.functional.normalize."""
   x = x.astype(jnp.float32)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
-POOLING = {"mean": mean_pool, "cls": cls_pool}
+POOLING = {"mean": lambda tokens, mask, pooler: mean_pool(tokens, mask),
+           "cls": lambda tokens, mask, pooler: cls_pool(tokens, mask),
+           "pooler": pooler_pool}
 
 
-def pool(tokens: jnp.ndarray, mask: jnp.ndarray, pooling: str, normalize: bool) -> jnp.ndarray:
-  """Sentence embedding by name ('mean' or 'cls'), optionally L2-normalised."""
+def pool(tokens: jnp.ndarray, mask: jnp.ndarray, pooling: str, normalize: bool,
+         pooler: Optional[Dict[str, Any]] = None) -> jnp.ndarray:
+  """Sentence embedding by name ('mean', 'cls' or 'pooler'), optionally L2-normalised.
+
+  `pooler`: the params' `pooler` entry, which 'pooler' needs (`params.get('pooler')`).
+  """
   if pooling not in POOLING:
     raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {pooling!r}")
-  out = POOLING[pooling](tokens, mask)
+  out = POOLING[pooling](tokens, mask, pooler)
   return l2_normalize(out) if normalize else out

@@ -43,7 +43,9 @@ def model_spec(**overrides) -> ml_collections.ConfigDict:
     arch: EncoderConfig overrides (all fields, for 'random'; e.g. dtype for others).
     query_prefix / doc_prefix: text prepended before tokenising (e5: 'query: ').
     query_max_len / doc_max_len: token limits (special tokens included).
-    pooling: 'mean' or 'cls' (dense scoring); normalize: L2-normalise embeddings.
+    pooling: 'mean', 'cls' or 'pooler' (the first token through BERT's pooler, dense +
+      tanh: LaBSE; its weights are loaded and trained with the encoder) for dense
+      scoring; normalize: L2-normalise embeddings.
     scoring: 'dense' (pooled vectors, dot product) or 'maxsim' (token vectors).
     head_dim: 0 or the size of a linear projection head on the token embeddings.
     dtype: compute dtype, 'float32' or 'bfloat16'.
@@ -96,7 +98,8 @@ class Model:
     @jax.jit
     def f(params, ids, mask):
       tokens = enc.apply(params, ids, mask, cfg=cfg)
-      return scoring.embed(tokens, mask, spec.scoring, spec.pooling, spec.normalize)
+      return scoring.embed(tokens, mask, spec.scoring, spec.pooling, spec.normalize,
+                           params.get("pooler"))
 
     if mesh is None or mesh.size == 1:
       return lambda ids, mask: np.asarray(f(params, ids, mask))
@@ -112,6 +115,8 @@ class Model:
 def _arch_overrides(spec) -> Dict[str, Any]:
   over = dict(spec.arch.to_dict()) if spec.arch else {}
   over["dtype"] = spec.dtype
+  if spec.pooling == "pooler":
+    over["pooler"] = True  # the pooler's weights come with the encoder's
   if spec.head_dim:
     over["head_dim"] = int(spec.head_dim)
   return over
@@ -172,10 +177,12 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   sentence-transformers load.
 
   Files: `config.json` + `model.safetensors` (Hugging Face `BertModel` / `XLMRobertaModel`;
-  a projection head is stored as `head.weight`, which transformers ignores), `tokenizer.json`
+  a projection head is stored as `head.weight`, which transformers ignores; BERT's pooler,
+  when the encoder has it, as `pooler.dense`, which transformers loads: `pooler_output`), `tokenizer.json`
   + `tokenizer_config.json` (AutoTokenizer; truncation at `query_max_len`), the
   sentence-transformers modules for dense models (`modules.json`,
-  `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/` for the head, `*_Normalize/`,
+  `sentence_bert_config.json`, `1_Pooling/`, `2_Dense/` for the head or the pooler (dense
+  + tanh), `*_Normalize/`,
   `config_sentence_transformers.json` with the prefixes as the prompts 'query' (default)
   and 'document'), `optical_jax.json` (encoder config, text settings, `extra`) and a model
   card `README.md` built from `extra`.
@@ -189,6 +196,8 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
       or {system: {measure: value}}), title.
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  if spec.pooling == "pooler" and not cfg.pooler:
+    raise InputError("pooling 'pooler' needs an encoder with the pooler (EncoderConfig.pooler)")
   out_dir = os.path.abspath(out_dir)
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -209,7 +218,8 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   saved = {"encoder": cfg.to_dict(), "text": text, "tokenizer": "tokenizer.json",
            **_jsonable(dict(extra or {}))}
   if spec.scoring == "dense":
-    _write_sentence_transformers(tmp, cfg, spec, head, max_len)
+    _write_sentence_transformers(tmp, cfg, spec, head, max_len,
+                                 params.get("pooler") if spec.pooling == "pooler" else None)
   write_json(os.path.join(tmp, SPEC_FILE), saved)
   with atomic_open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
     f.write(model_card(saved))
@@ -281,12 +291,14 @@ def _tokenizer_config(vocab: Dict[str, int], max_len: int) -> Dict[str, Any]:
 
 
 def _write_sentence_transformers(out: str, cfg: enc.EncoderConfig, spec,
-                                 head: Optional[np.ndarray], max_len: int) -> None:
+                                 head: Optional[np.ndarray], max_len: int,
+                                 pooler: Optional[Dict[str, np.ndarray]] = None) -> None:
   """The sentence-transformers modules: Transformer -> Pooling [-> Dense] [-> Normalize].
 
   The student pools token embeddings after its linear, bias-free head; pooling (a mean or
   the first token) commutes with a linear map, so a Dense module after pooling gives the
-  same vectors.
+  same vectors. BERT's pooler (pooling 'pooler', never with a head) is the first token
+  then a Dense module with bias and tanh, as sentence-transformers' LaBSE has it.
   """
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -296,7 +308,7 @@ def _write_sentence_transformers(out: str, cfg: enc.EncoderConfig, spec,
              {"max_seq_length": int(max_len), "do_lower_case": False})
   write_json(os.path.join(out, "1_Pooling", "config.json"), {
       "word_embedding_dimension": cfg.hidden_size,
-      "pooling_mode_cls_token": spec.pooling == "cls",
+      "pooling_mode_cls_token": spec.pooling in ("cls", "pooler"),
       "pooling_mode_mean_tokens": spec.pooling == "mean",
       "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
       "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False,
@@ -310,6 +322,16 @@ def _write_sentence_transformers(out: str, cfg: enc.EncoderConfig, spec,
         "activation_function": "torch.nn.modules.linear.Identity"})
     save_file({"linear.weight": head}, os.path.join(out, f"{n}_Dense", "model.safetensors"),
               metadata={"format": "pt"})
+  if pooler is not None:
+    n = len(modules)
+    modules.append({"idx": n, "name": str(n), "path": f"{n}_Dense",
+                    "type": "sentence_transformers.models.Dense"})
+    write_json(os.path.join(out, f"{n}_Dense", "config.json"), {
+        "in_features": cfg.hidden_size, "out_features": cfg.hidden_size, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh"})
+    save_file({"linear.weight": np.ascontiguousarray(np.asarray(pooler["kernel"], np.float32).T),
+               "linear.bias": np.asarray(pooler["bias"], np.float32)},
+              os.path.join(out, f"{n}_Dense", "model.safetensors"), metadata={"format": "pt"})
   if spec.normalize:
     n = len(modules)
     modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
@@ -392,18 +414,21 @@ def model_card(saved: Dict[str, Any]) -> str:
     out += ["```python", "from sentence_transformers import SentenceTransformer", "",
             "model = SentenceTransformer('PATH/TO/THIS/DIRECTORY')",
             "emb = model.encode(queries, prompt_name='query')  # prepends " + repr(q), "```", ""]
-  out += ["With transformers (" + ("mean pooling" if text.get("pooling") == "mean" else
-                                   "first-token pooling")
+  pooling_words = {"mean": "mean pooling", "cls": "first-token pooling",
+                   "pooler": "the [CLS] token through BERT's pooler, dense + tanh"}
+  out += ["With transformers (" + pooling_words.get(text.get("pooling"), "first-token pooling")
           + (", the linear head `head.weight` of model.safetensors" if encoder_cfg.get("head_dim")
              else "") + (", L2-normalised" if text.get("normalize") else "") + "):", "",
           "```python", "import torch", "from transformers import AutoModel, AutoTokenizer", "",
           "tok = AutoTokenizer.from_pretrained('PATH')", "model = AutoModel.from_pretrained('PATH')",
           f"batch = tok([{q!r} + t for t in queries], padding=True, truncation=True, "
           "return_tensors='pt')",
-          "tokens = model(**batch).last_hidden_state"]
+          "out = model(**batch)", "tokens = out.last_hidden_state"]
   if text.get("pooling") == "mean":
     out += ["m = batch['attention_mask'].unsqueeze(-1).float()",
             "emb = (tokens * m).sum(1) / m.sum(1)"]
+  elif text.get("pooling") == "pooler":
+    out += ["emb = out.pooler_output"]
   else:
     out += ["emb = tokens[:, 0]"]
   if encoder_cfg.get("head_dim"):

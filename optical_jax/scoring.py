@@ -66,14 +66,14 @@ def scores(q: jnp.ndarray, q_mask: Optional[jnp.ndarray], d: jnp.ndarray,
 
 
 def embed(tokens: jnp.ndarray, mask: jnp.ndarray, scoring: str, pooling: str,
-          normalize: bool) -> jnp.ndarray:
+          normalize: bool, pooler: Optional[dict] = None) -> jnp.ndarray:
   """What `scoring` compares, from encoder outputs tokens [B, L, D] and mask [B, L].
 
   'maxsim': the token vectors [B, L, D] (L2-normalised if `normalize`);
   'dense': one pooled vector per text [B, D] (`encoder.pool` by `pooling`, L2-normalised
-  if `normalize`).
+  if `normalize`; `pooler` is the params' BERT pooler, which pooling 'pooler' needs).
   """
   check(scoring)
   if scoring == "maxsim":
     return enc.l2_normalize(tokens) if normalize else tokens
-  return enc.pool(tokens, mask, pooling, normalize)
+  return enc.pool(tokens, mask, pooling, normalize, pooler)

@@ -276,7 +276,7 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
 
   def encode(params, ids, mask, key):
     tokens = enc.apply(params, ids, mask, cfg=spec.encoder, deterministic=False, rng=key)
-    return scoring.embed(tokens, mask, spec.scoring, spec.pooling, True), mask
+    return scoring.embed(tokens, mask, spec.scoring, spec.pooling, True, params.get("pooler")), mask
 
   def loss_fn(params):
     q, q_mask = encode(params, batch["q_ids"], batch["q_mask"], r1)

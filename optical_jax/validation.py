@@ -23,7 +23,8 @@ from optical_jax import encoder as enc
 def pooled_embed_fn(cfg: enc.EncoderConfig, pooling: str) -> Callable:
   """A jitted (params, ids, mask) -> pooled, L2-normalised embeddings [B, D]; make it once
   and reuse it (it compiles once per batch shape)."""
-  return jax.jit(lambda p, i, m: enc.pool(enc.apply(p, i, m, cfg=cfg), m, pooling, True))
+  return jax.jit(lambda p, i, m: enc.pool(enc.apply(p, i, m, cfg=cfg), m, pooling, True,
+                                          p.get("pooler")))
 
 
 def embed(params, embed_fn: Callable, ids: np.ndarray, mask: np.ndarray,

@@ -27,7 +27,8 @@ from optical_jax.encoder import EncoderConfig, init_params
 from optical_jax.errors import InputError
 
 # Tensors a checkpoint may carry that the encoder does not use (pretraining heads,
-# the BERT pooler, buffers). They are skipped silently; anything else unexpected is an error.
+# the BERT pooler unless `EncoderConfig.pooler` asks for it, buffers). They are skipped
+# silently; anything else unexpected is an error.
 IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "qa_outputs.", "classifier.")
 IGNORED_SUFFIXES = ("position_ids", "token_type_ids")
 MODEL_PREFIXES = ("bert.", "roberta.", "model.", "encoder_model.")
@@ -71,8 +72,10 @@ def hf_config(cfg: EncoderConfig) -> Dict[str, Any]:
 
   A 'bert'-position encoder is written as `BertModel` (also multilingual-e5-small, a BERT
   with the XLM-R vocabulary), a 'roberta'-position one as `XLMRobertaModel`. The projection
-  head and the compute dtype have no field here (`optical_jax.json` of an export keeps them),
-  so `config_from_hf(hf_config(cfg)) == cfg.replace(head_dim=None, dtype='float32')`.
+  head, the compute dtype and `pooler` have no field here (`optical_jax.json` of an export
+  keeps them; transformers' models always build a pooler, and load its weights when the
+  checkpoint has them), so
+  `config_from_hf(hf_config(cfg)) == cfg.replace(head_dim=None, dtype='float32', pooler=False)`.
   """
   bert = cfg.position_style == "bert"
   return {
@@ -127,6 +130,8 @@ def hf_name_map(cfg: EncoderConfig) -> Dict[Tuple[str, ...], Tuple[str, Callable
     dense(p + ("intermediate",), f"{h}.intermediate.dense")
     dense(p + ("output",), f"{h}.output.dense")
     ln(p + ("output_LayerNorm",), f"{h}.output.LayerNorm")
+  if cfg.pooler:
+    dense(("pooler",), "pooler.dense")
   return m
 
 

@@ -55,10 +55,13 @@ def _transformers(export_dir, texts, spec):
   batch = tok([spec.query_prefix + t for t in texts], padding=True, truncation=True,
               return_tensors="pt")
   with torch.no_grad():
-    h = model(**batch).last_hidden_state
+    out = model(**batch)
+  h = out.last_hidden_state
   if spec.pooling == "mean":
     m = batch["attention_mask"].unsqueeze(-1).float()
     emb = (h * m).sum(1) / m.sum(1)
+  elif spec.pooling == "pooler":
+    emb = out.pooler_output
   else:
     emb = h[:, 0]
   if spec.head_dim:
@@ -102,6 +105,31 @@ def test_tiny_random_with_head(tmp_path, st, minilm_dir):
     assert [x["path"] for x in json.load(f)] == ["", "1_Pooling", "2_Dense", "3_Normalize"]
   # The export still reads back as an optical-jax model with its head.
   assert models.export_spec(out).head_dim == 16
+
+
+def test_bert_pooler_labse_style(tmp_path, st, minilm_dir):
+  """LaBSE's sentence embedding ([CLS] -> BERT pooler, dense + tanh -> L2): transformers'
+  `pooler_output` and a sentence-transformers Pooling(cls) -> Dense(tanh) -> Normalize
+  give the Flax vectors; the export reads back with its pooler."""
+  spec = _tiny_spec(os.path.join(minilm_dir, "tokenizer.json"), pooling="pooler",
+                    query_max_len=12)
+  m = models.load_model(spec)
+  assert m.cfg.pooler and set(m.params) == {"encoder", "pooler"}
+  out = str(tmp_path / "student")
+  models.export_model(out, m.cfg, m.params, m.spec, m.tokenizer, extra=EXTRA)
+  loaded, _ = _check(st, out, spec)
+  np.testing.assert_array_equal(loaded.params["pooler"]["kernel"], m.params["pooler"]["kernel"])
+  with open(os.path.join(out, "modules.json")) as f:
+    assert [x["path"] for x in json.load(f)] == ["", "1_Pooling", "2_Dense", "3_Normalize"]
+  with open(os.path.join(out, "2_Dense", "config.json")) as f:
+    assert json.load(f)["activation_function"] == "torch.nn.modules.activation.Tanh"
+  with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
+    assert "emb = out.pooler_output" in f.read()
+  # Without the pooler's weights a 'pooler' export is refused, before anything is written.
+  bare = m.cfg.replace(pooler=False)
+  with pytest.raises(models.InputError, match="pooling 'pooler' needs an encoder with the pooler"):
+    models.export_model(str(tmp_path / "bare"), bare, m.params, m.spec, m.tokenizer)
+  assert not os.path.exists(tmp_path / "bare.tmp")
 
 
 def test_minilm_asset(tmp_path, st, minilm_dir):

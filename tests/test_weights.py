@@ -198,3 +198,47 @@ def test_hf_config_loads_in_transformers(tmp_path):
     (d / "config.json").write_text(json.dumps(weights.hf_config(cfg)))
     hf = transformers.AutoConfig.from_pretrained(str(d))
     assert hf.architectures == [cls] and hf.num_hidden_layers == 1 and hf.pad_token_id == 1
+
+
+def test_bert_pooler_converts_and_matches_torch(tmp_path):
+  """A random small HF BertModel with its pooler: `pooler.dense` converts (config option
+  `pooler`), pooling 'pooler' gives transformers' `pooler_output` (LaBSE's embedding
+  before L2 normalisation), and the params convert back to the same tensors."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  hf = dict(TINY_HF, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  model = transformers.BertModel(transformers.BertConfig(**hf)).eval()  # with its pooler
+  with torch.no_grad():
+    model.pooler.dense.bias.normal_()  # HF initialises the bias at 0: make it count
+  model.save_pretrained(str(tmp_path), safe_serialization=True)
+  cfg, params = weights.load_hf(str(tmp_path), pooler=True)
+  assert cfg.pooler and set(params) == {"encoder", "pooler"}
+  ids = np.array([[2, 7, 9, 30, 5, 3], [2, 11, 3, 0, 0, 0]], np.int32)
+  mask = (ids != 0).astype(np.int32)
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
+  tokens = encoder.apply(params, ids, mask, cfg=cfg)
+  np.testing.assert_allclose(np.asarray(tokens)[mask.astype(bool)],
+                             ref.last_hidden_state.numpy()[mask.astype(bool)], atol=1e-5)
+  pooled = encoder.pool(tokens, mask, "pooler", False, params["pooler"])
+  np.testing.assert_allclose(np.asarray(pooled), ref.pooler_output.numpy(), atol=1e-5)
+  unit = encoder.pool(tokens, mask, "pooler", True, params["pooler"])
+  np.testing.assert_allclose(np.asarray(unit), torch.nn.functional.normalize(
+      ref.pooler_output, dim=-1).numpy(), atol=1e-5)
+  back = weights.state_dict_from_params(params, cfg)
+  for name in ("pooler.dense.weight", "pooler.dense.bias"):
+    np.testing.assert_array_equal(back[name], model.state_dict()[name].numpy())
+  # Without the option the pooler is skipped (the token embeddings need nothing else) ...
+  _, plain = weights.load_hf(str(tmp_path))
+  assert set(plain) == {"encoder"}
+  with pytest.raises(ValueError, match="needs the encoder's pooler params"):
+    encoder.pool(tokens, mask, "pooler", True)
+  # ... and a checkpoint without one cannot serve pooling 'pooler'.
+  bare = tmp_path / "bare"
+  transformers.BertModel(transformers.BertConfig(**hf), add_pooling_layer=False).save_pretrained(
+      str(bare), safe_serialization=True)
+  with pytest.raises(weights.WeightsError, match="missing pooler.dense.weight"):
+    weights.load_hf(str(bare), pooler=True)
+  with pytest.raises(ValueError, match="pooler and head_dim cannot be combined"):
+    cfg.replace(head_dim=4)

@@ -1,7 +1,7 @@
 """What the study configs share: evaluation datasets, the data-amount cut, tiny models for smoke runs.
 
-Not a config file itself: `configs/studies/data_amount.py` and `language_ratio.py`
-import it. Data locations come from `configs/common.py`.
+Not a config file itself: `configs/studies/data_amount.py`, `language_ratio.py` and
+`backbones.py` import it. Data locations come from `configs/common.py`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ def lareqa_eval(which: str, lang: str, data_root: str = "") -> ml_collections.Co
   c.dataset.path = common.xquad_r_dir(data_root) if which == "xquad-r" else common.mlqa_r_dir(data_root)
   c.dataset.lang = lang
   return c
+
+
+def lareqa_evals(which: str, langs, data_root: str = "") -> Dict[str, ml_collections.ConfigDict]:
+  """`lareqa_eval` of each language, named `<which>-<lang>` (e.g. xquad-r-el)."""
+  return {f"{which}-{lang}": lareqa_eval(which, lang, data_root) for lang in langs}
 
 
 def bitext_eval(foreign: str, english: str) -> ml_collections.ConfigDict:
