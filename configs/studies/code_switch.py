@@ -109,7 +109,7 @@ def train_config(lang: str, loss: str, rate: float, seed: int, *, model: str, st
 
 def evals_for(lang: str, data_root: str = ""):
   out = (shared.language_evals(lang, data_root) if is_afriqa(lang, data_root)
-         else shared.lareqa_evals(lang, data_root))
+         else shared.ntrex_lang_evals(lang, data_root))
   for e in out.values():
     e.measures = tuple(dict.fromkeys(shared.MEASURES + MEASURES))
   return out

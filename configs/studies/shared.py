@@ -140,7 +140,7 @@ def parse_amount(value) -> Optional[int]:
   return int(text)
 
 
-def lareqa_evals(lang: str, data_root: str = "") -> Dict[str, ml_collections.ConfigDict]:
+def ntrex_lang_evals(lang: str, data_root: str = "") -> Dict[str, ml_collections.ConfigDict]:
   """XQuAD-R (and MLQA-R where it has the language) for an NTREX code such as 'ell'."""
   code = LAREQA_CODES[lang]
   out = {f"xquad-r-{code}": lareqa_eval("xquad-r", code, data_root)}
