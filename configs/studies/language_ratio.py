@@ -24,7 +24,8 @@ Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, low swa, high el, ratios 0, .5, 1, 1 seed, 4 steps (tests)
   cpu     e5-small, low swa+hau+yor+zul, high el+hi+tr+th, ratios 0, .25, .5, .75, 1,
           1 seed, 60 steps of 32 pairs; evaluated on AfriQA swa, hau and XQuAD-R el, hi
-          and MLQA-R hi (an estimate of 25-40 min on 2 idle CPU cores, not measured)
+          and MLQA-R hi (measured: 60 min on the project's 2 CPU cores shared with other
+          jobs, load 3-6; results in the README)
   full    the same languages, 3 seeds, 2000 steps, every AfriQA language and XQuAD-R
           el, hi, tr, th and MLQA-R hi: for GPU/TPU (`--shard=i/n`, then `--aggregate`)
 Keys: ratios=0+0.5+1, low=swa+hau, high=ell+hin, seeds=N, steps=N, model=tiny|e5,
