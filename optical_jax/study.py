@@ -739,6 +739,8 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
     if pos:
       line, = axis.plot(pos, mean, marker="o", label=name or label)
       axis.fill_between(pos, lo, hi, alpha=0.2, color=line.get_color())
+      return line.get_color()
+    return None
 
   def refs(axis, dataset, measure):
     # References far off the curves' scale (an oracle at 1.0) are named, not drawn, so
@@ -775,10 +777,20 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
       fig = Figure(figsize=(5.5, 3.8))
       FigureCanvasAgg(fig)
       axis = fig.add_subplot(1, 1, 1)
+      drawn_refs = False
       for dataset in col.datasets:
+        color = None
         for label in groups:
-          curve(axis, label, dataset, measure,
-                name=dataset if label == config.system else f"{dataset} {label}")
+          color = curve(axis, label, dataset, measure,
+                        name=dataset if label == config.system else f"{dataset} {label}") or color
+        for (_, ds, _), agg in col.references.items():  # dashed, in the dataset's colour
+          if ds == dataset and measure in agg and color is not None:
+            axis.axhline(agg[measure], linestyle="--", linewidth=0.8, color=color)
+            drawn_refs = True
+      if drawn_refs:
+        names = sorted({system for (_, _, system) in col.references})
+        axis.annotate("dashed: " + ", ".join(names), (0.01, 0.01), xycoords="axes fraction",
+                      fontsize=6, color="grey", va="bottom")
       axis.set_ylabel(measure)
       finish(fig, [axis], f"{config.name}: {measure} ({100 * float(config.confidence):g}% CI over seeds)")
       path = os.path.join(out_dir, f"{_safe(measure)}.png")
