@@ -89,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
     reference_axes: axes the references depend on (e.g. ('lang',)).
     system: the name of the trained system in each cell's evaluation.
     compare: pairs ("axis=value[,axis=value]", "axis=value...") of arms to test.
+    pool_axes: axes whose cells are pooled in those tests like seeds (e.g. ('lang',):
+      one test over the queries of every language and seed, beside the per-language
+      tests); () = a test per value of every non-seed axis.
     measures: ir_measures names shown in the summary and plots (the CSV holds every
       measure the evaluations computed).
     derived: (name, dataset A, dataset B) triples: a dataset `name` whose per-query
@@ -114,6 +117,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.reference_axes = ()
   c.system = "student"
   c.compare = ()
+  c.pool_axes = ()
   c.measures = ("P@5", "R@10", "nDCG@10")
   c.derived = ()
   c.plot = ml_collections.ConfigDict(dict(x="", by=""))
@@ -170,6 +174,9 @@ def _check_config(config) -> Dict[str, Tuple[Any, ...]]:
       raise InputError(f"config.compare entries are pairs of arms, got {pair!r}")
     for arm in pair:
       _parse_arm(arm, ax)
+  for a in config.pool_axes:
+    if a not in ax or a == config.seed_axis:
+      raise InputError(f"config.pool_axes: {a!r} is not a non-seed axis ({', '.join(ax)})")
   for triple in config.derived:
     if len(triple) != 3 or not all(isinstance(t, str) and _VALUE_RE.match(t) for t in triple):
       raise InputError("config.derived entries are (name, dataset A, dataset B) triples of "
@@ -581,14 +588,38 @@ def _arm_stats(config, col: Collected, arm: Arm, dataset: str, measure: str):
 
 
 def _comparisons(config, col: Collected, ax: Mapping[str, Sequence[Any]]) -> List[Dict[str, Any]]:
-  """Paired tests of each `compare` pair, per dataset, context (other axes) and measure."""
+  """Paired tests of each `compare` pair, per dataset, context (other axes) and measure;
+  then, with `pool_axes`, the same pooled over those axes (context '<axis>=pooled')."""
+  out = _paired_tests(config, col, ax, ())
+  if config.pool_axes:
+    out += _paired_tests(config, col, ax, tuple(config.pool_axes))
+  return out
+
+
+def _paired_tests(config, col: Collected, ax: Mapping[str, Sequence[Any]],
+                  pooled: Tuple[str, ...]) -> List[Dict[str, Any]]:
+  """The tests of `_comparisons` with cells of the `pooled` axes taken as further runs
+  (paired by seed and those axes' values; datasets matched by name, and the same
+  dataset of several pooled cells, e.g. one per language, enters once per cell).
+
+  A pooled test spans datasets whose names differ by the pooled value (afriqa-swa,
+  afriqa-hau): dataset names are grouped by replacing each pooled value with '*'.
+  """
   out = []
   seed_axis = config.seed_axis
   trained = [c for c in col.cells if not c.reference and c.key in set(col.finished)]
+  run_axes = [seed_axis] + list(pooled)
+
+  def generic(dataset: str, cell: Cell) -> str:
+    for a in pooled:
+      dataset = re.sub(rf"(?<![A-Za-z0-9]){re.escape(str(cell.values[a]))}(?![A-Za-z0-9])",
+                       "*", dataset)
+    return dataset
+
   for a_text, b_text in config.compare:
     a_arm, b_arm = _parse_arm(a_text, ax), _parse_arm(b_text, ax)
     fixed = set(a_arm) | set(b_arm)
-    context_axes = [k for k in ax if k not in fixed and k != seed_axis]
+    context_axes = [k for k in ax if k not in fixed and k not in run_axes]
     contexts: Dict[str, Dict[str, Any]] = {}
     for c in trained:
       ctx = {k: c.values[k] for k in context_axes}
@@ -599,27 +630,37 @@ def _comparisons(config, col: Collected, ax: Mapping[str, Sequence[Any]]) -> Lis
               and all(c.values[k] == v for k, v in ctx.items()))
 
     for ctx in contexts.values():
-      a_cells = {c.values.get(seed_axis): c for c in trained if match(c, a_arm, ctx)}
-      b_cells = {c.values.get(seed_axis): c for c in trained if match(c, b_arm, ctx)}
-      seeds = [s for s in a_cells if s in b_cells]
-      if not seeds:
+      run_of = lambda c: tuple(c.values.get(k) for k in run_axes)
+      a_cells = {run_of(c): c for c in trained if match(c, a_arm, ctx)}
+      b_cells = {run_of(c): c for c in trained if match(c, b_arm, ctx)}
+      runs = [r for r in a_cells if r in b_cells]
+      if not runs:
         continue
-      for dataset in col.datasets:
+      names = list(dict.fromkeys(generic(d, a_cells[r]) for r in runs for d in col.datasets))
+      for name in names:
         for measure in config.measures:
-          a_runs, b_runs = [], []
-          for s in seeds:
-            pa = col.per_query.get((a_cells[s].key, dataset, config.system))
-            pb = col.per_query.get((b_cells[s].key, dataset, config.system))
-            if pa is None or pb is None or measure not in pa or measure not in pb:
-              break
-            a_runs.append(pa[measure])
-            b_runs.append(pb[measure])
-          else:
-            t = metrics.pooled_significance(
-                a_runs, b_runs, n_permutations=int(config.n_permutations),
-                seed=int(config.permutation_seed))
-            out.append({"a": a_text, "b": b_text, "context": ctx, "dataset": dataset,
-                        "measure": measure, "seeds": len(seeds), **t})
+          a_runs, b_runs, complete = [], [], True
+          for r in runs:  # every run must have the dataset, else no test (partial results)
+            found = False
+            for dataset in col.datasets:
+              if generic(dataset, a_cells[r]) != name:
+                continue
+              pa = col.per_query.get((a_cells[r].key, dataset, config.system))
+              pb = col.per_query.get((b_cells[r].key, dataset, config.system))
+              if pa is None or pb is None or measure not in pa or measure not in pb:
+                continue
+              a_runs.append(pa[measure])
+              b_runs.append(pb[measure])
+              found = True
+            complete = complete and found
+          if not complete:
+            continue
+          t = metrics.pooled_significance(
+              a_runs, b_runs, n_permutations=int(config.n_permutations),
+              seed=int(config.permutation_seed))
+          context = dict(ctx, **{k: "pooled" for k in pooled})
+          out.append({"a": a_text, "b": b_text, "context": context, "dataset": name,
+                      "measure": measure, "seeds": len({r[0] for r in runs}), **t})
   return out
 
 

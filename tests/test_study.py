@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from optical_jax import study
@@ -319,3 +320,44 @@ def test_adversarial_smoke_reports_transfer_gaps(tmp_path, cache, shared_data):
   assert by[(key, "gap-ell", "P@1")] == pytest.approx(
       by[(key, "xquad-r-el.en", "P@1")] - by[(key, "xquad-r-el", "P@1")], abs=1e-9)
   assert "| weight=0.1 | weight=0.0 | gap-swa |" in (tmp_path / "summary.md").read_text()
+
+
+def test_pool_axes_pool_queries_over_languages_and_seeds():
+  """`pool_axes=('lang',)`: besides a test per language, one over every (lang, seed) run,
+  datasets matched by name with the language replaced by '*'."""
+  from optical_jax import metrics  # pylint: disable=g-import-not-at-top
+  c = study.default_config()
+  c.axes.lang = ("swa", "hau")
+  c.axes.loss = ("ot", "sentence")
+  c.axes.seed = (0, 1)
+  c.train = c.evals = lambda v: {}
+  c.compare = (("loss=ot", "loss=sentence"),)
+  c.pool_axes = ("lang",)
+  c.measures = ("P@1",)
+  cells = study.grid(c)
+  rng = np.random.default_rng(0)
+  per_query = {}
+  for cell in cells:
+    lang = cell.values["lang"]
+    per_query[(cell.key, f"afriqa-{lang}", "student")] = {
+        "P@1": {f"{lang}{i}": float(rng.random() < 0.5) for i in range(30)}}
+  col = study.Collected([], [], per_query, cells, [x.key for x in cells],
+                        ["afriqa-swa", "afriqa-hau"], {})
+  comps = study._comparisons(c, col, study.axes(c))  # pylint: disable=protected-access
+  per_lang = [x for x in comps if x["context"]["lang"] != "pooled"]
+  pooled = [x for x in comps if x["context"]["lang"] == "pooled"]
+  assert sorted((x["context"]["lang"], x["dataset"]) for x in per_lang) == [
+      ("hau", "afriqa-hau"), ("swa", "afriqa-swa")]
+  assert len(pooled) == 1 and pooled[0]["dataset"] == "afriqa-*" and pooled[0]["n"] == 120
+  runs = [(l, s) for s in (0, 1) for l in ("swa", "hau")]
+  key = lambda l, loss, s: study.cell_key({"lang": l, "loss": loss, "seed": s})
+  want = metrics.pooled_significance(
+      [per_query[(key(l, "ot", s), f"afriqa-{l}", "student")]["P@1"] for l, s in runs],
+      [per_query[(key(l, "sentence", s), f"afriqa-{l}", "student")]["P@1"] for l, s in runs],
+      n_permutations=int(c.n_permutations), seed=int(c.permutation_seed))
+  assert pooled[0]["mean_diff"] == pytest.approx(want["mean_diff"])
+  assert pooled[0]["t_test_p"] == pytest.approx(want["t_test_p"])
+  assert pooled[0]["seeds"] == 2
+  c.pool_axes = ("seed",)
+  with pytest.raises(InputError, match="pool_axes"):
+    study.grid(c)
