@@ -167,7 +167,10 @@ def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
                                               ("code_switch", "full", 7 + 7 * 4 * 2 * 3),
                                               ("adversarial", "smoke", 3),
                                               ("adversarial", "cpu", 4),
-                                              ("adversarial", "full", 1 + 5 * 2 * 3)])
+                                              ("adversarial", "full", 1 + 5 * 2 * 3),
+                                              ("ot_variants", "smoke", 1 + 3),
+                                              ("ot_variants", "cpu", 2 + 2 * 4 * 2),
+                                              ("ot_variants", "full", 12 + 3 * 4 * 8 * 3)])
 def test_study_configs_build(shared_data, name, scale, cells):
   """Every scale of both studies builds its grid, one cell's train config and its evals."""
   import importlib  # pylint: disable=g-import-not-at-top
@@ -190,6 +193,12 @@ def test_study_configs_build(shared_data, name, scale, cells):
     assert train.adversarial.weight == max(c.axes.weight) > 0
     assert evals["xquad-r-el.en"].dataset.query_field == "text_en"
     assert ("gap-ell", "xquad-r-el.en", "xquad-r-el") in c.derived
+  if name == "ot_variants":  # loss arms and pooled tests over languages
+    assert "ot-ranking" in c.axes.loss and train.loss.loss in ("ot+ranking", "barycentric",
+                                                                "ot")
+    if len(c.axes.lang) > 1:
+      assert tuple(c.pool_axes) == ("lang",)
+      assert ("loss=ot", "loss=ranking") in c.compare
   if name == "code_switch":  # the last cell switches at the largest rate, with a real lexicon
     assert train.data.code_switch.rate == max(c.axes.rate) > 0
     assert os.path.isfile(train.data.code_switch.dictionary)
@@ -361,3 +370,18 @@ def test_pool_axes_pool_queries_over_languages_and_seeds():
   c.pool_axes = ("seed",)
   with pytest.raises(InputError, match="pool_axes"):
     study.grid(c)
+
+
+@pytest.mark.slow
+def test_ot_variants_smoke_compares_arms_with_sentence(tmp_path, cache, shared_data):
+  """Issue 14's comparison at smoke scale: three loss arms, tests against sentence-level."""
+  del shared_data
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  c = ot_variants.get_config(f"smoke,cache_dir={cache}")
+  r = study.run(c, str(tmp_path), log=_quiet)
+  assert len(r.ran) == 4
+  cell = json.loads((tmp_path / "cells" / "setting=tiny,lang=swa,loss=ot-ranking,seed=0" /
+                     "cell.json").read_text())
+  assert cell["resolved"]["train"]["loss"]["loss"] == "ot+ranking"
+  summary = (tmp_path / "summary.md").read_text()
+  assert "| loss=ot-ranking | loss=sentence | afriqa-swa |" in summary

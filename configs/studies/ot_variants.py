@@ -1,0 +1,162 @@
+"""Issue 14's protocol comparison: does token-level OT (or a variant) beat sentence-level distillation?
+
+    python study.py --config configs/studies/ot_variants.py:smoke --workdir /tmp/otv  # tiny models
+    python study.py --config configs/studies/ot_variants.py:cpu --workdir runs/otv    # MiniLM, 2 CPU cores
+    python study.py --config configs/studies/ot_variants.py --workdir W --shard=$I/$N  # full, then --aggregate
+
+Grid: setting x lang x loss arm x seed. A setting is a teacher/student pair:
+  minilm   all-MiniLM-L6-v2 -> a copy of it, dense mean-pooled retrieval (`configs/swa_minilm.py`)
+  e5       multilingual-e5-small -> a copy of it, dense (`configs/swa_e5.py`: OT eps 0.005)
+  colbert  the ColBERT-style MiniLM teacher (all-MiniLM-L6-v2 + 128-d head, MaxSim;
+           train it first with `configs/teacher_colbert.py`, `teacher=DIR` points at its
+           export) -> a copy of it, evaluated with MaxSim (`configs/colbert_minilm.py`)
+Loss arms (`ARMS`): sentence-level distillation, plain OT, the in-batch ranking term
+alone (the best loss without OT in the issue's probe), OT + ranking (`ot-ranking`), the debiased
+Sinkhorn divergence, barycentric token targets, semi-relaxed OT (tau_b 0.5), and OT with
+a relative epsilon. The arms use the settings' defaults, not tuned values: tune each
+family on held-out data only (`configs/swa_*.py:swa,tune` val_p@1, or hau/zul dev qrels)
+and put the winners in `ARMS` before a full run. Every cell evaluates its language's
+AfriQA-CLIR test; the paired comparisons set each arm against sentence-level
+distillation and each OT arm against the ranking term alone, per language and pooled
+over the languages' queries and seeds (`pool_axes`): an OT-based loss that beats both
+pooled at p < 0.05 is the evidence the issue asks for. The training logs keep what
+drives the differences (plan entropy, mean cost, converged fraction, plan mass).
+
+Scales (the argument `SCALE[,key=value...]`):
+  smoke   tiny random encoders, swa, arms sentence / ot / ot-ranking, 1 seed, 4 steps (tests)
+  cpu     minilm, swa+hau, arms sentence / ot / ranking / ot-ranking, 2 seeds, 100 steps
+          (estimate: 45-60 min on 2 idle CPU cores; not measured)
+  full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
+Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
+teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
+"""
+
+from __future__ import annotations
+
+from configs import common
+from configs.studies import shared
+from optical_jax import evaluator, study
+
+# Loss arm -> trainer config overrides (dotted keys), on top of the setting's config.
+ARMS = {
+    "sentence": {"loss.loss": "sentence"},
+    "ot": {"loss.loss": "ot"},
+    "ranking": {"loss.loss": "ranking"},
+    "ot-ranking": {"loss.loss": "ot+ranking"},
+    "divergence": {"loss.loss": "divergence"},
+    "barycentric": {"loss.loss": "barycentric"},
+    "ot-semi": {"loss.loss": "ot", "loss.ot.tau_b": 0.5},
+    "ot-relative": {"loss.loss": "ot", "loss.ot.relative_epsilon": True, "loss.ot.epsilon": 0.1},
+}
+OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relative")
+SETTINGS = ("tiny", "minilm", "e5", "colbert")
+
+SCALE = {
+    "smoke": dict(settings="tiny", langs="swa", arms="sentence+ot+ot-ranking", seeds=1, steps=4),
+    "cpu": dict(settings="minilm", langs="swa+hau", arms="sentence+ot+ranking+ot-ranking",
+                seeds=2, steps=100),
+    "full": dict(settings="minilm+e5+colbert", langs="swa+hau+yor+zul", arms="+".join(ARMS),
+                 seeds=3, steps=1000),
+}
+
+
+def split_arms(text: str):
+  """'sentence+ot+ot-ranking' -> ('sentence', 'ot', 'ot-ranking'), names checked."""
+  arms = shared.split_list(text)
+  for a in arms:
+    if a not in ARMS:
+      raise ValueError(f"unknown loss arm {a!r}; known: {', '.join(ARMS)}")
+  return arms
+
+
+def setting_config(setting: str, lang: str, *, teacher_dir: str = "", data_root: str = ""):
+  """The setting's trainer config for `lang` (before the arm's overrides)."""
+  arg = f"{lang},data_root={data_root}" if data_root else lang
+  if setting == "tiny":
+    from configs import tiny  # pylint: disable=g-import-not-at-top
+    c = tiny.get_config(f"data_root={data_root}" if data_root else "")
+    c.lang = lang
+    return c
+  if setting == "minilm":
+    from configs import swa_minilm as base  # pylint: disable=g-import-not-at-top
+  elif setting == "e5":
+    from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
+  elif setting == "colbert":
+    from configs import colbert_minilm as base  # pylint: disable=g-import-not-at-top
+    arg += f",teacher={teacher_dir}" if teacher_dir else ""
+  else:
+    raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {setting!r}")
+  return base.get_config(arg)
+
+
+def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
+                 teacher_dir: str = "", data_root: str = ""):
+  c = setting_config(setting, lang, teacher_dir=teacher_dir, data_root=data_root)
+  for key, value in ARMS[arm].items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  c.seed = int(seed)
+  c.train.steps = int(steps)
+  c.train.keep_checkpoints = 1
+  if setting == "tiny":
+    c.train.checkpoint_every = steps
+  else:
+    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
+    c.train.checkpoint_every = max(1, min(200, steps // 2))
+    c.train.log_every = 10
+  return c
+
+
+def get_config(arg: str = "full"):
+  args = common.parse_arg(arg, first="scale", scale="full", settings="", langs="", arms="",
+                          seeds=0, steps=0, teacher="", data_root="", cache_dir="")
+  scale = SCALE[shared.check_scale(args.scale)]
+  settings = shared.split_list(args.settings or scale["settings"])
+  langs = shared.split_list(args.langs or scale["langs"])
+  arms = split_arms(args.arms or scale["arms"])
+  seeds = tuple(range(args.seeds or scale["seeds"]))
+  steps = args.steps or scale["steps"]
+  root = args.data_root
+  for s in settings:
+    if s not in SETTINGS:
+      raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {s!r}")
+
+  def train(v):
+    return train_config(v["setting"], v["lang"], v["loss"], v["seed"], steps=steps,
+                        teacher_dir=args.teacher, data_root=root)
+
+  def evals(v):
+    e = shared.afriqa_eval(v["lang"], root)
+    if v["setting"] == "colbert":
+      e.scoring = "maxsim"
+    return {f"afriqa-{v['lang']}": e}
+
+  def references(v):
+    teacher = setting_config(v["setting"], v["lang"], teacher_dir=args.teacher,
+                             data_root=root).teacher
+    name = "teacher" if v["setting"] == "tiny" else v["setting"]
+    return {f"{name}-zeroshot": evaluator.system(teacher),
+            f"{name}-oracle": evaluator.system(teacher, query_field="text_en")}
+
+  c = study.default_config()
+  c.name = f"ot_variants-{args.scale}"
+  c.axes.setting = settings
+  c.axes.lang = langs
+  c.axes.loss = arms
+  c.axes.seed = seeds
+  c.train = train
+  c.evals = evals
+  c.references = references
+  c.reference_axes = ("setting", "lang")
+  pairs = [(f"loss={a}", "loss=sentence") for a in arms if a != "sentence" and "sentence" in arms]
+  if "ranking" in arms:
+    pairs += [(f"loss={a}", "loss=ranking") for a in arms if a in OT_ARMS]
+  c.compare = tuple(pairs)
+  c.pool_axes = ("lang",) if len(langs) > 1 else ()
+  c.measures = ("nDCG@10", "R@10", "P@5")
+  c.plot.x = "loss"
+  c.cache_dir = args.cache_dir
+  return c
