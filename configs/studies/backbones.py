@@ -114,11 +114,7 @@ def train_config(lang: str, backbone: str, loss: str, seed: int, *, steps: int,
   c = base_config(backbone, lang, data_root)
   c.loss.loss = loss
   c.seed = int(seed)
-  c.train.steps = int(steps)
-  c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
-  c.train.checkpoint_every = max(1, min(200, steps // 2))
-  c.train.keep_checkpoints = 1
-  return c
+  return shared.set_budget(c, steps)
 
 
 def get_config(arg: str = "full"):

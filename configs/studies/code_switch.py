@@ -79,21 +79,7 @@ def train_config(lang: str, loss: str, rate: float, seed: int, *, model: str, st
                  side: str = "foreign", data_root: str = "", cache_dir: str = ""):
   """The trainer config of one cell."""
   afriqa_lang = lang if is_afriqa(lang, data_root) else "swa"  # the base setting's language
-  if model == "tiny":
-    from configs import tiny  # pylint: disable=g-import-not-at-top
-    c = tiny.get_config(f"data_root={data_root}" if data_root else "")
-    c.train.checkpoint_every = steps
-  else:
-    if model == "minilm":
-      from configs import swa_minilm as base  # pylint: disable=g-import-not-at-top
-    elif model == "e5":
-      from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
-    else:
-      raise ValueError(f"model= takes tiny, minilm or e5, got {model!r}")
-    c = base.get_config(f"{afriqa_lang},data_root={data_root}" if data_root else afriqa_lang)
-    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
-    c.train.checkpoint_every = max(1, min(200, steps // 2))
-    c.train.log_every = 10
+  c = shared.student_config(model, afriqa_lang, data_root)
   c.lang = lang
   c.data.bitext.sources = sources_for(lang, data_root)
   if float(rate) > 0:
@@ -102,9 +88,7 @@ def train_config(lang: str, loss: str, rate: float, seed: int, *, model: str, st
     c.data.code_switch.dictionary = lexicon_for(lang, side, data_root, cache_dir)
   c.loss.loss = loss
   c.seed = int(seed)
-  c.train.steps = int(steps)
-  c.train.keep_checkpoints = 1
-  return c
+  return shared.set_budget(c, steps, tiny=(model == "tiny"))
 
 
 def evals_for(lang: str, data_root: str = ""):

@@ -48,30 +48,15 @@ SCALE = {
 def train_config(lang: str, loss: str, amount, seed: int, *, model: str, steps: int,
                  data_root: str = ""):
   """The trainer config of one cell."""
-  if model == "tiny":
-    from configs import tiny  # pylint: disable=g-import-not-at-top
-    c = tiny.get_config(f"data_root={data_root}" if data_root else "")
-    c.lang = lang
-    sources = common.bitext_sources(lang, data_root=data_root)
-    c.train.checkpoint_every = steps
-  else:
-    if model == "minilm":
-      from configs import swa_minilm as base  # pylint: disable=g-import-not-at-top
-    elif model == "e5":
-      from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
-    else:
-      raise ValueError(f"model= takes tiny, minilm or e5, got {model!r}")
-    c = base.get_config(f"{lang},data_root={data_root}" if data_root else lang)
-    sources = common.bitext_sources(lang, data_root=data_root) + common.news_sources(lang, data_root)
-    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
-    c.train.checkpoint_every = max(1, min(200, steps // 2))
-    c.train.log_every = 10
+  c = shared.student_config(model, lang, data_root)
+  c.lang = lang
+  sources = common.bitext_sources(lang, data_root=data_root)
+  if model != "tiny":
+    sources += common.news_sources(lang, data_root)
   c.data.bitext.sources = shared.take_first(sources, shared.parse_amount(amount))
   c.loss.loss = loss
   c.seed = int(seed)
-  c.train.steps = int(steps)
-  c.train.keep_checkpoints = 1
-  return c
+  return shared.set_budget(c, steps, tiny=(model == "tiny"))
 
 
 def get_config(arg: str = "full"):

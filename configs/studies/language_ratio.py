@@ -97,22 +97,11 @@ def get_config(arg: str = "full"):
                if not args.high else high)
 
   def base():
-    if model == "tiny":
-      from configs import tiny  # pylint: disable=g-import-not-at-top
-      c = tiny.get_config(f"data_root={root}" if root else "")
-      c.train.checkpoint_every = steps
-    elif model == "e5":
-      from configs import swa_e5  # pylint: disable=g-import-not-at-top
-      c = swa_e5.get_config(f"{low[0]},data_root={root}" if root else low[0])
-      c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
-      c.train.checkpoint_every = max(1, min(200, steps // 2))
-      c.train.log_every = 10
-    else:
+    if model not in ("tiny", "e5"):
       raise ValueError(f"model= takes tiny or e5, got {model!r}")
+    c = shared.student_config(model, low[0], root)
     c.lang = "+".join(low)
-    c.train.steps = int(steps)
-    c.train.keep_checkpoints = 1
-    return c
+    return shared.set_budget(c, steps, tiny=(model == "tiny"))
 
   def train(v):
     c = base()

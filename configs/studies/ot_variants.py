@@ -71,22 +71,15 @@ def split_arms(text: str):
 
 def setting_config(setting: str, lang: str, *, teacher_dir: str = "", data_root: str = ""):
   """The setting's trainer config for `lang` (before the arm's overrides)."""
-  arg = f"{lang},data_root={data_root}" if data_root else lang
-  if setting == "tiny":
-    from configs import tiny  # pylint: disable=g-import-not-at-top
-    c = tiny.get_config(f"data_root={data_root}" if data_root else "")
-    c.lang = lang
-    return c
-  if setting == "minilm":
-    from configs import swa_minilm as base  # pylint: disable=g-import-not-at-top
-  elif setting == "e5":
-    from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
-  elif setting == "colbert":
-    from configs import colbert_minilm as base  # pylint: disable=g-import-not-at-top
-    arg += f",teacher={teacher_dir}" if teacher_dir else ""
-  else:
+  if setting == "colbert":
+    from configs import colbert_minilm  # pylint: disable=g-import-not-at-top
+    arg = f"{lang},data_root={data_root}" if data_root else lang
+    return colbert_minilm.get_config(arg + (f",teacher={teacher_dir}" if teacher_dir else ""))
+  if setting not in SETTINGS:
     raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {setting!r}")
-  return base.get_config(arg)
+  c = shared.student_config(setting, lang, data_root)
+  c.lang = lang
+  return c
 
 
 def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
@@ -99,15 +92,7 @@ def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
       node = node[p]
     node[last] = value
   c.seed = int(seed)
-  c.train.steps = int(steps)
-  c.train.keep_checkpoints = 1
-  if setting == "tiny":
-    c.train.checkpoint_every = steps
-  else:
-    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
-    c.train.checkpoint_every = max(1, min(200, steps // 2))
-    c.train.log_every = 10
-  return c
+  return shared.set_budget(c, steps, tiny=(setting == "tiny"))
 
 
 def get_config(arg: str = "full"):

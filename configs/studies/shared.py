@@ -47,6 +47,38 @@ def tiny_spec() -> ml_collections.ConfigDict:
                            arch=dict(TINY_ARCH), query_max_len=32, doc_max_len=64)
 
 
+def student_config(model: str, lang: str = "swa", data_root: str = "") -> ml_collections.ConfigDict:
+  """The trainer config a study cell starts from: 'tiny' (`configs/tiny.py`, random
+  encoders), 'minilm' (`configs/swa_minilm.py`) or 'e5' (`configs/swa_e5.py`) for the
+  AfriQA language `lang`."""
+  if model == "tiny":
+    from configs import tiny  # pylint: disable=g-import-not-at-top
+    return tiny.get_config(f"data_root={data_root}" if data_root else "")
+  if model == "minilm":
+    from configs import swa_minilm as base  # pylint: disable=g-import-not-at-top
+  elif model == "e5":
+    from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
+  else:
+    raise ValueError(f"model= takes tiny, minilm or e5, got {model!r}")
+  return base.get_config(f"{lang},data_root={data_root}" if data_root else lang)
+
+
+def set_budget(c: ml_collections.ConfigDict, steps: int, tiny: bool = False
+               ) -> ml_collections.ConfigDict:
+  """A cell's training budget: `steps` steps and one checkpoint kept; a smoke (tiny) cell
+  checkpoints once at the end, a real one at mid-run (at most every 200 steps), with
+  warm-up at most a fifth of the steps and a log line every 10 steps."""
+  c.train.steps = int(steps)
+  c.train.keep_checkpoints = 1
+  if tiny:
+    c.train.checkpoint_every = int(steps)
+  else:
+    c.optim.warmup_steps = min(int(c.optim.warmup_steps), max(1, steps // 5))
+    c.train.checkpoint_every = max(1, min(200, steps // 2))
+    c.train.log_every = 10
+  return c
+
+
 def eval_base(top_k: int = 100) -> ml_collections.ConfigDict:
   c = evaluator.default_config()
   c.measures = MEASURES
