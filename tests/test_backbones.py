@@ -57,6 +57,7 @@ def test_labse_preset_loads_the_pooler_of_a_local_bert(tmp_path, minilm_dir):
 TINY_E5 = dict(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32)
 
 
+@pytest.mark.slow  # ~20-40 s; the default suite is near its 10-minute budget
 def test_random_e5_control_is_e5_sized_and_seeded(e5_dir):
   """e5-small's architecture (as its weights file declares it), tokenizer and prefixes;
   random weights fixed by the key (the trainer's comes from the run's seed)."""
