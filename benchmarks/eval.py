@@ -7,8 +7,9 @@ Encoding: all-MiniLM-L6-v2 (real weights from the asset cache) embeds the AfriQA
 corpus as the evaluator does (`title + " " + text`, max length 256, mean pooling, L2
 normalisation, batch 32):
   * jax: `optical_jax.retrieval.encode_texts` with the model's jitted `embed_fn` and the
-    evaluator's doc buckets (32, 64, 96, 128, 160, 192, 256) -- texts sorted by length,
-    each batch padded to its bucket. Every bucket is compiled before timing (the
+    evaluator's defaults: doc buckets cut at the max length (multiples of 16) and
+    `max_tokens` (padded tokens per batch: 2048, i.e. 32 rows up to 64 tokens, 8 at 256)
+    -- texts sorted by length, each batch padded to its bucket. Every bucket is compiled before timing (the
     compile time is reported separately); the timed run includes tokenisation.
   * torch: transformers `BertModel.from_pretrained` (default attention implementation)
     under `torch.no_grad()`, the same token ids (same tokenizer, same truncation), texts
@@ -34,7 +35,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402  pylint: disable=g-import-not-at-top
 
-DOC_BUCKETS = (32, 64, 96, 128, 160, 192, 256)  # the evaluator's doc buckets cut at 256
 MB = 2 ** 20
 DIM = 384
 
@@ -54,7 +54,7 @@ def tokenizer():
 
 def encode_jax(args, log=print):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from optical_jax import models, retrieval  # pylint: disable=g-import-not-at-top
+  from optical_jax import evaluator, models, retrieval  # pylint: disable=g-import-not-at-top
   texts = corpus_texts(args)
   spec = models.model_spec(weights="hf", path="asset:minilm", tokenizer="asset:minilm/tokenizer.json",
                            doc_max_len=args.max_len, pooling="mean", normalize=True)
@@ -62,22 +62,29 @@ def encode_jax(args, log=print):
   tokenize = model.tokenize_fn("doc")
   embed = model.embed_fn()
   bs = args.batch_size
-  buckets = tuple(b for b in DOC_BUCKETS if b < args.max_len) + (args.max_len,)
+  defaults = evaluator.default_config()  # the evaluator's doc buckets and token budget
+  buckets = tuple(b for b in defaults.length_buckets.doc if b < args.max_len) + (args.max_len,)
+  max_tokens = args.max_tokens if args.max_tokens is not None else int(defaults.max_tokens)
   lengths = np.array([len(s) for s in tokenize(texts)])
   n_tokens = int(lengths.sum())
   log(f"{len(texts)} passages, {n_tokens} tokens (mean {lengths.mean():.0f}, "
       f"{(lengths == args.max_len).mean():.0%} truncated at {args.max_len})")
   t0 = time.perf_counter()  # compile every bucket first
   for b in buckets:
-    embed(np.zeros((bs, b), np.int32), np.ones((bs, b), np.int32))
+    rows = retrieval.batch_rows(b, bs, max_tokens or None)
+    embed(np.zeros((rows, b), np.int32), np.ones((rows, b), np.int32))
   compile_s = time.perf_counter() - t0
   log(f"  jax: {len(buckets)} buckets compiled in {compile_s:.1f} s", flush=True)
   with C.Contention() as cj:  # timed: tokenisation + bucketed batches + embedding
     emb = retrieval.encode_texts(texts, tokenize, embed, batch_size=bs, length_buckets=buckets,
-                                 pad_id=model.tokenizer.pad_id, progress=False)
-  order = np.argsort(-lengths, kind="stable")
-  padded = sum(retrieval._bucket(int(lengths[order[i]]), buckets) * len(order[i:i + bs])  # pylint: disable=protected-access
-               for i in range(0, len(texts), bs))
+                                 pad_id=model.tokenizer.pad_id, progress=False,
+                                 max_tokens=max_tokens or None)
+  order, padded, i = np.argsort(-lengths, kind="stable"), 0, 0
+  while i < len(order):  # padded tokens of real rows, as encode_texts batches them
+    width = retrieval._bucket(int(lengths[order[i]]), buckets)  # pylint: disable=protected-access
+    rows = retrieval.batch_rows(width, bs, max_tokens or None)
+    padded += width * len(order[i:i + rows])
+    i += rows
   log(f"  jax:   {len(texts) / cj.wall_s:7.1f} passages/s ({cj.wall_s:.1f} s)", flush=True)
   row = {"framework": "jax", "passages": len(texts), "seconds": cj.wall_s,
          "passages_per_s": len(texts) / cj.wall_s, "tokens_per_s": n_tokens / cj.wall_s,
@@ -85,7 +92,7 @@ def encode_jax(args, log=print):
          "passages_per_s_incl_compile": len(texts) / (cj.wall_s + compile_s), **cj.summary()}
   info = {"passages": len(texts), "tokens": n_tokens, "mean_length": float(lengths.mean()),
           "truncated_fraction": float((lengths == args.max_len).mean()),
-          "max_len": args.max_len, "batch_size": bs, "buckets": buckets}
+          "max_len": args.max_len, "batch_size": bs, "max_tokens": max_tokens, "buckets": buckets}
   return row, info, emb
 
 
@@ -213,6 +220,8 @@ def main():
   p.add_argument("--limit", type=int, default=None, help="passages to encode (0 = all 5,413)")
   p.add_argument("--max-len", type=int, default=256)
   p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--max-tokens", type=int, default=None,
+                 help="padded tokens per JAX batch (default: the evaluator's; 0 = no limit)")
   p.add_argument("--queries", type=int, default=1000)
   p.add_argument("--top-k", type=int, default=100)
   p.add_argument("--big", type=int, default=None, help="synthetic corpus size (default 1M)")

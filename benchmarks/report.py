@@ -125,7 +125,9 @@ def eval_section(r):
     e = r["encode"]
     out.append(f"Encoding {e['passages']} AfriQA passages ({e['tokens']} tokens, mean "
                f"{e['mean_length']:.0f}, {_pct(e['truncated_fraction'])} truncated at "
-               f"{e['max_len']}), all-MiniLM-L6-v2, batch {e['batch_size']}, JAX buckets "
+               f"{e['max_len']}), all-MiniLM-L6-v2, batch {e['batch_size']}"
+               + (f" (JAX: at most {e['max_tokens']} padded tokens per batch)"
+                  if e.get("max_tokens") else "") + ", JAX buckets "
                f"{e['buckets']}. Embeddings agree: max abs diff "
                f"{e['agreement']['max_abs_diff']:.1e}, min cosine "
                f"{e['agreement']['min_cosine']:.6f}.")

@@ -41,18 +41,19 @@ def test_merge_top_k_equals_one_search():
   assert (i[:, 2:] == -1).all() and np.isneginf(s[:, 2:]).all()
 
 
-def test_encode_shards_together_equal_one_encoding():
+@pytest.mark.parametrize("max_tokens", [None, 8])   # 8: one row at lengths 8 and 16, two at 4
+def test_encode_shards_together_equal_one_encoding(max_tokens):
   texts = [("word " * n).strip() for n in (3, 9, 1, 5, 7, 2, 8, 4, 6, 10, 2)]
   tok = lambda ts: [[1] * len(t.split()) for t in ts]   # pylint: disable=unnecessary-lambda-assignment
   embed = lambda ids, mask: np.stack([mask.sum(1) * 1.0, ids.shape[1] * np.ones(len(ids))], 1)  # pylint: disable=unnecessary-lambda-assignment
   whole = retrieval.encode_texts(texts, tok, embed, batch_size=2, length_buckets=(4, 8, 16),
-                                 progress=False)
+                                 progress=False, max_tokens=max_tokens)
   got = np.zeros_like(whole)
   seen = []
   for index in range(3):
     rows, emb = retrieval.encode_shard(texts, tok, embed, batch_size=2,
                                        length_buckets=(4, 8, 16), progress=False, index=index,
-                                       count=3)
+                                       count=3, max_tokens=max_tokens)
     got[rows] = emb
     seen.extend(rows.tolist())
   assert sorted(seen) == list(range(len(texts)))   # every text exactly once

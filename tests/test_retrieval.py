@@ -139,6 +139,37 @@ def test_encode_texts_dense_restores_order_and_uses_static_shapes():
   assert len(traces) == len(set(shapes)) <= 3
 
 
+def test_batch_rows_follow_the_token_budget():
+  assert retrieval.batch_rows(256, 32) == 32                       # no budget: batch_size
+  assert retrieval.batch_rows(64, 32, max_tokens=2048) == 32       # capped at batch_size
+  assert retrieval.batch_rows(256, 32, max_tokens=2048) == 8
+  assert retrieval.batch_rows(96, 32, max_tokens=2048) == 21
+  assert retrieval.batch_rows(96, 32, max_tokens=2048, row_multiple=8) == 16
+  assert retrieval.batch_rows(512, 32, max_tokens=2048, row_multiple=8) == 8  # at least one multiple
+
+
+def test_encode_texts_token_budget_same_embeddings_smaller_long_batches():
+  texts = ["a", "hello there", "xyz", "", "a much longer sentence than the others", "mid text"] * 3
+  shapes = []
+
+  def embed(ids, mask):
+    shapes.append(ids.shape)
+    e = TABLE[ids] * mask[..., None]
+    return e.sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+
+  plain = retrieval.encode_texts(texts, _tokenize, embed, batch_size=4,
+                                 length_buckets=[4, 8, 12], progress=False)
+  assert all(rows == 4 for rows, _ in shapes)
+  shapes.clear()
+  budget = retrieval.encode_texts(texts, _tokenize, embed, batch_size=4, length_buckets=[4, 8, 12],
+                                  progress=False, max_tokens=24, row_multiple=2)
+  np.testing.assert_allclose(budget, plain, rtol=1e-6, atol=1e-6)
+  assert {length: rows for rows, length in shapes} == {12: 2, 8: 2, 4: 4}
+  with pytest.raises(ValueError, match="row_multiple 3 does not divide batch_size 4"):
+    retrieval.encode_texts(texts, _tokenize, embed, batch_size=4, length_buckets=[12],
+                           progress=False, max_tokens=24, row_multiple=3)
+
+
 def test_encode_texts_token_level_is_compact():
   texts = ["ab", "abcdef", "abc"]
 
