@@ -65,6 +65,12 @@ def _stderr(msg: str) -> None:
 # Config schema.
 
 
+# Fields that change how an evaluation runs, not what it computes (batching, buckets,
+# caches, progress, process layout): a finished study cell stays valid when they change.
+HARMLESS_FIELDS = ("batch_size", "max_tokens", "length_buckets.", "cache_dir", "progress",
+                   "distributed.")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The eval config with documented defaults; config files fill `dataset` and `systems`.
 

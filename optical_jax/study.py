@@ -322,13 +322,28 @@ def cell_status(plan: CellPlan) -> str:
   saved = fileio.read_json(os.path.join(plan.directory, "cell.json")) or {}
   old, new = plain.flatten(saved.get("resolved", {})), plain.flatten(json.loads(json.dumps(plan.resolved())))
   new = _without_added_defaults(old, new, plan)
-  diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-  if not diff:  # only fields added to the library since, at their defaults
+  diff = [k for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not _harmless(k, plan)]
+  if not diff:  # only fields added since (at their defaults) or how-not-what fields
     return "done"
   shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
                     for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
   raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
                    f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+
+
+def _harmless(key: str, plan: CellPlan) -> bool:
+  """A resolved-config field whose change leaves a finished cell's results valid: the
+  trainer's `config.HARMLESS_FIELDS` (logging, checkpointing, devices) under 'train.',
+  the evaluator's `HARMLESS_FIELDS` (batching, buckets, caches) under 'evals.<name>.'."""
+  from optical_jax import config as config_lib, evaluator  # pylint: disable=g-import-not-at-top
+  prefixes = [("train.", config_lib.HARMLESS_FIELDS)]
+  prefixes += [(f"evals.{name}.", evaluator.HARMLESS_FIELDS) for name in plan.evals]
+  for prefix, fields in prefixes:
+    if key.startswith(prefix):
+      rest = key[len(prefix):]
+      return any(rest == f or (f.endswith(".") and rest.startswith(f)) for f in fields)
+  return False
 
 
 def _without_added_defaults(old: dict, new: dict, plan: CellPlan) -> dict:
