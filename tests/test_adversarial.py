@@ -217,7 +217,6 @@ def _size(tree):
   return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.slow  # ~20-40 s; the default suite is near its 10-minute budget
 def test_tiny_training_with_the_discriminator_exports_only_the_student(tmp_path):
   config = tiny(**{"adversarial.weight": 0.1, "adversarial.schedule": "dann",
                    "adversarial.hidden_size": 16, "train.steps": 4})
