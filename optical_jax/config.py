@@ -156,6 +156,11 @@ HARMLESS_FIELDS = ("train.log_every", "train.checkpoint_every", "train.keep_chec
                    "distributed.")
 
 
+def field_in(key: str, fields) -> bool:
+  """Whether the dotted `key` is one of `fields` (an entry ending in '.' names a subtree)."""
+  return any(key == f or (f.endswith(".") and key.startswith(f)) for f in fields)
+
+
 def drop_added_defaults(old: dict, new: dict, defaults: dict, prefix: str = "") -> dict:
   """`new` (a flat config) without the fields `old` lacks whose value is their default.
 
@@ -188,6 +193,5 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict):
     if a == b:
       continue
     line = f"{key}: {json.dumps(a)} -> {json.dumps(b)}"
-    is_harmless = any(key == f or (f.endswith(".") and key.startswith(f)) for f in HARMLESS_FIELDS)
-    (harmless if is_harmless else math).append(line)
+    (harmless if field_in(key, HARMLESS_FIELDS) else math).append(line)
   return math, harmless

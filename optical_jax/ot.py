@@ -436,9 +436,11 @@ def batched_sinkhorn(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon:
       f = tau_a * (eps * log_a - where_finite(lse_kernel(f, g, axis=2)))
       return f, g
 
-    def marginals(f, g):  # ott's `marginal_from_potentials`
-      return (jnp.exp((lse_kernel(f, g, axis=2) + f) / eps),
-              jnp.exp((lse_kernel(f, g, axis=1) + g) / eps))
+    def row_marginal(f, g):  # ott's `marginal_from_potentials`
+      return jnp.exp((lse_kernel(f, g, axis=2) + f) / eps)
+
+    def col_marginal(f, g):
+      return jnp.exp((lse_kernel(f, g, axis=1) + g) / eps)
 
     def potentials(f, g):
       return f, g
@@ -455,8 +457,11 @@ def batched_sinkhorn(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon:
       u = scale(a, jnp.einsum("bnm,bm->bn", kernel, v)) ** tau_a
       return u, v
 
-    def marginals(u, v):
-      return (u * jnp.einsum("bnm,bm->bn", kernel, v), v * jnp.einsum("bnm,bn->bm", kernel, u))
+    def row_marginal(u, v):
+      return u * jnp.einsum("bnm,bm->bn", kernel, v)
+
+    def col_marginal(u, v):
+      return v * jnp.einsum("bnm,bn->bm", kernel, u)
 
     def potentials(u, v):
       return eps * jnp.log(u), eps * jnp.log(v)
@@ -471,11 +476,11 @@ def batched_sinkhorn(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon:
     return jnp.where(c > 0, c * jnp.exp(-h / rho), 0.0)
 
   def error(f, g):
-    rows, cols = marginals(f, g)
-    if tau_a == 1.0 and tau_b == 1.0:
+    cols = col_marginal(f, g)
+    if tau_a == 1.0 and tau_b == 1.0:  # the rows are exact after the f update
       return jnp.sum(jnp.abs(cols - b), axis=1)
     pf, pg = potentials(f, g)
-    return (jnp.sum(jnp.abs(rows - marginal_fit(a, pf, tau_a)), axis=1)
+    return (jnp.sum(jnp.abs(row_marginal(f, g) - marginal_fit(a, pf, tau_a)), axis=1)
             + jnp.sum(jnp.abs(cols - marginal_fit(b, pg, tau_b)), axis=1))
 
   def block(carry):
@@ -507,7 +512,7 @@ def batched_sinkhorn(cost: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray, epsilon:
   converged = ~saw_nan & ((blocks < outer) | (last_err < cfg.threshold))
   f, g = potentials(fu, gv)
   plan = jnp.exp((f[:, :, None] + g[:, None, :] - cost) / e3)
-  mass = jnp.sum(marginals(fu, gv)[1], axis=1)
+  mass = jnp.sum(col_marginal(fu, gv), axis=1)
   reg_cost = _dual_objective(f, g, a, b, eps, mass, tau_a, tau_b)
   return plan, converged, blocks * inner, reg_cost
 

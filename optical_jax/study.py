@@ -341,8 +341,7 @@ def _harmless(key: str, plan: CellPlan) -> bool:
   prefixes += [(f"evals.{name}.", evaluator.HARMLESS_FIELDS) for name in plan.evals]
   for prefix, fields in prefixes:
     if key.startswith(prefix):
-      rest = key[len(prefix):]
-      return any(rest == f or (f.endswith(".") and rest.startswith(f)) for f in fields)
+      return config_lib.field_in(key[len(prefix):], fields)
   return False
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from configs import common
 from configs.studies import language_ratio, shared
-from optical_jax import evaluator, study
+from optical_jax import study
 
 SCALE = {
     "smoke": dict(low="swa", high="ell", weights="0.0+0.1", losses="ot", seeds=1, steps=4,
@@ -103,7 +103,7 @@ def get_config(arg: str = "full"):
   def references(v):
     del v
     teacher = base.train({"ratio": 0.5, "seed": 0}).teacher
-    return {("teacher" if model == "tiny" else model) + "-zeroshot": evaluator.system(teacher)}
+    return shared.reference_systems(teacher, "teacher" if model == "tiny" else model, oracle=False)
 
   c = study.default_config()
   c.name = f"adversarial-{args.scale}"

@@ -39,7 +39,7 @@ import os
 
 from configs import common
 from configs.studies import shared
-from optical_jax import evaluator, study
+from optical_jax import study
 
 SCALE = {
     "smoke": dict(langs="swa", rates="0.0+0.5", losses="ot", seeds=1, steps=4, model="tiny"),
@@ -130,10 +130,7 @@ def get_config(arg: str = "full"):
     teacher = train_config(v["lang"], "ot", 0.0, 0, model=model, steps=steps,
                            data_root=root).teacher
     name = "teacher" if model == "tiny" else model
-    refs = {f"{name}-zeroshot": evaluator.system(teacher)}
-    if is_afriqa(v["lang"], root):
-      refs[f"{name}-oracle"] = evaluator.system(teacher, query_field="text_en")
-    return refs
+    return shared.reference_systems(teacher, name, oracle=is_afriqa(v["lang"], root))
 
   c = study.default_config()
   c.name = f"code_switch-{args.scale}"

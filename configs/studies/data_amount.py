@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from configs import common
 from configs.studies import shared
-from optical_jax import evaluator, study
+from optical_jax import study
 
 SCALE = {
     "smoke": dict(langs="swa", amounts="16+48", losses="sentence+ot", seeds=2, steps=4,
@@ -84,8 +84,7 @@ def get_config(arg: str = "full"):
     teacher = train_config(v["lang"], "ot", amounts[0], 0, model=model, steps=steps,
                            data_root=root).teacher
     name = "teacher" if model == "tiny" else model
-    return {f"{name}-zeroshot": evaluator.system(teacher),
-            f"{name}-oracle": evaluator.system(teacher, query_field="text_en")}
+    return shared.reference_systems(teacher, name)
 
   c = study.default_config()
   c.name = f"data_amount-{args.scale}"

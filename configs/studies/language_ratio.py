@@ -38,7 +38,7 @@ import os
 
 from configs import common
 from configs.studies import shared
-from optical_jax import evaluator, study
+from optical_jax import study
 
 LAREQA_CODES = shared.LAREQA_CODES
 MLQA_LANGS = shared.MLQA_LANGS
@@ -124,7 +124,7 @@ def get_config(arg: str = "full"):
   def references(v):
     del v
     teacher = base().teacher
-    return {("teacher" if model == "tiny" else model) + "-zeroshot": evaluator.system(teacher)}
+    return shared.reference_systems(teacher, "teacher" if model == "tiny" else model, oracle=False)
 
   c = study.default_config()
   c.name = f"language_ratio-{args.scale}"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from configs import common
 from configs.studies import shared
-from optical_jax import evaluator, study
+from optical_jax import study
 
 # Loss arm -> trainer config overrides (dotted keys), on top of the setting's config.
 ARMS = {
@@ -123,8 +123,7 @@ def get_config(arg: str = "full"):
     teacher = setting_config(v["setting"], v["lang"], teacher_dir=args.teacher,
                              data_root=root).teacher
     name = "teacher" if v["setting"] == "tiny" else v["setting"]
-    return {f"{name}-zeroshot": evaluator.system(teacher),
-            f"{name}-oracle": evaluator.system(teacher, query_field="text_en")}
+    return shared.reference_systems(teacher, name)
 
   c = study.default_config()
   c.name = f"ot_variants-{args.scale}"

@@ -79,6 +79,15 @@ def set_budget(c: ml_collections.ConfigDict, steps: int, tiny: bool = False
   return c
 
 
+def reference_systems(teacher, name: str, oracle: bool = True) -> Dict[str, Any]:
+  """The reference lines of a study: `<name>-zeroshot` (the teacher on the native
+  questions) and, with `oracle`, `<name>-oracle` (on their English translations)."""
+  refs = {f"{name}-zeroshot": evaluator.system(teacher)}
+  if oracle:
+    refs[f"{name}-oracle"] = evaluator.system(teacher, query_field="text_en")
+  return refs
+
+
 def eval_base(top_k: int = 100) -> ml_collections.ConfigDict:
   c = evaluator.default_config()
   c.measures = MEASURES
