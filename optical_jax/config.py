@@ -50,6 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
   # 'float16' or 'bfloat16' (storage precision). Not for losses that need the teacher's
   # hidden states or attention.
   c.data.teacher_cache = ""
+  # Several hosts: False = every host draws its rows of each global batch from all the
+  # data (the data order does not depend on the host count); True = each host draws from
+  # its own fixed 1/P of the data (optical_jax.data.pipeline.BatchIterator), so the
+  # teacher-token cache of each host holds its share only.
+  c.data.host_shards = False
   # Code-switching (optical_jax.data.codeswitch): each switchable word of `side`
   # ('foreign' or 'english') is replaced with probability `rate` (0 = off) by a translation
   # from `dictionary` ('word translation' lines, MUSE format; several files joined by

@@ -11,7 +11,9 @@ Each English sentence is encoded at the padded length of its bucket, exactly as 
 would encode it, so a float32 cache reproduces the uncached step (within float noise of
 a different batch composition). Float16 / bfloat16 halve the memory and the host-to-device
 traffic at a precision cost. Every host computes the whole cache (hosts draw different rows
-each epoch).
+each epoch), unless the pipeline shards the data by host (`data.host_shards`): then each
+host computes and stores only the rows of its share (`BitextBatches.host_rows`), a cache
+entry per (host, host count).
 """
 
 from __future__ import annotations
@@ -41,23 +43,28 @@ def cache_key(teacher, batches: BitextBatches, dtype: str) -> str:
            "lengths": fingerprint.digest(batches.row_lengths().tolist())}
   if teacher.spec.weights == "random":
     parts["params"] = fingerprint.params(teacher.params)
+  if batches.host_shards:
+    parts["host_shard"] = [batches.process_index, batches.process_count]
   return fingerprint.digest(parts, n=24)
 
 
 def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int = 64,
             log: Callable[[str], None] = print) -> TokenVectors:
-  """The teacher's token embeddings of every English row, each at its bucket's length."""
+  """The teacher's token embeddings of every English row this host can be given (all rows,
+  or its share under host shards; the others are stored empty), each at its bucket's length."""
   store = DTYPES[dtype]
   lengths = batches.row_lengths()
   tgt = batches.tgt
   d = teacher.cfg.output_dim
+  mine = batches.host_rows()
+  keep = np.ones(len(tgt), bool) if mine is None else np.isin(np.arange(len(tgt)), mine)
   offsets = np.zeros(len(tgt) + 1, np.int64)
-  np.cumsum(np.minimum(tgt.lengths, lengths), out=offsets[1:])
+  np.cumsum(np.where(keep, np.minimum(tgt.lengths, lengths), 0), out=offsets[1:])
   flat = np.zeros((int(offsets[-1]), d), store)
   run = jax.jit(lambda p, i, m: enc.apply(p, i, m, cfg=teacher.cfg))
   pad = int(teacher.tokenizer.pad_id)
-  for length in sorted(set(lengths.tolist())):
-    rows = np.flatnonzero(lengths == length)
+  for length in sorted(set(lengths[keep].tolist())):
+    rows = np.flatnonzero((lengths == length) & keep)
     for lo in range(0, len(rows), chunk):
       part = rows[lo:lo + chunk]
       idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
@@ -66,7 +73,7 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
       for r, i in enumerate(part):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)
-  log(f"teacher tokens: {len(tgt)} English rows, {len(flat)} tokens x {d} ({dtype}, "
+  log(f"teacher tokens: {int(keep.sum())} of {len(tgt)} English rows, {len(flat)} tokens x {d} ({dtype}, "
       f"{flat.nbytes / 2**20:.1f} MiB)")
   return TokenVectors(flat, offsets)
 

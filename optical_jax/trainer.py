@@ -123,7 +123,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
       src_max_length=student.max_len("query"), tgt_max_length=teacher.max_len("query"),
       buckets=tuple(config.data.buckets), src_prefix=student.prefix("query"),
       tgt_prefix=teacher.prefix("query"), remainder="drop",
-      seed=_data_seed(config), cache_dir=_cache_dir(config))
+      seed=_data_seed(config), cache_dir=_cache_dir(config),
+      host_shards=bool(config.data.host_shards))
   batches = pipeline.BitextBatches(mixture, student.tokenizer, teacher.tokenizer, pcfg,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
@@ -209,7 +210,8 @@ def _build_teacher(config, init_key: jax.Array) -> Setup:
       q_buckets=tuple(b for b in config.data.buckets if b <= q_max) or (q_max,),
       p_buckets=tuple(config.data.doc_buckets), q_prefix=model.prefix("query"),
       p_prefix=model.prefix("doc"), num_negatives=int(config.data.num_negatives),
-      remainder="drop", seed=int(config.seed), cache_dir=_cache_dir(config))
+      remainder="drop", seed=int(config.seed), cache_dir=_cache_dir(config),
+      host_shards=bool(config.data.host_shards))
   batches = retrieval_train.RetrievalBatches(examples, model.tokenizer, rcfg, ratios=data.get("ratios"),
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count())

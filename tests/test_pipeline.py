@@ -317,6 +317,60 @@ def test_host_sharding_concatenates_to_global_batch(hosts):
   assert np.array_equal(next(host1)["src_ids"], want["src_ids"][8 // hosts:2 * (8 // hosts)])
 
 
+@pytest.mark.parametrize("hosts,remainder", [(2, "pad"), (4, "pad"), (2, "drop")])
+def test_host_shards_draw_each_hosts_own_rows_on_a_shared_schedule(hosts, remainder):
+  data = bt.mix([toy_bitext(90), toy_bitext(25, "b", base=500, seed=2)], [3, 1], seed=1)
+  cfg = {"global_batch": 8, "host_shards": True, "remainder": remainder}
+  parts = [make(data, cfg, process_index=p, process_count=hosts) for p in range(hosts)]
+  b = 8 // hosts
+  assert len({p.fingerprint for p in parts}) == 1
+  assert parts[0].fingerprint != make(data, {"global_batch": 8, "remainder": remainder}).fingerprint
+  owned = [set(p.host_rows().tolist()) for p in parts]
+  assert set.union(*owned) == set(range(115)) and sum(map(len, owned)) == 115  # a partition
+  for epoch in range(3):
+    plan = parts[0].plan(epoch)
+    drawn = []
+    for p in range(hosts):
+      cols = slice(p * b, (p + 1) * b)
+      assert set(plan.indices[:, cols].ravel().tolist()) <= owned[p]   # fillers included
+      drawn.append(plan.indices[:, cols][plan.valid[:, cols]])
+    drawn = np.concatenate(drawn)
+    source = (drawn >= 90).astype(int)
+    if remainder == "pad":   # every draw of the epoch is used: the configured ratio exactly
+      assert np.bincount(source, minlength=2).tolist() == parts[0].counts
+    else:
+      assert plan.valid.all()
+    # Every host yields the same shapes at every step, and its rows are the plan's.
+    batches = [list(p.epoch(epoch)) for p in parts]
+    for i in range(len(plan)):
+      assert len({bb[i]["src_ids"].shape for bb in batches}) == 1
+      for p in range(hosts):
+        rows = plan.indices[i, p * b:(p + 1) * b]
+        want = np.where(rows < 90, rows, rows - 90 + 500)
+        assert np.array_equal(example_ids(batches[p][i]["src_ids"]), want)
+        assert np.array_equal(batches[p][i]["valid"], plan.valid[i, p * b:(p + 1) * b])
+  # Resumes exactly; refuses a checkpoint of another host count.
+  it = parts[1]
+  for _ in range(5):
+    next(it)
+  again = make(data, cfg, process_index=1, process_count=hosts)
+  again.restore(it.state)
+  assert np.array_equal(next(again)["src_ids"], next(it)["src_ids"])
+  other = make(data, cfg, process_index=0, process_count=4 if hosts == 2 else 2)
+  with pytest.raises(InputError, match="process count"):
+    again.restore(other.state)
+
+
+def test_host_shards_on_one_host_change_nothing_and_need_a_row_per_host():
+  data = toy_bitext(40)
+  a, c = make(data), make(data, {"host_shards": True})
+  assert a.fingerprint == c.fingerprint and c.host_rows() is None
+  assert np.array_equal(next(a)["src_ids"], next(c)["src_ids"])
+  with pytest.raises(InputError, match="one example per host"):
+    make(bt.mix([toy_bitext(40), toy_bitext(1, "b", base=500)], [1, 1], seed=0),
+         {"host_shards": True}, process_index=0, process_count=2)
+
+
 def test_bad_host_layout_and_config():
   data = toy_bitext(40)
   with pytest.raises(InputError, match="not divisible"):
@@ -450,6 +504,14 @@ def test_retrieval_hard_negatives(tmp_path):
     got = [next(h) for h in halves]
     for k in w:
       assert np.array_equal(np.concatenate([g[k] for g in got]), w[k])
+  # Host shards: each host's queries are its own (query i of `sub` belongs to host i mod 2).
+  shards = [make_r(sub, {"num_negatives": 2, "host_shards": True}, process_index=p, process_count=2)
+            for p in (0, 1)]
+  for _ in range(12):
+    got = [next(h) for h in shards]
+    assert got[0]["q_ids"].shape == got[1]["q_ids"].shape
+    for p, g in enumerate(got):
+      assert (np.searchsorted(keep, example_ids(g["q_ids"])) % 2 == p).all()
 
 
 def test_retrieval_cache_reuse(tmp_path):

@@ -1,5 +1,8 @@
 """The frozen teacher's token cache: the step reading cached tokens equals the step running the teacher."""
 
+import dataclasses
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -83,6 +86,31 @@ def test_cache_is_stored_once_and_reused(setup, tmp_path):
   # Another storage precision is another entry.
   assert teacher_cache.cache_key(teacher, batches, "float16") != teacher_cache.cache_key(
       teacher, batches, "bfloat16")
+
+
+def test_host_shards_cache_only_each_hosts_rows(setup, tmp_path):
+  teacher, student, bt, cfg = setup
+  full = teacher_cache.compute(teacher, pipeline.BitextBatches(
+      bt, student.tokenizer, teacher.tokenizer, cfg), "float32", log=lambda *_: None)
+  cfg = dataclasses.replace(cfg, host_shards=True)
+  keys = set()
+  for p in range(2):
+    batches = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg,
+                                     process_index=p, process_count=2)
+    v = teacher_cache.teacher_tokens(teacher, batches, "float32", str(tmp_path), log=lambda *_: None)
+    keys.add(teacher_cache.cache_key(teacher, batches, "float32"))
+    mine = batches.host_rows()
+    stored = np.flatnonzero(np.diff(v.offsets) > 0)
+    assert stored.tolist() == mine.tolist() and len(mine) == len(bt) // 2
+    assert len(v.flat) == sum(full.offsets[i + 1] - full.offsets[i] for i in mine)
+    for i in mine:     # the same vectors as the whole cache's
+      np.testing.assert_array_equal(v.flat[v.offsets[i]:v.offsets[i + 1]],
+                                    full.flat[full.offsets[i]:full.offsets[i + 1]])
+    for batch in batches.epoch(0):   # every row this host is given is in its shard
+      assert batch["tgt_tokens"].shape[:2] == batch["tgt_ids"].shape
+    with pytest.raises(ValueError, match="not in this host's shard"):
+      v.gather(np.array([1 - p]), 8)
+  assert len(keys) == 2 and len(os.listdir(tmp_path)) == 2
 
 
 def test_trainer_with_a_16_bit_cache_trains_and_refuses_losses_needing_teacher_internals(tmp_path):

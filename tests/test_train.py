@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -154,6 +155,33 @@ def test_two_processes_then_resume_on_one(tmp_path):
   a, b = _params(ref.workdir), _params(r.workdir)
   for k in a:
     np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_with_host_shards_cache_their_own_teacher_tokens(tmp_path):
+  """host_shards: each of two processes caches its half of the teacher tokens and trains; a
+  resume on one process is refused (the data order depends on the host count)."""
+  work, cache = tmp_path / "hs", tmp_path / "cache"
+  port = _free_port()
+  over = ("--config.train.steps=6", "--config.data.host_shards=True",
+          "--config.data.teacher_cache=float32", f"--config.data.cache_dir={cache}")
+  procs = [subprocess.Popen(
+      _cmd(work, *over, "--config.distributed.initialize=True",
+           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+           "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"),
+      env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for pid in range(2)]
+  outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  assert len(os.listdir(cache / "teacher")) == 2            # one shard per host
+  rows = [int(re.search(r"teacher tokens: (\d+) of (\d+) English rows", o).group(1)) for o in outs]
+  total = int(re.search(r"teacher tokens: \d+ of (\d+) English rows", outs[0]).group(1))
+  assert sum(rows) == total and abs(rows[0] - rows[1]) <= 4   # halves (one per source at most)
+  with open(work / "metrics.jsonl") as f:
+    assert np.isfinite([json.loads(x)["loss"] for x in f if x.strip()]).all()
+  done = subprocess.run(_cmd(work, *over, "--config.train.steps=8",
+                            "--config.train.allow_config_change=True"), env=_env(8),
+                        capture_output=True, text=True, timeout=240)
+  assert done.returncode != 0 and "process count" in done.stderr
 
 
 def _write(path, text, mode="w"):

@@ -26,6 +26,7 @@ TAG_EPOCH_SHUFFLE = 0
 TAG_SOURCE_PERM = 1
 TAG_ROW_CHOICES = 2
 TAG_CODE_SWITCH = 3   # optical_jax.data.codeswitch: per-example word switches
+TAG_HOST_SCHEDULE = 4  # host shards: the order of an epoch's batches
 
 
 class TokenizerLike(Protocol):
@@ -195,11 +196,11 @@ def seeded_rng(*parts: int) -> np.random.Generator:
 
 @dataclasses.dataclass
 class EpochPlan:
-  """The batches of one epoch: bucket index, global example indices and real-row count per batch."""
+  """The batches of one epoch: bucket index, global example indices and real rows per batch."""
 
   bucket: np.ndarray  # int32 [num_batches]
   indices: np.ndarray  # int64 [num_batches, global_batch]
-  num_valid: np.ndarray  # int32 [num_batches]
+  valid: np.ndarray  # bool [num_batches, global_batch]: False for filler rows
 
   def __len__(self) -> int:
     return len(self.bucket)
@@ -218,9 +219,19 @@ class BatchIterator:
   dropped (remainder='drop'). Every host computes the same plan and keeps rows
   `[p * B / P, (p + 1) * B / P)` of each global batch.
 
+  With `host_shards`, host p instead draws only from its own fixed share of the data
+  (example i of each source belongs to host i mod P), as TFDS's per-process splits do,
+  so per-host state such as the teacher-token cache covers 1/P of the data
+  (`host_rows`). Each host's share of the epoch (the source streams above, over its
+  rows, `counts[k] / P` each) is bucketed into local batches of B / P; bucket k gets
+  the most (pad) or fewest (drop) local batches any host has, hosts short of them pad
+  with valid=0 rows, and a seeded shuffle of (seed, epoch) orders the batches, so every
+  host runs the same shape at every step. The data order then depends on P.
+
   The state `{'epoch', 'batch', 'fingerprint'}` is JSON-serialisable; `restore(state)`
   resumes with exactly the batches that would have followed, also under another
-  process count (the fingerprint excludes the host layout).
+  process count (the fingerprint excludes the host layout; with `host_shards` it
+  includes P, whose data order differs).
 
   `global_batch`, `seed`, `epoch_size` and `remainder` come from a config dataclass
   that has checked them (`check_batching`); this class checks the host layout.
@@ -229,7 +240,8 @@ class BatchIterator:
   def __init__(self, *, bucket_of: np.ndarray, sizes: Sequence[int], ratios: Sequence[float],
                num_buckets: int, global_batch: int, seed: int, assemble: Callable[..., Batch],
                fingerprint_payload: Mapping[str, Any], epoch_size: Optional[int] = None,
-               remainder: str = "pad", process_index: int = 0, process_count: int = 1):
+               remainder: str = "pad", process_index: int = 0, process_count: int = 1,
+               host_shards: bool = False):
     if not isinstance(process_count, int) or process_count < 1 or not 0 <= process_index < process_count:
       raise InputError(f"bad host layout: process_index={process_index} process_count={process_count}")
     if global_batch % process_count:
@@ -249,10 +261,16 @@ class BatchIterator:
     self.process_index = process_index
     self.process_count = process_count
     self.local_batch = global_batch // process_count
+    self.host_shards = bool(host_shards) and process_count > 1
+    if self.host_shards and min(self.sizes) < process_count:
+      raise InputError(f"host_shards: every source needs at least one example per host, sizes "
+                       f"{self.sizes}, {process_count} processes")
     self._assemble = assemble
     payload = dict(fingerprint_payload)
     payload.update(sizes=self.sizes, counts=self.counts, global_batch=global_batch, seed=seed,
                    remainder=remainder, num_buckets=self.num_buckets)
+    if self.host_shards:
+      payload.update(host_shards=process_count)
     self.fingerprint = fingerprint.digest(payload)
     self._plans: Dict[int, EpochPlan] = {}  # the two most recently used epochs
     self._epoch = 0
@@ -264,25 +282,49 @@ class BatchIterator:
 
   # -- planning --
 
-  def epoch_examples(self, epoch: int) -> np.ndarray:
-    """Global example indices of epoch `epoch`, in shuffled order (int64)."""
+  def epoch_examples(self, epoch: int, host: Optional[int] = None) -> np.ndarray:
+    """Global example indices of epoch `epoch`, in shuffled order (int64); with `host`,
+    that host's share under `host_shards` (its rows only, about 1/P of the epoch)."""
+    P = self.process_count
     parts = []
     for k, (n, c) in enumerate(zip(self.sizes, self.counts)):
+      if host is not None:  # rows host, host + P, ... of the source; its share of the draws
+        n, c = len(range(host, n, P)), c // P + (host < c % P)
       s = np.arange(epoch * c, (epoch + 1) * c, dtype=np.int64)
       q, r = s // n, s % n
       out = np.empty(c, dtype=np.int64)
       for qq in np.unique(q):
-        perm = seeded_rng(self.seed, TAG_SOURCE_PERM, k, qq).permutation(n)
+        tag = (k, qq) if host is None else (k, qq, P, host)
+        perm = seeded_rng(self.seed, TAG_SOURCE_PERM, *tag).permutation(n)
         m = q == qq
         out[m] = perm[r[m]]
+      if host is not None:
+        out = out * P + host
       parts.append(out + self.offsets[k])
     order = np.concatenate(parts)
-    return order[seeded_rng(self.seed, TAG_EPOCH_SHUFFLE, epoch).permutation(len(order))]
+    tag = (epoch,) if host is None else (epoch, P, host)
+    return order[seeded_rng(self.seed, TAG_EPOCH_SHUFFLE, *tag).permutation(len(order))]
+
+  def host_rows(self, host: Optional[int] = None) -> Optional[np.ndarray]:
+    """The global example indices host `host` (default: this one) can ever be given under
+    `host_shards` (sorted); None when every host draws from all of them."""
+    if not self.host_shards:
+      return None
+    host = self.process_index if host is None else host
+    return np.concatenate([np.arange(host, n, self.process_count, dtype=np.int64) + o
+                           for n, o in zip(self.sizes, self.offsets)])
 
   def plan(self, epoch: int) -> EpochPlan:
     """The batches of epoch `epoch` (cached for the current epoch)."""
     if epoch in self._plans:
       return self._plans[epoch]
+    plan = self._host_plan(epoch) if self.host_shards else self._global_plan(epoch)
+    if len(self._plans) >= 2:
+      self._plans.pop(next(iter(self._plans)))
+    self._plans[epoch] = plan
+    return plan
+
+  def _global_plan(self, epoch: int) -> EpochPlan:
     order = self.epoch_examples(epoch)
     b = self.bucket_of[order]
     B = self.global_batch
@@ -306,13 +348,50 @@ class BatchIterator:
     if keys:
       key = np.concatenate(keys)
       o = np.argsort(key, kind="stable")
-      plan = EpochPlan(np.concatenate(buckets)[o], np.concatenate(rows)[o], np.concatenate(valid)[o])
+      num_valid = np.concatenate(valid)[o]
+      return EpochPlan(np.concatenate(buckets)[o], np.concatenate(rows)[o],
+                       np.arange(B)[None] < num_valid[:, None])
+    return EpochPlan(np.zeros(0, np.int32), np.zeros((0, B), np.int64), np.zeros((0, B), bool))
+
+  def _host_plan(self, epoch: int) -> EpochPlan:
+    """`host_shards`: every host's local batches, on a schedule all hosts share."""
+    P, b, K = self.process_count, self.local_batch, self.num_buckets
+    members = []  # [host][bucket] -> that host's examples of the bucket, in epoch order
+    for p in range(P):
+      order = self.epoch_examples(epoch, host=p)
+      bk = self.bucket_of[order]
+      members.append([order[bk == k] for k in range(K)])
+    sizes = np.array([[len(m) for m in host] for host in members], np.int64)  # [P, K]
+    if self.remainder == "pad":
+      per_bucket = (-(-sizes // b)).max(0)
     else:
-      plan = EpochPlan(np.zeros(0, np.int32), np.zeros((0, B), np.int64), np.zeros(0, np.int32))
-    if len(self._plans) >= 2:
-      self._plans.pop(next(iter(self._plans)))
-    self._plans[epoch] = plan
-    return plan
+      per_bucket = (sizes // b).min(0)
+    seq = np.repeat(np.arange(K, dtype=np.int32), per_bucket)
+    seq = seq[seeded_rng(self.seed, TAG_HOST_SCHEDULE, epoch, P).permutation(len(seq))]
+    indices = np.zeros((len(seq), self.global_batch), np.int64)
+    valid = np.zeros((len(seq), self.global_batch), bool)
+    for p in range(P):
+      cols = slice(p * b, (p + 1) * b)
+      for k in range(K):
+        take = int(per_bucket[k]) * b
+        if not take:
+          continue
+        real = members[p][k][:take]
+        rows = np.full(take, self._filler(p, k, real), np.int64)
+        rows[:len(real)] = real
+        where = np.flatnonzero(seq == k)
+        indices[where, cols] = rows.reshape(-1, b)
+        valid[where, cols] = (np.arange(take) < len(real)).reshape(-1, b)
+    return EpochPlan(seq, indices, valid)
+
+  def _filler(self, host: int, bucket: int, real: np.ndarray) -> int:
+    """A row of `host` for the valid=0 slots of its batches of `bucket` (its own data, of
+    that bucket if it has one, so per-host caches cover it)."""
+    if len(real):
+      return int(real[0])
+    rows = self.host_rows(host)
+    same = rows[self.bucket_of[rows] == bucket]
+    return int(same[0] if len(same) else rows[0])
 
   def batches_per_epoch(self, epoch: int = 0) -> int:
     return len(self.plan(epoch))
@@ -328,8 +407,7 @@ class BatchIterator:
     local = slice(lo, lo + self.local_batch)
     bucket = int(plan.bucket[index])
     batch = self._assemble(plan.indices[index], bucket, local, (self.seed, epoch, index))
-    valid = (np.arange(self.global_batch) < plan.num_valid[index]).astype(np.float32)
-    batch["valid"] = valid[local]
+    batch["valid"] = plan.valid[index, local].astype(np.float32)
     return batch
 
   @property
@@ -346,7 +424,8 @@ class BatchIterator:
     fp = state.get("fingerprint")
     if fp is not None and fp != self.fingerprint:
       raise InputError(f"data iterator state was saved for another pipeline (fingerprint {fp}, "
-                       f"this one {self.fingerprint}): data, seed, batch size or buckets changed")
+                       f"this one {self.fingerprint}): data, seed, batch size, buckets or, "
+                       f"with data.host_shards, the process count changed")
     epoch, batch = state["epoch"], state["batch"]
     n = len(self.plan(epoch))
     if batch > n:
@@ -386,7 +465,8 @@ class PipelineConfig:
   A pair goes to the smallest bucket index whose length fits both sides, so there are
   at most `len(buckets)` batch shapes. `epoch_size` defaults to the total number of
   pairs; `remainder` is 'pad' (valid=0 filler rows) or 'drop'. `seed` overrides the
-  mixture's seed when set. `cache_dir=None` disables the token cache.
+  mixture's seed when set. `cache_dir=None` disables the token cache. `host_shards`: each
+  host draws from its own fixed share of the pairs (`BatchIterator`).
 
   Built directly (the trainer does, from the checked ml_collections config) or from a
   mapping by `BitextBatches`; either way the ranges are checked here, once.
@@ -403,6 +483,7 @@ class PipelineConfig:
   epoch_size: Optional[int] = None
   seed: Optional[int] = None
   cache_dir: Optional[str] = None
+  host_shards: bool = False
 
   def __post_init__(self):
     check_batching(self.global_batch, self.remainder, self.epoch_size)
@@ -428,11 +509,14 @@ class TokenVectors:
     return len(self.offsets) - 1
 
   def gather(self, idx: np.ndarray, length: int) -> np.ndarray:
-    """Rows `idx` as [len(idx), length, D] in the stored dtype, zeros past each row's end."""
+    """Rows `idx` as [len(idx), length, D] in the stored dtype, zeros past each row's end.
+    Rows stored empty are outside this host's share (`host_shards`): asking for one is an error."""
     idx = np.asarray(idx, dtype=np.int64)
     out = np.zeros((len(idx), length, self.flat.shape[-1]), self.flat.dtype)
     for r, i in enumerate(idx):
       a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+      if a == b:
+        raise ValueError(f"row {i} has no stored vectors: not in this host's shard")
       n = min(b - a, length)
       out[r, :n] = self.flat[a:a + n]
     return out
@@ -475,7 +559,7 @@ class BitextBatches(BatchIterator):
                      seed=data.seed if cfg.seed is None else cfg.seed, assemble=self._make,
                      fingerprint_payload=payload, epoch_size=cfg.epoch_size,
                      remainder=cfg.remainder, process_index=process_index,
-                     process_count=process_count)
+                     process_count=process_count, host_shards=cfg.host_shards)
 
   def _make(self, idx: np.ndarray, bucket: int, local: slice, _: Tuple[int, int, int]) -> Batch:
     idx = idx[local]

@@ -159,7 +159,8 @@ class RetrievalConfig:
   `p_buckets`); an example's bucket fits its query and all its candidate passages.
   `num_negatives` hard negatives per query (0: in-batch negatives only, no `n_*` keys);
   they are drawn per epoch without replacement, cycling when a query has fewer.
-  `positive` is 'random' (one positive drawn per epoch) or 'first'.
+  `positive` is 'random' (one positive drawn per epoch) or 'first'. `host_shards`: each
+  host draws from its own fixed share of the examples (`pipeline.BatchIterator`).
   """
 
   global_batch: int
@@ -175,6 +176,7 @@ class RetrievalConfig:
   epoch_size: Optional[int] = None
   seed: int = 0
   cache_dir: Optional[str] = None
+  host_shards: bool = False
 
   def __post_init__(self):
     check_batching(self.global_batch, self.remainder, self.epoch_size)
@@ -243,7 +245,8 @@ class RetrievalBatches(BatchIterator):
     super().__init__(bucket_of=bucket_of, sizes=[len(s) for s in sources], ratios=ratios,
                      num_buckets=len(p_b), global_batch=cfg.global_batch, seed=cfg.seed,
                      assemble=self._make, fingerprint_payload=payload, epoch_size=cfg.epoch_size,
-                     remainder=cfg.remainder, process_index=process_index, process_count=process_count)
+                     remainder=cfg.remainder, process_index=process_index, process_count=process_count,
+                     host_shards=cfg.host_shards)
 
   def _make(self, idx: np.ndarray, bucket: int, local: slice, where: Tuple[int, int, int]) -> Batch:
     seed, epoch, index = where
