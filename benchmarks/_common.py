@@ -349,11 +349,13 @@ def header(args, name: str) -> Dict[str, Any]:
 
 
 def distill_state(student, teacher, tx, mesh, seed: int = 0):
-  """Replicated (train state, frozen teacher) for `step.make_distill_step` on `mesh`.
+  """Replicated (train state, frozen teacher) for `step.make_distill_step` on `mesh`
+  (`teacher=None`: no frozen teacher, for a step reading cached teacher tokens).
 
   The student's params are copied to host first, as the trainer does: the donated first
   step would otherwise delete the caller's arrays.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from optical_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  return step_lib.replicated_state(student, tx, jax.random.PRNGKey(seed), {"teacher": teacher}, mesh)
+  frozen = {} if teacher is None else {"teacher": teacher}
+  return step_lib.replicated_state(student, tx, jax.random.PRNGKey(seed), frozen, mesh)

@@ -38,8 +38,8 @@ def _pct(x):
   return None if x is None else f"{100 * x:.0f}%"
 
 
-def step_section(r):
-  out = ["### Distillation step (`benchmarks/step.py`)", "", _head(r), ""]
+def step_section(r, title="### Distillation step (`benchmarks/step.py`)"):
+  out = [title, "", _head(r), ""]
   peak = r["peak"]
   out.append(f"Peak (best jitted float32 square matmul in the same run): "
              f"{peak['used_flops_per_s'] / 1e9:.0f} GFLOP/s; bfloat16 matmul "
@@ -52,10 +52,12 @@ def step_section(r):
     rows.append(dict(x, mfu_pct=_pct(x["mfu"]), median=x["median_s"],
                      ratio=x.get("jax_over_torch"), ratio32=x.get("jax_over_torch_f32"),
                      gflop=x["model_flops"] / 1e9))
-  out.append(C.table(rows, ["model", "batch", "dtype", "framework", "median", "n", "pairs_per_s",
+  for x in rows:
+    x.setdefault("teacher", "run")   # results from before the teacher-cache rows
+  out.append(C.table(rows, ["model", "batch", "dtype", "framework", "teacher", "median", "n", "pairs_per_s",
                             "tokens_per_s", "gflop", "mfu_pct", "ratio", "ratio32", "compile_s",
                             "xla_over_analytic", "load1", "others_cores"],
-                     ["model", "batch", "dtype", "framework", "s/step", "steps timed", "pairs/s",
+                     ["model", "batch", "dtype", "framework", "teacher", "s/step", "steps timed", "pairs/s",
                       "tokens/s", "model GFLOP/step", "MFU", "JAX/torch", "JAX/torch f32",
                       "compile s", "XLA/analytic FLOPs", "load1", "other procs (cores)"],
                      markdown=True))
@@ -172,7 +174,11 @@ def main():
   p.add_argument("--results", default=C.RESULTS)
   args = p.parse_args()
   lines = []
-  for name, fn in (("step", step_section), ("sinkhorn", sinkhorn_section),
+  cache_title = ("### Distillation step with and without the teacher-token cache "
+                 "(`benchmarks/step.py --out benchmarks/results/step-cache.json`)")
+  for name, fn in (("step", step_section),
+                   ("step-cache", lambda r: step_section(r, cache_title)),
+                   ("sinkhorn", sinkhorn_section),
                    ("compile", compile_section), ("eval", eval_section),
                    ("scaling", scaling_section)):
     r = _load(args.results, name)

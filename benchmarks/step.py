@@ -2,6 +2,7 @@
 
     python benchmarks/step.py            # full grid (~10 min on 2 cores)
     python benchmarks/step.py --quick    # MiniLM size, batch 8: a smoke run
+    python benchmarks/step.py --models minilm-l6,e5-small --batches 32 --out R.json  # a subset
 
 What is timed: one full OPTICAL update, `optical_jax.step.make_distill_step` on a
 1-device mesh (teacher forward, student forward + backward with dropout, cosine cost,
@@ -9,6 +10,13 @@ Sinkhorn, envelope gradient, AdamW with clipping; train state donated), compiled
 ahead of time; after one warm-up step, the median of several timed steps, each
 ending with `block_until_ready`. Student and teacher have the same architecture and
 random weights; every query has exactly `--length` real tokens on both sides.
+
+`--teacher run,cached` (the default) times each float32 configuration twice: with the
+teacher run inside the step, and with its token embeddings read from the batch
+(`data.teacher_cache`: `DistillSpec(teacher_from_batch=True)`, bfloat16 vectors as the
+cache stores them by default, cast to float32 in the step); the PyTorch `cached` step
+likewise takes precomputed teacher tokens, as sentence-transformers' multilingual
+distillation precomputes its teacher's embeddings. Cached rows count no teacher FLOPs.
 
 Sinkhorn runs a fixed number of iterations (`OTConfig(fixed_iterations=True,
 max_iterations=--sinkhorn-iters)`) so that JAX and PyTorch do identical work.
@@ -60,10 +68,10 @@ def encoder_flops(arch, length: int) -> float:
   return float(n * (8 * length * h * h + 4 * length * h * f + 4 * length * length * h))
 
 
-def step_flops(arch, batch: int, ls: int, lt: int, iters: int) -> dict:
+def step_flops(arch, batch: int, ls: int, lt: int, iters: int, cached: bool = False) -> dict:
   d = arch["hidden_size"]
   student = 3 * encoder_flops(arch, ls)
-  teacher = encoder_flops(arch, lt)
+  teacher = 0.0 if cached else encoder_flops(arch, lt)
   cost = 4.0 * ls * lt * d
   sink = 10.0 * iters * ls * lt
   per_pair = student + teacher + cost + sink
@@ -112,8 +120,10 @@ def make_batch(rng, batch: int, length: int, vocab: int):
   return out
 
 
-def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = False) -> dict:
+def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = False,
+            cached: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from optical_jax import encoder as enc, losses, ot, step as step_lib  # pylint: disable=g-import-not-at-top
 
@@ -124,11 +134,15 @@ def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = Fals
   teacher = jax.tree.map(np.asarray, init(jax.random.PRNGKey(2)))
   loss_cfg = losses.DistillConfig(loss="ot", ot=ot.OTConfig(
       epsilon=args.epsilon, max_iterations=args.sinkhorn_iters, fixed_iterations=True))
-  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=loss_cfg)
+  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=loss_cfg, teacher_from_batch=cached)
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=100000, warmup_steps=10,
                                weight_decay=0.01, clip_norm=1.0)
   mesh = step_lib.make_mesh(jax.devices()[:1])
-  state, frozen = C.distill_state(student, teacher, tx, mesh)
+  if cached:   # what teacher_cache stores: the teacher's output tokens, 16-bit
+    tokens = jax.jit(lambda p, i, m: enc.apply(p, i, m, cfg=cfg))(
+        teacher, data["tgt_ids"], data["tgt_mask"])
+    data = dict(data, tgt_tokens=np.asarray(tokens, np.float32).astype(ml_dtypes.bfloat16))
+  state, frozen = C.distill_state(student, None if cached else teacher, tx, mesh)
   fn = step_lib.make_distill_step(spec, tx, mesh)
   b = step_lib.shard_batch(data, mesh)
   t0 = time.perf_counter()
@@ -173,7 +187,7 @@ def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = Fals
 # ----------------------------------------------------------------------------- PyTorch
 
 
-def run_torch(model: str, batch: int, dtype: str, args, data) -> dict:
+def run_torch(model: str, batch: int, dtype: str, args, data, cached: bool = False) -> dict:
   import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from transformers import BertConfig, BertModel  # pylint: disable=g-import-not-at-top
@@ -200,10 +214,16 @@ def run_torch(model: str, batch: int, dtype: str, args, data) -> dict:
   autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else (
       contextlib.nullcontext)
   out = {}
+  if cached:   # precomputed once, as sentence-transformers' distillation does
+    with torch.no_grad(), autocast():
+      fixed = teacher(input_ids=t["tgt_ids"], attention_mask=t["tgt_mask"]).last_hidden_state
 
   def one():
-    with torch.no_grad(), autocast():
-      y = teacher(input_ids=t["tgt_ids"], attention_mask=t["tgt_mask"]).last_hidden_state
+    if cached:
+      y = fixed
+    else:
+      with torch.no_grad(), autocast():
+        y = teacher(input_ids=t["tgt_ids"], attention_mask=t["tgt_mask"]).last_hidden_state
     with autocast():
       x = student(input_ids=t["src_ids"], attention_mask=t["src_mask"]).last_hidden_state
     cost = _torch_ot.cosine_cost(x.float(), y.float())
@@ -230,13 +250,14 @@ def run_torch(model: str, batch: int, dtype: str, args, data) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
-def _base_row(model, batch, dtype, fw, args):
+def _base_row(model, batch, dtype, fw, teacher, args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   data = make_batch(np.random.default_rng(batch), batch, args.length, ARCH[model]["vocab_size"])
-  fl = step_flops(ARCH[model], batch, args.length, args.length, args.sinkhorn_iters)
-  row = {"model": model, "batch": batch, "dtype": dtype, "framework": fw,
+  fl = step_flops(ARCH[model], batch, args.length, args.length, args.sinkhorn_iters,
+                  cached=teacher == "cached")
+  row = {"model": model, "batch": batch, "dtype": dtype, "framework": fw, "teacher": teacher,
          "model_flops": fl["total"], "flops_breakdown": fl}
-  print(f"[{fw}] {model} batch {batch} {dtype} ...", flush=True)
+  print(f"[{fw}] {model} batch {batch} {dtype} teacher {teacher} ...", flush=True)
   return row, data
 
 
@@ -247,15 +268,15 @@ def _report(row):
   return row
 
 
-def jax_row(model, batch, dtype, args, profile=False):
-  row, data = _base_row(model, batch, dtype, "jax", args)
-  row.update(run_jax(model, batch, dtype, args, data, profile=profile))
+def jax_row(model, batch, dtype, teacher, args, profile=False):
+  row, data = _base_row(model, batch, dtype, "jax", teacher, args)
+  row.update(run_jax(model, batch, dtype, args, data, profile=profile, cached=teacher == "cached"))
   return _report(row)
 
 
-def torch_row(model, batch, dtype, args):
-  row, data = _base_row(model, batch, dtype, "torch", args)
-  row.update(run_torch(model, batch, dtype, args, data))
+def torch_row(model, batch, dtype, teacher, args):
+  row, data = _base_row(model, batch, dtype, "torch", teacher, args)
+  row.update(run_torch(model, batch, dtype, args, data, cached=teacher == "cached"))
   return _report(row)
 
 
@@ -271,6 +292,9 @@ def main():
   p.add_argument("--sinkhorn-iters", type=int, default=100)
   p.add_argument("--epsilon", type=float, default=0.05)
   p.add_argument("--no-torch", dest="torch", action="store_false")
+  p.add_argument("--teacher", default="run,cached",
+                 help="comma list: run (the teacher inside the step) and/or cached (its tokens "
+                      "precomputed; float32 configurations only)")
   p.add_argument("--time-budget", type=float, default=None,
                  help="seconds of timed steps per configuration (after one warm-up step)")
   p.add_argument("--min-steps", type=int, default=2,
@@ -293,7 +317,10 @@ def main():
   for m in models:
     if m not in ARCH:
       p.error(f"unknown model {m!r}; known: {', '.join(ARCH)}")
-  plan = []  # (model, batch, framework, dtype)
+  teachers = args.teacher.split(",")
+  if not teachers or any(t not in ("run", "cached") for t in teachers):
+    p.error(f"--teacher takes run and/or cached, got {args.teacher!r}")
+  plan = []  # (model, batch, framework, dtype, teacher)
   for model in models:
     for batch in batches:
       for fw in ("jax", "torch") if args.torch else ("jax",):
@@ -301,14 +328,16 @@ def main():
           if args.grid == "standard" and dtype == "bfloat16" and (
               batch != min(batches) or (fw == "torch" and model != models[0])):
             continue
-          plan.append((model, batch, fw, dtype))
+          for teacher in teachers:
+            if not (teacher == "cached" and dtype != "float32"):
+              plan.append((model, batch, fw, dtype, teacher))
 
   if args.worker == "torch":  # child process: the PyTorch rows only
     import numpy as np  # pylint: disable=g-import-not-at-top
     rows = []
-    for model, batch, fw, dtype in plan:
+    for model, batch, fw, dtype, teacher in plan:
       if fw == "torch":
-        rows.append(torch_row(model, batch, dtype, args))
+        rows.append(torch_row(model, batch, dtype, teacher, args))
     import torch  # pylint: disable=g-import-not-at-top
     C.worker_done(args, {"rows": rows, "torch_threads": torch.get_num_threads()})
     return
@@ -325,6 +354,7 @@ def main():
   out["machine"] = C.machine_info()
   out["machine"]["torch_threads"] = torch_threads
   out["settings"] = {"models": models, "batches": batches, "grid": args.grid, "plan": plan,
+                     "teacher": teachers,
                      "length": args.length, "sinkhorn_iters": args.sinkhorn_iters,
                      "epsilon": args.epsilon, "time_budget_s": args.time_budget,
                      "min_steps": args.min_steps, "long_step_s": args.long_step,
@@ -336,9 +366,10 @@ def main():
   print(f"peak float32 matmul: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s (n={peak['size']}); "
         f"bfloat16: {peak_bf16['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
   rows = []
-  for model, batch, fw, dtype in plan:
+  for model, batch, fw, dtype, teacher in plan:
     if fw == "jax":
-      rows.append(jax_row(model, batch, dtype, args, profile=(model, str(batch), dtype) in profile_set))
+      rows.append(jax_row(model, batch, dtype, teacher, args,
+                          profile=(model, str(batch), dtype) in profile_set and teacher == "run"))
   rows += torch_rows
   peak_end = measure_peak(peak_sizes[-1:], "float32")
   best_peak = max(peak["flops_per_s"], peak_end["flops_per_s"])
@@ -351,20 +382,20 @@ def main():
     r["mfu"] = r["model_flops"] / t / best_peak
     if r.get("xla_flops"):
       r["xla_over_analytic"] = r["xla_flops"] / r["model_flops"]
-  by_key = {(r["model"], r["batch"], r["dtype"], r["framework"]): r for r in rows}
+  by_key = {(r["model"], r["batch"], r["dtype"], r["framework"], r["teacher"]): r for r in rows}
   for r in rows:
     if r["framework"] == "jax":
-      tr = by_key.get((r["model"], r["batch"], r["dtype"], "torch"))
+      tr = by_key.get((r["model"], r["batch"], r["dtype"], "torch", r["teacher"]))
       if tr:
         r["jax_over_torch"] = r["pairs_per_s"] / tr["pairs_per_s"]
-      tf = by_key.get((r["model"], r["batch"], "float32", "torch"))
+      tf = by_key.get((r["model"], r["batch"], "float32", "torch", r["teacher"]))
       if tf:
         r["jax_over_torch_f32"] = r["pairs_per_s"] / tf["pairs_per_s"]
   out["peak"] = {"float32": peak, "float32_end": peak_end, "bfloat16": peak_bf16,
                  "used_flops_per_s": best_peak}
   out["rows"] = rows
   out["load"]["at_end"] = C.load_avg()
-  cols = ["model", "batch", "dtype", "framework", "median_s", "n", "pairs_per_s", "tokens_per_s",
+  cols = ["model", "batch", "dtype", "framework", "teacher", "median_s", "n", "pairs_per_s", "tokens_per_s",
           "mfu", "jax_over_torch", "jax_over_torch_f32", "compile_s", "xla_over_analytic", "load1", "others_cores"]
   print()
   print(C.table(rows, cols))
