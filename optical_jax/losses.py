@@ -5,8 +5,9 @@ embeddings of the foreign sentence with the frozen teacher's token embeddings of
 its English translation:
 
   * 'ot': entropic optimal transport between the two token sets (`optical_jax.ot`);
-  * 'sentence': distance between mean-pooled sentence embeddings (Reimers &
-    Gurevych 2020: MSE; or 1 - cosine);
+  * 'sentence': distance between the pooled sentence embeddings (Reimers &
+    Gurevych 2020: MSE; or 1 - cosine), each side pooled as its model pools for
+    retrieval (`student_pooling`, `teacher_pooling`: mean, [CLS], or LaBSE's pooler);
   * 'hard': each student token is aligned to its most similar teacher token
     (a hard argmax alignment) and pays that cost;
   * 'ot+sentence': the OT loss plus `sentence_weight` times the sentence loss;
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 
 from optical_jax import ot as ot_lib
 from optical_jax import scoring as scoring_lib
+from optical_jax import encoder as enc
 from optical_jax.encoder import masked_mean, mean_pool
 from optical_jax.errors import InputError, build, field_problems
 
@@ -59,6 +61,7 @@ _RULES = (
     ("marginals", "choice", dict(choices=MARGINALS)),
     ("token_distance", "choice", dict(choices=TOKEN_DISTANCES)),
     ("layer_combine", "choice", dict(choices=LAYER_COMBINE)),
+    (("student_pooling", "teacher_pooling"), "choice", dict(choices=tuple(enc.POOLING))),
     (("sentence_weight", "ranking_weight"), "number", dict(low=0)),
     ("ranking_temperature", "number", dict(low=0, open_low=True)),
     (("hard_symmetric", "include_special"), "bool", {}),
@@ -92,7 +95,7 @@ class DistillConfig:
       the 'hard' loss.
     ranking_weight: weight of the ranking term in '...+ranking' losses.
     ranking_temperature: temperature of both similarity softmaxes of the ranking
-      term (cosine similarities of mean-pooled embeddings).
+      term (cosine similarities of the pooled embeddings).
     token_distance: 'barycentric': 'cosine' (1 - cos) or 'mse' per token.
     layers: () = the token-level terms use the encoder output (after any head);
       otherwise indices of hidden states (0 = embeddings, num_layers = last
@@ -100,6 +103,10 @@ class DistillConfig:
       two), combined by `layer_combine`. Sentence and ranking terms always use
       the output.
     layer_combine: 'mean' or 'sum' of the chosen hidden states.
+    student_pooling / teacher_pooling: how the sentence and ranking terms pool each
+      side: as the model pools for retrieval ('mean', 'cls', or 'pooler': BERT's
+      dense + tanh on the first token, LaBSE; set by the trainer from the model specs).
+      'pooler' needs that model's pooler params (`batch_loss(poolers=...)`).
   """
 
   loss: str = "ot"
@@ -116,6 +123,8 @@ class DistillConfig:
   token_distance: str = "cosine"
   layers: Tuple[int, ...] = ()
   layer_combine: str = "mean"
+  student_pooling: str = "mean"
+  teacher_pooling: str = "mean"
 
   def __post_init__(self):
     problems = field_problems(self, _RULES)
@@ -181,21 +190,25 @@ def _cosine(u: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
 
 
 def sentence_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_tokens: jnp.ndarray,
-                  t_mask: jnp.ndarray, distance: str = "mse") -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Distance between mean-pooled student and teacher embeddings.
+                  t_mask: jnp.ndarray, distance: str = "mse",
+                  pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None
+                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Distance between the pooled student and teacher embeddings (mean-pooled by default).
 
   Args:
     student_tokens: [B, Ls, D]; s_mask [B, Ls] (1 = real token).
     teacher_tokens: [B, Lt, D]; t_mask [B, Lt].
     distance: 'mse' = mean over pairs and dimensions of (s - t)^2 (torch's
       MSELoss, as Reimers & Gurevych 2020); 'cosine' = mean of 1 - cos(s, t).
+    pooled: (student [B, D], teacher [B, D]) sentence embeddings to use instead of
+      the mean-pooled tokens (`pooled_embeddings`).
 
   Returns:
     (loss, mean cosine between the pooled embeddings), averaged over pairs with
     real tokens on both sides.
   """
-  s = mean_pool(student_tokens, s_mask)
-  t = mean_pool(teacher_tokens, t_mask)
+  s, t = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
+                                              mean_pool(teacher_tokens, t_mask))
   valid = _pair_valid(s_mask, t_mask)
   cos = _cosine(s, t)
   if distance == "mse":
@@ -252,12 +265,14 @@ def hard_alignment_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
 
 
 def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_tokens: jnp.ndarray,
-                 t_mask: jnp.ndarray, temperature: float = 0.05, axis_name: Optional[str] = None
+                 t_mask: jnp.ndarray, temperature: float = 0.05, axis_name: Optional[str] = None,
+                 pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None
                  ) -> Tuple[jnp.ndarray, jnp.ndarray]:
   """In-batch translation ranking distillation (as PLAID-X translate-distill, PyLate).
 
-  With s_i the student's pooled (mean, L2-normalised) embedding of foreign sentence
-  i and e_j the teacher's of English sentence j, the teacher's distribution over
+  With s_i the student's pooled (mean unless `pooled` gives the sentence embeddings;
+  then L2-normalised) embedding of foreign sentence i and e_j the teacher's of English
+  sentence j, the teacher's distribution over
   the batch's English sentences for row i is p_i = softmax_j(e_i . e_j / temp) and
   the student's q_i = softmax_j(s_i . e_j / temp); the loss is mean_i KL(p_i || q_i).
   Teacher embeddings are constants. With `axis_name` (inside a device map) the
@@ -268,8 +283,9 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
     (loss, accuracy: fraction of rows whose student top-1 is its own translation),
     over pairs with real tokens on both sides.
   """
-  s = enc_l2(mean_pool(student_tokens, s_mask))
-  e = jax.lax.stop_gradient(enc_l2(mean_pool(teacher_tokens, t_mask)))
+  s, e = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
+                                              mean_pool(teacher_tokens, t_mask))
+  s, e = enc_l2(s), jax.lax.stop_gradient(enc_l2(e))
   valid = _pair_valid(s_mask, t_mask)
   e_all, valid_all = e, valid
   own = jnp.arange(s.shape[0])
@@ -303,7 +319,8 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
                       teacher_features: Optional[jnp.ndarray] = None,
                       epsilon: Optional[jnp.ndarray] = None,
                       centers: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
-                      axis_name: Optional[str] = None
+                      axis_name: Optional[str] = None,
+                      pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None
                       ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """The distillation loss selected by `cfg.loss`, and its metrics.
 
@@ -320,10 +337,12 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
     epsilon: traced epsilon of the OT solves (`optical_jax.ot.scheduled_epsilon`).
     centers: (student mean, teacher mean) vectors subtracted before the OT cost.
     axis_name: the mapped device axis, for batch-wide terms (ranking candidates).
+    pooled: (student, teacher) sentence embeddings [B, D] of the sentence and ranking
+      terms (`pooled_embeddings`); default the mean-pooled tokens.
 
   Returns:
     (loss, metrics): float32 scalars. Metrics always hold 'sentence_cosine'
-    (mean cosine of the mean-pooled embeddings) and the loss's components
+    (mean cosine of the pooled embeddings) and the loss's components
     ('ot_loss', 'divergence_loss', 'barycentric_loss', 'sentence_loss',
     'hard_loss', 'ranking_loss' as used); with OT also its diagnostics
     (converged_fraction, iterations, plan_entropy, mean_cost, marginal_error,
@@ -337,7 +356,9 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
   x_center, y_center = (None, None) if centers is None else centers
   metrics: Dict[str, jnp.ndarray] = {}
   distance = cfg.sentence_distance
-  sent, cos = sentence_loss(student_tokens, s_mask, teacher_tokens, t_mask, distance)
+  if pooled is not None:
+    pooled = (pooled[0], jax.lax.stop_gradient(pooled[1]))
+  sent, cos = sentence_loss(student_tokens, s_mask, teacher_tokens, t_mask, distance, pooled)
   metrics["sentence_cosine"] = jax.lax.stop_gradient(cos)
   ot_kw = dict(epsilon=epsilon, x_center=x_center, y_center=y_center)
   term = cfg.token_term
@@ -365,7 +386,7 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
     loss = loss + cfg.sentence_weight * sent
   if cfg.loss.endswith("ranking"):
     rank, acc = ranking_loss(student_tokens, s_mask, teacher_tokens, t_mask,
-                             cfg.ranking_temperature, axis_name)
+                             cfg.ranking_temperature, axis_name, pooled)
     metrics["ranking_loss"] = jax.lax.stop_gradient(rank)
     metrics["ranking_accuracy"] = acc
     loss = rank if cfg.loss == "ranking" else loss + cfg.ranking_weight * rank
@@ -406,7 +427,8 @@ def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: 
                step: Optional[jnp.ndarray] = None,
                student_aux: Optional[Mapping[str, Any]] = None,
                teacher_aux: Optional[Mapping[str, Any]] = None,
-               axis_name: Optional[str] = None
+               axis_name: Optional[str] = None,
+               poolers: Optional[Mapping[str, Any]] = None
                ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """The distillation loss of a bitext batch: token marginals per `cfg`, then `distillation_loss`.
 
@@ -425,6 +447,8 @@ def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: 
       when `cfg.needs_hidden` / `cfg.needs_cls_attention`.
     axis_name: the mapped device axis (inside `shard_map`): batch-wide statistics
       (centring means, ranking candidates) then cover the global batch.
+    poolers: {'student': ..., 'teacher': ...} pooler params (the params' `pooler`
+      entry) of a side whose pooling is 'pooler'.
   """
   use_idf = cfg.marginals == "idf"
   if use_idf and not (idf and "src_idf" in idf):
@@ -453,7 +477,28 @@ def batch_loss(student_tokens: jnp.ndarray, teacher_tokens: jnp.ndarray, batch: 
       student_tokens, batch["src_mask"], s_w, teacher_tokens, batch["tgt_mask"], t_w, cfg,
       student_features=None if x is student_tokens else x,
       teacher_features=None if not cfg.layers else y, epsilon=epsilon, centers=centers,
-      axis_name=axis_name)
+      axis_name=axis_name,
+      pooled=pooled_embeddings(student_tokens, batch["src_mask"], teacher_tokens,
+                               batch["tgt_mask"], cfg, poolers))
+
+
+def pooled_embeddings(student_tokens: jnp.ndarray, s_mask: jnp.ndarray,
+                      teacher_tokens: jnp.ndarray, t_mask: jnp.ndarray, cfg: DistillConfig,
+                      poolers: Optional[Mapping[str, Any]] = None
+                      ) -> Optional[Tuple[jnp.ndarray, jnp.ndarray]]:
+  """(student, teacher) sentence embeddings [B, D] pooled as `cfg.student_pooling` /
+  `cfg.teacher_pooling` (not normalised), or None when both are 'mean' (the sentence and
+  ranking terms then mean-pool themselves)."""
+  if cfg.student_pooling == cfg.teacher_pooling == "mean":
+    return None
+  poolers = poolers or {}
+  out = []
+  for side, tokens, mask, pooling in (("student", student_tokens, s_mask, cfg.student_pooling),
+                                      ("teacher", teacher_tokens, t_mask, cfg.teacher_pooling)):
+    if pooling == "pooler" and poolers.get(side) is None:
+      raise ValueError(f"{side}_pooling='pooler' needs the {side}'s pooler params")
+    out.append(enc.pool(tokens, mask, pooling, False, poolers.get(side)))
+  return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------- teacher ranking

@@ -210,7 +210,9 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   Args:
     state: the student's train state (replicated).
     frozen: {'teacher': teacher params, and 'src_idf'/'tgt_idf' for idf marginals,
-      'src_mean'/'tgt_mean' for bitext-centred costs} (replicated; never differentiated).
+      'src_mean'/'tgt_mean' for bitext-centred costs; with `teacher_from_batch` no
+      'teacher', and 'teacher_pooler' when the teacher pools with BERT's pooler}
+      (replicated; never differentiated).
     batch: src_ids/src_mask (foreign side, student) and tgt_ids/tgt_mask (English
       side, teacher), each [local_batch, bucket_len]; with `spec.teacher_from_batch`
       also tgt_tokens [local_batch, bucket_len, D].
@@ -222,6 +224,8 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
     teacher_tokens, teacher_aux = enc.apply_with(frozen["teacher"], batch["tgt_ids"],
                                                  batch["tgt_mask"], cfg=spec.teacher, **outputs)
   teacher_tokens, teacher_aux = jax.lax.stop_gradient((teacher_tokens, teacher_aux))
+  teacher_pooler = (frozen.get("teacher_pooler") if spec.teacher_from_batch
+                    else frozen["teacher"].get("pooler"))
   rng = _step_rng(state)
 
   adv = spec.adversarial
@@ -232,7 +236,9 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
                                                  **outputs)
     loss, metrics = losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss,
                                       idf=frozen, step=state.step, student_aux=student_aux,
-                                      teacher_aux=teacher_aux, axis_name=AXIS)
+                                      teacher_aux=teacher_aux, axis_name=AXIS,
+                                      poolers={"student": params.get("pooler"),
+                                               "teacher": teacher_pooler})
     if adv is not None:
       adv_loss, adv_metrics = adversarial.adversarial_loss(
           aux_params[adversarial.NAME], student_tokens, batch["src_mask"], teacher_tokens,

@@ -70,12 +70,14 @@ class Setup:
 
 
 def distill_loss_config(config, student: models.Model, teacher: models.Model) -> losses.DistillConfig:
-  """The loss settings of `config.loss`, with the tokenizers' special-token ids."""
+  """The loss settings of `config.loss`, with the tokenizers' special-token ids and the
+  models' poolings (the sentence and ranking terms pool as retrieval does)."""
   settings = config.loss.to_dict()
   settings.pop("temperature")   # teacher mode's contrastive temperature
   return losses.DistillConfig.from_dict(dict(
       settings, src_special=tuple(student.tokenizer.special_ids),
-      tgt_special=tuple(teacher.tokenizer.special_ids)))
+      tgt_special=tuple(teacher.tokenizer.special_ids),
+      student_pooling=student.spec.pooling, teacher_pooling=teacher.spec.pooling))
 
 
 # fold_in index of the discriminator's initialisation key in the init stream (the
@@ -132,6 +134,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
     teacher_cache.teacher_tokens(teacher, batches, str(config.data.teacher_cache),
                                  os.path.join(_cache_dir(config), "teacher"), log=log_fn)
   frozen: Dict[str, Any] = {} if cached else {"teacher": teacher.params}
+  if cached and spec.loss.teacher_pooling == "pooler":   # sentence terms pool its cached tokens
+    frozen["teacher_pooler"] = teacher.params["pooler"]
   if spec.loss.marginals == "idf":
     frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)

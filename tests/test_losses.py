@@ -43,6 +43,30 @@ def test_sentence_loss_skips_empty_pairs_with_finite_gradients():
     assert np.isfinite(np.asarray(g)).all() and np.all(np.asarray(g)[1] == 0)
 
 
+def test_sentence_and_ranking_terms_pool_each_side_as_its_model_does():
+  s, sm, t, tm = _sentence_case()
+  # [CLS] pooling: the first tokens, s = [[1, 0], [1, 1]], t = [[0, 2], [2, 2]].
+  cfg = losses.DistillConfig(loss="sentence", student_pooling="cls", teacher_pooling="cls")
+  pooled = losses.pooled_embeddings(s, sm, t, tm, cfg)
+  mse, cos = losses.sentence_loss(s, sm, t, tm, "mse", pooled)
+  np.testing.assert_allclose(mse, ((1 + 4) / 2 + (1 + 1) / 2) / 2, rtol=1e-6)
+  np.testing.assert_allclose(cos, (0 + 1) / 2, rtol=1e-6)
+  got, m = losses.batch_loss(s, t, {"src_mask": sm, "src_ids": sm, "tgt_mask": tm, "tgt_ids": tm}, cfg)
+  np.testing.assert_allclose(got, mse, rtol=1e-6)
+  np.testing.assert_allclose(m["sentence_cosine"], cos, rtol=1e-6)
+  # Mean pooling on both sides is the default path (no pooled embeddings).
+  assert losses.pooled_embeddings(s, sm, t, tm, losses.DistillConfig()) is None
+  # BERT's pooler: dense + tanh on the first token, with the side's params.
+  w = jnp.array([[0., 1.], [1., 0.]])
+  pooler = {"kernel": w, "bias": jnp.zeros(2)}
+  cfg = losses.DistillConfig(loss="ranking", student_pooling="pooler", teacher_pooling="mean")
+  ps, pt = losses.pooled_embeddings(s, sm, t, tm, cfg, {"student": pooler})
+  np.testing.assert_allclose(ps, np.tanh(np.asarray(s)[:, 0] @ np.asarray(w)), rtol=1e-6)
+  np.testing.assert_allclose(pt, [[0, 2], [2, 2]], rtol=1e-6)
+  with pytest.raises(ValueError, match="pooler params"):
+    losses.pooled_embeddings(s, sm, t, tm, cfg)
+
+
 # ----------------------------------------------------------------------------- hard alignment
 
 

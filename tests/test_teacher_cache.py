@@ -113,6 +113,22 @@ def test_host_shards_cache_only_each_hosts_rows(setup, tmp_path):
   assert len(keys) == 2 and len(os.listdir(tmp_path)) == 2
 
 
+def test_pooler_models_distil_through_their_pooler_cached_or_not(tmp_path):
+  """LaBSE-style models (pooling 'pooler'): the sentence term pools through each side's
+  pooler; from a float32 teacher cache the teacher's pooler still applies."""
+  run = __import__("optical_jax.trainer", fromlist=["run"]).run
+  losses_of = {}
+  for name, over in [("plain", {}), ("cached", {"data.teacher_cache": "float32"}),
+                     ("mean", {"teacher.pooling": "mean", "student.pooling": "mean"})]:
+    base = {"train.devices": 1, "train.steps": 4, "loss.loss": "sentence",
+            "teacher.pooling": "pooler", "student.pooling": "pooler",
+            "data.cache_dir": str(tmp_path / "cache")}
+    r = run(tiny(**dict(base, **over)), str(tmp_path / name), log_fn=lambda *_: None)
+    losses_of[name] = r.last_metrics["loss"]
+  np.testing.assert_allclose(losses_of["cached"], losses_of["plain"], rtol=1e-5)
+  assert abs(losses_of["mean"] - losses_of["plain"]) > 1e-4
+
+
 def test_trainer_with_a_16_bit_cache_trains_and_refuses_losses_needing_teacher_internals(tmp_path):
   r = __import__("optical_jax.trainer", fromlist=["run"]).run(
       tiny(**{"train.devices": 1, "data.teacher_cache": "float16",
