@@ -25,7 +25,8 @@ drives the differences (plan entropy, mean cost, converged fraction, plan mass).
 Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, swa, arms sentence / ot / ot-ranking, 1 seed, 4 steps (tests)
   cpu     minilm, swa+hau, arms sentence / ot / ranking / ot-ranking, 2 seeds, 100 steps
-          (estimate: 45-60 min on 2 idle CPU cores; not measured)
+          (measured: 36 min on 2 CPU cores with the swa/hau passages in the embedding
+          cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more, README)
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
 teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
