@@ -113,6 +113,7 @@ def test_host_shards_cache_only_each_hosts_rows(setup, tmp_path):
   assert len(keys) == 2 and len(os.listdir(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_pooler_models_distil_through_their_pooler_cached_or_not(tmp_path):
   """LaBSE-style models (pooling 'pooler'): the sentence term pools through each side's
   pooler; from a float32 teacher cache the teacher's pooler still applies."""
