@@ -47,8 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = ""                 # '' = $OPTICAL_JAX_CACHE/tokens
   # The frozen teacher's English token embeddings computed once and read by the step
   # (optical_jax.teacher_cache): '' (off: the step runs the teacher), 'float32',
-  # 'float16' or 'bfloat16' (storage precision). Not for losses that need the teacher's
-  # hidden states or attention.
+  # 'float16' or 'bfloat16' (storage precision; the shipped AfriQA distillation configs
+  # use 'float16'). Losses that need the teacher's hidden states or attention run the
+  # teacher whatever this says.
   c.data.teacher_cache = ""
   # Several hosts: False = every host draws its rows of each global batch from all the
   # data (the data order does not depend on the host count); True = each host draws from

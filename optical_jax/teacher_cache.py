@@ -2,9 +2,9 @@
 
 The teacher never trains, so its token embeddings of a bitext's English sentences are the
 same at every epoch and in every run over that bitext. `teacher_tokens` computes them
-once per (teacher, bitext, length buckets, storage dtype), stores them under the cache
-(memory-mapped on reuse; keyed by the model and pipeline fingerprints), and
-attaches them to the batches: the distillation step then reads `tgt_tokens` from the
+once per (teacher, English rows, their padded lengths, storage dtype), stores them under
+the cache (memory-mapped on reuse; `cache_key`: runs that differ only in student, seed or
+loss share an entry), and attaches them to the batches: the distillation step then reads `tgt_tokens` from the
 batch instead of running the teacher (`step.DistillSpec.teacher_from_batch`).
 
 Each English sentence is encoded at the padded length of its bucket, exactly as the step
@@ -29,22 +29,28 @@ import numpy as np
 from optical_jax import encoder as enc
 from optical_jax import fingerprint
 from optical_jax.data.pipeline import BitextBatches, TokenVectors
+from optical_jax.errors import InputError
 from optical_jax.fileio import save_npy
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_key(teacher, batches: BitextBatches, dtype: str) -> str:
-  """Everything the cached vectors depend on: the teacher (files and spec; its params too
-  when they are random), the tokenised bitext and its buckets, the storage dtype."""
+  """Everything the cached vectors depend on, and nothing else: the teacher (files and
+  spec; its params too when they are random), the English side's token ids, the length
+  each row is encoded at, the rows this host keeps, the storage dtype. Not the student,
+  the data seed or the loss: the cells of a study over seeds, losses or students with
+  the same teacher and bitext share one entry."""
+  rows = {"ids": batches.tgt.flat, "offsets": batches.tgt.offsets,
+          "lengths": batches.row_lengths()}
+  mine = batches.host_rows()
+  if mine is not None:
+    rows["host_rows"] = mine
   parts = {"format": FORMAT, "teacher": teacher.fingerprint, "encoder": teacher.cfg.to_dict(),
-           "pipeline": batches.fingerprint, "dtype": dtype,
-           "lengths": fingerprint.digest(batches.row_lengths().tolist())}
+           "rows": fingerprint.params(rows), "dtype": dtype}
   if teacher.spec.weights == "random":
     parts["params"] = fingerprint.params(teacher.params)
-  if batches.host_shards:
-    parts["host_shard"] = [batches.process_index, batches.process_count]
   return fingerprint.digest(parts, n=24)
 
 
@@ -57,7 +63,10 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
   tgt = batches.tgt
   d = teacher.cfg.output_dim
   mine = batches.host_rows()
-  keep = np.ones(len(tgt), bool) if mine is None else np.isin(np.arange(len(tgt)), mine)
+  keep = np.ones(len(tgt), bool)
+  if mine is not None:
+    keep[:] = False
+    keep[mine] = True
   offsets = np.zeros(len(tgt) + 1, np.int64)
   np.cumsum(np.where(keep, np.minimum(tgt.lengths, lengths), 0), out=offsets[1:])
   flat = np.zeros((int(offsets[-1]), d), store)
@@ -70,6 +79,9 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
       idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
       ids, mask = tgt.gather(idx, int(length), pad)
       out = np.asarray(run(teacher.params, ids, mask), np.float32)
+      if store is np.float16 and np.abs(out).max() > np.finfo(np.float16).max:
+        raise InputError(f"data.teacher_cache=float16: the teacher's token embeddings reach "
+                         f"{np.abs(out).max():.3g}, beyond float16's range; use bfloat16 or float32")
       for r, i in enumerate(part):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)

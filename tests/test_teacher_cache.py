@@ -88,6 +88,33 @@ def test_cache_is_stored_once_and_reused(setup, tmp_path):
       teacher, batches, "bfloat16")
 
 
+def test_cache_entry_is_shared_across_seeds_and_students_not_teachers(setup):
+  """A study's cells over seeds or students (same teacher, same English rows and lengths)
+  share one entry; another teacher, or other English rows, is another entry."""
+  teacher, student, bt, cfg = setup
+  key = lambda t, s, c, b=bt: teacher_cache.cache_key(  # pylint: disable=unnecessary-lambda-assignment
+      t, pipeline.BitextBatches(b, s.tokenizer, t.tokenizer, c), "float16")
+  base = key(teacher, student, cfg)
+  assert key(teacher, student, dataclasses.replace(cfg, seed=7)) == base
+  assert key(teacher, teacher, cfg) == base          # another student, same tokenizer
+  assert key(student, student, cfg) != base          # another (random) teacher
+  assert key(teacher, student, dataclasses.replace(cfg, buckets=(32,))) != base  # lengths
+  other = bitext.Bitext("toy", bt.foreign, bt.english[:-1] + ["very big city"])
+  assert key(teacher, student, cfg, other) != base
+
+
+def test_float16_cache_refuses_values_beyond_its_range(setup):
+  teacher, student, bt, cfg = setup
+  params = jax.tree.map(np.array, teacher.params)
+  params["encoder"]["layer_1"]["output_LayerNorm"]["bias"][:] = 1e5   # > float16 max 65504
+  big = dataclasses.replace(teacher, params=params)
+  batches = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  with pytest.raises(InputError, match="float16.*bfloat16 or float32"):
+    teacher_cache.compute(big, batches, "float16", log=lambda *_: None)
+  v = teacher_cache.compute(big, batches, "bfloat16", log=lambda *_: None)
+  assert np.isfinite(np.asarray(v.flat, np.float32)).all()
+
+
 def test_host_shards_cache_only_each_hosts_rows(setup, tmp_path):
   teacher, student, bt, cfg = setup
   full = teacher_cache.compute(teacher, pipeline.BitextBatches(
@@ -130,12 +157,17 @@ def test_pooler_models_distil_through_their_pooler_cached_or_not(tmp_path):
   assert abs(losses_of["mean"] - losses_of["plain"]) > 1e-4
 
 
-def test_trainer_with_a_16_bit_cache_trains_and_refuses_losses_needing_teacher_internals(tmp_path):
-  r = __import__("optical_jax.trainer", fromlist=["run"]).run(
-      tiny(**{"train.devices": 1, "data.teacher_cache": "float16",
-              "data.cache_dir": str(tmp_path / "cache")}), str(tmp_path / "w"), log_fn=lambda *_: None)
+def test_trainer_with_a_16_bit_cache_trains_and_runs_the_teacher_for_losses_needing_its_internals(
+    tmp_path):
+  run = __import__("optical_jax.trainer", fromlist=["run"]).run
+  logs = []
+  r = run(tiny(**{"train.devices": 1, "data.teacher_cache": "float16",
+                  "data.cache_dir": str(tmp_path / "cache")}), str(tmp_path / "w"), log_fn=logs.append)
   assert r.step == 12 and np.isfinite(r.last_metrics["loss"])
-  with pytest.raises(InputError, match="teacher_cache"):
-    __import__("optical_jax.trainer", fromlist=["run"]).run(
-        tiny(**{"train.devices": 1, "data.teacher_cache": "float16", "loss.marginals": "cls_attention"}),
-        str(tmp_path / "w2"), log_fn=lambda *_: None)
+  assert any(str(m).startswith("teacher tokens:") for m in logs)
+  logs.clear()
+  r = run(tiny(**{"train.devices": 1, "data.teacher_cache": "float16", "loss.marginals": "cls_attention",
+                  "data.cache_dir": str(tmp_path / "cache")}), str(tmp_path / "w2"), log_fn=logs.append)
+  assert r.step == 12 and np.isfinite(r.last_metrics["loss"])
+  assert any("teacher_cache=float16 not used" in str(m) for m in logs)
+  assert not any(str(m).startswith("teacher tokens:") for m in logs)

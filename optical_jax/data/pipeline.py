@@ -370,6 +370,7 @@ class BatchIterator:
     seq = seq[seeded_rng(self.seed, TAG_HOST_SCHEDULE, epoch, P).permutation(len(seq))]
     indices = np.zeros((len(seq), self.global_batch), np.int64)
     valid = np.zeros((len(seq), self.global_batch), bool)
+    where_of = [np.flatnonzero(seq == k) for k in range(K)]   # the steps of each bucket
     for p in range(P):
       cols = slice(p * b, (p + 1) * b)
       for k in range(K):
@@ -379,7 +380,7 @@ class BatchIterator:
         real = members[p][k][:take]
         rows = np.full(take, self._filler(p, k, real), np.int64)
         rows[:len(real)] = real
-        where = np.flatnonzero(seq == k)
+        where = where_of[k]
         indices[where, cols] = rows.reshape(-1, b)
         valid[where, cols] = (np.arange(take) < len(real)).reshape(-1, b)
     return EpochPlan(seq, indices, valid)
