@@ -48,6 +48,7 @@ from optical_jax.fileio import write_json, write_text
 
 MODES = ("full", "rerank")
 TESTS = ("t-test", "permutation")
+EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
 MANIFEST = "manifest.json"
 # Bumped when the way runs are produced changes, so old manifests stop matching.
@@ -100,6 +101,9 @@ def default_config() -> ml_collections.ConfigDict:
       longer buckets dropped, so every text fits.
     cache_dir: embedding cache ('' = $OPTICAL_JAX_CACHE/embeddings or
       ~/.cache/optical_jax/embeddings; 'none' disables it).
+    embedding_dtype: storage of dense (one-vector) embeddings in memory and in the cache:
+      'float32', or 'float16' (half the memory of a large corpus; scores are still
+      computed in float32, from the rounded vectors). Token vectors (MaxSim) are float16.
     measures: ir_measures names; test: 't-test' or 'permutation' for the markers (both
       p-values are in comparison.json); alpha, n_permutations, seed: test settings.
     scoring: '' (each model's own) or 'dense' / 'maxsim': score every system that way
@@ -122,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
       query=(16, 32, 64, 128, 256, 512),
       doc=tuple(range(16, 257, 16)) + (320, 384, 448, 512)))
   c.cache_dir = ""
+  c.embedding_dtype = "float32"
   c.measures = tuple(metrics.DEFAULT_MEASURES)
   c.test = "t-test"
   c.alpha = 0.05
@@ -276,6 +281,9 @@ def _check_settings(config, plans: Sequence[SystemPlan]) -> List[str]:
     b = list(config.length_buckets[side])
     if not b or any(int(x) < 1 for x in b):
       raise InputError(f"config.length_buckets.{side} must be positive lengths, got {b}")
+  if config.embedding_dtype not in EMBEDDING_DTYPES:
+    raise InputError(f"config.embedding_dtype must be one of {tuple(EMBEDDING_DTYPES)}, "
+                     f"got {config.embedding_dtype!r}")
   if config.test not in TESTS:
     raise InputError(f"config.test must be one of {TESTS}, got {config.test!r}")
   if not config.measures:
@@ -444,6 +452,8 @@ class _Encoders:
     index, count = (jax.process_index(), jax.process_count()) if shard else (0, 1)
     if shard:
       key_parts = {**key_parts, "shard": [index, count]}
+    if self.config.embedding_dtype != "float32":   # float32 entries keep their keys
+      key_parts = {**key_parts, "dtype": self.config.embedding_dtype}
     ck = retrieval.cache_key(key_parts)
     if ck in self._emb:
       return self._emb[ck], 0.0
@@ -461,6 +471,7 @@ class _Encoders:
                       max_tokens=int(self.config.max_tokens) or None,
                       row_multiple=self.mesh.size if self.mesh else 1,
                       pad_id=model.tokenizer.pad_id, progress=bool(self.config.progress),
+                      dtype=EMBEDDING_DTYPES[self.config.embedding_dtype],
                       desc=f"{what} ({where})")
       if shard:
         rows, emb = retrieval.encode_shard(texts, model.tokenize_fn(side), embed, index=index,
@@ -522,6 +533,8 @@ def _run_key(plan: SystemPlan, config, data: Dataset, title_sep) -> Dict[str, An
            "queries": data.queries[plan.query_field].fingerprint(),
            "corpus": data.corpus.fingerprint(), "title_sep": title_sep,
            "mode": config.mode, "top_k": int(config.top_k)}
+  if config.embedding_dtype != "float32":
+    parts["embedding_dtype"] = config.embedding_dtype
   if config.mode == "rerank":
     parts.update(rerank_run=data.rerank_fp, depth=int(config.depth))
   return parts

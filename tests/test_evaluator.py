@@ -258,6 +258,42 @@ def test_rerun_reuses_runs_and_embeddings(first_run, shared_tmp, tmp_path, monke
   assert sixth.computed == ["tiny"]
 
 
+def test_float16_embeddings_are_stored_apart_and_score_like_float32(first_run, shared_tmp,
+                                                                    tmp_path, monkeypatch):
+  """embedding_dtype=float16: dense vectors rounded to float16 (a cache entry and run key
+  of their own: the float32 results are not reused), scores within float16 rounding of the
+  float32 ones; the float32 entries keep their keys (a float32 rerun encodes nothing)."""
+  config, first, _ = first_run
+  config = copy.deepcopy(config)
+  out = tmp_path / "out"
+  shutil.copytree(shared_tmp / "out", out)
+  spy = EncodeSpy(monkeypatch)
+  monkeypatch.setattr(models, "load_model", _memo_loader(models.load_model))
+  config.embedding_dtype = "float16"
+  half = evaluator.run(config, str(out), log=lambda m: None)
+  assert half.computed == ["tiny", "tiny-en", "tiny-cls"]
+  assert sum(c[0].startswith("passages") for c in spy.calls) == 1
+  assert all(c[2].dtype == np.float16 for c in spy.calls)
+  for name in half.computed:
+    a = beir.load_run(str(shared_tmp / "out" / "runs" / f"{name}.trec"))
+    b = beir.load_run(str(out / "runs" / f"{name}.trec"))
+    for qid, docs in a.items():
+      shared = set(docs) & set(b[qid])
+      assert len(shared) >= 8
+      np.testing.assert_allclose([b[qid][d] for d in shared], [docs[d] for d in shared],
+                                 rtol=0, atol=5e-3)
+  spy.calls.clear()
+  config.embedding_dtype = "float32"
+  again = evaluator.run(config, str(tmp_path / "out32"), log=lambda m: None)
+  assert not spy.calls and again.computed == ["tiny", "tiny-en", "tiny-cls"]
+  for name in again.computed:
+    assert again.results[name]["aggregate"] == first.results[name]["aggregate"]
+  config.embedding_dtype = "bfloat16"
+  with pytest.raises(InputError, match="embedding_dtype must be one of"):
+    evaluator.run(config, str(tmp_path / "bad"), log=lambda m: None)
+  assert not (tmp_path / "bad").exists()
+
+
 def test_rerank_never_adds_documents(beir_dir, tmp_path, monkeypatch):
   spy = EncodeSpy(monkeypatch)
   rng = np.random.default_rng(1)
