@@ -69,7 +69,8 @@ def file(path: PathLike, n: Optional[int] = 16) -> str:
 
 
 def params(tree: Any, n: Optional[int] = 16) -> str:
-  """Hash of a parameter pytree: each leaf's path, shape, dtype and bytes."""
+  """Hash of a pytree of arrays (parameters, or any arrays a cache key names): each
+  leaf's path, shape, dtype and bytes."""
   import jax  # pylint: disable=g-import-not-at-top  # keeps the data layer free of jax
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):

@@ -4,8 +4,9 @@ The teacher never trains, so its token embeddings of a bitext's English sentence
 same at every epoch and in every run over that bitext. `teacher_tokens` computes them
 once per (teacher, English rows, their padded lengths, storage dtype), stores them under
 the cache (memory-mapped on reuse; `cache_key`: runs that differ only in student, seed or
-loss share an entry), and attaches them to the batches: the distillation step then reads `tgt_tokens` from the
-batch instead of running the teacher (`step.DistillSpec.teacher_from_batch`).
+loss share an entry), and attaches them to the batches: the distillation step then reads
+`tgt_tokens` from the batch instead of running the teacher
+(`step.DistillSpec.teacher_from_batch`).
 
 Each English sentence is encoded at the padded length of its bucket, exactly as the step
 would encode it, so a float32 cache reproduces the uncached step (within float noise of
@@ -79,9 +80,10 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
       idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
       ids, mask = tgt.gather(idx, int(length), pad)
       out = np.asarray(run(teacher.params, ids, mask), np.float32)
-      if store is np.float16 and np.abs(out).max() > np.finfo(np.float16).max:
+      peak = float(np.abs(out).max())
+      if store is np.float16 and peak > np.finfo(np.float16).max:
         raise InputError(f"data.teacher_cache=float16: the teacher's token embeddings reach "
-                         f"{np.abs(out).max():.3g}, beyond float16's range; use bfloat16 or float32")
+                         f"{peak:.3g}, beyond float16's range; use bfloat16 or float32")
       for r, i in enumerate(part):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)
