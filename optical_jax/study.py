@@ -818,9 +818,14 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
                     fontsize=6, color="grey", va="top")
 
   def finish(fig, axis_list, title):
+    labels = [str(x) for x in xs]
+    crowded = sum(len(x) for x in labels) > 24   # e.g. loss names side by side: slant them
     for a in axis_list:
       a.set_xticks(range(len(xs)))
-      a.set_xticklabels([str(x) for x in xs])
+      if crowded:
+        a.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+      else:
+        a.set_xticklabels(labels)
       a.set_xlabel(x_axis)
       a.grid(alpha=0.3)
     axis_list[0].legend(fontsize=7, frameon=False)
