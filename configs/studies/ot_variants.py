@@ -26,7 +26,9 @@ Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, swa, arms sentence / ot / ot-ranking, 1 seed, 4 steps (tests)
   cpu     minilm, swa+hau, arms sentence / ot / ranking / ot-ranking, 2 seeds, 100 steps
           (measured: 36 min on 2 CPU cores with the swa/hau passages in the embedding
-          cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more, README)
+          cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more, README;
+          `settings=e5,langs=swa+hau+yor+zul,arms=sentence+ranking+ot-ranking`: 24 e5
+          cells of 3.5-4 min with the float16 teacher-token cache, README)
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
 teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
