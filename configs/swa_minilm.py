@@ -4,11 +4,13 @@
     python train.py --config configs/swa_minilm.py:hau --workdir runs/hau      # another language
     python train.py --config configs/swa_minilm.py:swa,tune --workdir runs/t  # dev held out for tuning
     python train.py --config configs/swa_minilm.py --workdir runs/minilm-sent --config.loss.loss=sentence
+    python train.py --config configs/swa_minilm.py --workdir runs/minilm-ot --config.loss.loss=ot  # paper's plain OT
     python train.py --config configs/swa_minilm.py:xx,bitext=my.xx+my.en --workdir runs/xx  # own files
 
 Teacher: all-MiniLM-L6-v2 (English retriever, mean pooling), frozen. Student: a copy of it.
 Bitext: AfriQA train/dev questions with their English translations + NTREX (see
-`configs/common.py`, `bitext_sources`), test queries excluded. The argument is
+`configs/common.py`, `bitext_sources`), test queries excluded. Loss: token-level OT +
+the in-batch ranking term (`common.afriqa_distill`). The argument is
 `LANG[,tune][,mafand][,bitext=SPEC][,data_root=DIR]` (`common.distill_args`). Offline:
 weights come from the asset cache (`python -m optical_jax.assets fetch`).
 """

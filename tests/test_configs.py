@@ -40,6 +40,8 @@ def test_training_configs_build(name, arg):
     models.validate_spec(c[side], side) if c[side].weights != "hf" or c[side].path else None
   if c.mode == "distill":
     assert c.data.bitext.sources
+  if name in ("swa_minilm", "swa_e5", "colbert_minilm"):  # issue 14's winner, the shipped default
+    assert c.loss.loss == "ot+ranking" and c.data.teacher_cache == "float16"
   if arg and "tune" in arg:
     assert c.validation.sources and all("dev" not in str(s["path"]) for s in c.data.bitext.sources
                                         if s["type"] == "jsonl")

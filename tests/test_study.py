@@ -192,6 +192,7 @@ def test_study_configs_build(shared_data, name, scale, cells):
   if name == "language_ratio":
     assert any(k.startswith("xquad-r-") for k in evals) and any(k.startswith("afriqa-") for k in evals)
     assert abs(sum(train.data.bitext.ratios) - 1) < 1e-9
+    assert train.loss.loss == "ot"   # the study's loss, not the shipped configs' default
   if name == "adversarial":  # native and English questions of each language, and their gap
     assert train.adversarial.weight == max(c.axes.weight) > 0
     assert evals["xquad-r-el.en"].dataset.query_field == "text_en"

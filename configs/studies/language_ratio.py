@@ -100,6 +100,7 @@ def get_config(arg: str = "full"):
     if model not in ("tiny", "e5"):
       raise ValueError(f"model= takes tiny or e5, got {model!r}")
     c = shared.student_config(model, low[0], root)
+    c.loss.loss = "ot"   # the study's loss (the shipped configs' default changed since)
     c.lang = "+".join(low)
     return shared.set_budget(c, steps, tiny=(model == "tiny"))
 
