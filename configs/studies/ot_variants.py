@@ -28,7 +28,9 @@ Scales (the argument `SCALE[,key=value...]`):
           (measured: 36 min on 2 CPU cores with the swa/hau passages in the embedding
           cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more, README;
           `settings=e5,langs=swa+hau+yor+zul,arms=sentence+ranking+ot-ranking`: 24 e5
-          cells of 3.5-4 min with the float16 teacher-token cache, README)
+          cells of 3.5-4 min with the float16 teacher-token cache, README;
+          `settings=colbert,langs=swa+hau+yor+zul,arms=sentence+ranking+ot-ranking+barycentric`:
+          32 cells of 2.5-3.5 min, about a minute of each the MaxSim search, README)
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
 teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
