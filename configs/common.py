@@ -444,8 +444,9 @@ def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
   (`data.teacher_cache`; `--config.data.teacher_cache=` runs the teacher every step).
   The loss is token-level OT plus the in-batch translation-ranking term (`ot+ranking`,
   weight 1, temperature 0.05): issue 14's comparison (README, "OT variants") found it
-  above sentence-level distillation in the MiniLM and e5 settings and above the ranking
-  term alone in the e5 setting, pooled over swa/hau/yor/zul test queries;
+  above sentence-level distillation in the MiniLM, e5 and ColBERT settings and above the
+  ranking term alone in the e5 setting (level with it in the other two), pooled over
+  swa/hau/yor/zul test queries;
   `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config files set the
   learning rate and loss settings they were tuned with.
   """
