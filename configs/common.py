@@ -446,9 +446,8 @@ def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
   weight 1, temperature 0.05): issue 14's comparison (README, "OT variants") found it
   above sentence-level distillation in the MiniLM, e5 and ColBERT settings and above the
   ranking term alone in the e5 setting (level with it in the other two), pooled over
-  swa/hau/yor/zul test queries;
-  `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config files set the
-  learning rate and loss settings they were tuned with.
+  swa/hau/yor/zul test queries; `--config.loss.loss=ot` is the paper's plain OPTICAL
+  loss. Config files set the learning rate and loss settings they were tuned with.
   """
   from optical_jax.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()

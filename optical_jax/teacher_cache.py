@@ -80,10 +80,11 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
       idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
       ids, mask = tgt.gather(idx, int(length), pad)
       out = np.asarray(run(teacher.params, ids, mask), np.float32)
-      peak = float(np.abs(out).max()) if store is np.float16 else 0.0   # range check only
-      if peak > float(np.finfo(np.float16).max):
-        raise InputError(f"data.teacher_cache=float16: the teacher's token embeddings reach "
-                         f"{peak:.3g}, beyond float16's range; use bfloat16 or float32")
+      if store is np.float16:   # only float16's range can be exceeded
+        peak = float(np.abs(out).max())
+        if peak > float(np.finfo(np.float16).max):
+          raise InputError(f"data.teacher_cache=float16: the teacher's token embeddings reach "
+                           f"{peak:.3g}, beyond float16's range; use bfloat16 or float32")
       for r, i in enumerate(part):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)
