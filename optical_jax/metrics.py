@@ -1,5 +1,6 @@
-"""Retrieval evaluation with trec_eval semantics, paired significance tests (also pooled over
-seeds), confidence intervals, comparison tables and bar charts."""
+"""Retrieval evaluation with trec_eval semantics, paired significance tests between systems,
+comparison tables and bar charts. The tests themselves (and confidence intervals,
+multiplicity corrections, run-level tests) live in `optical_jax.stats`."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import numpy as np
 from optical_jax.data.beir import ranked
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open
+from optical_jax.stats import (DEFAULT_PERMUTATIONS, DEFAULT_SEED, mean_ci,  # noqa: F401
+                               paired_t_test, permutation_test)
 
 DEFAULT_MEASURES = ("AP", "nDCG@10", "P@5", "R@10", "R@100", "RR@10")
-DEFAULT_PERMUTATIONS = 10_000
-DEFAULT_SEED = 0
 MARKERS = ("†", "‡", "§", "¶", "#")
 
 Run = Mapping[str, Mapping[str, float]]
@@ -97,52 +98,6 @@ def evaluate(run: Run, qrels: Qrels, measures: Sequence[str] = DEFAULT_MEASURES)
 # Significance.
 
 
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> float:
-  """Two-sided paired t-test p-value of a vs b (scipy.stats.ttest_rel).
-
-  Identical systems (all differences 0) give p = 1; a constant non-zero difference
-  (up to rounding) gives p = 0; fewer than two queries give nan.
-  """
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  diff = a - b
-  if diff.size < 2:
-    return float("nan")
-  if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
-    # scipy gives nan (and a precision warning) for a constant difference.
-    return 1.0 if np.all(diff == 0) else 0.0
-  return float(stats.ttest_rel(a, b).pvalue)
-
-
-def permutation_test(a: Sequence[float], b: Sequence[float], *,
-                     n_permutations: int = DEFAULT_PERMUTATIONS,
-                     seed: int = DEFAULT_SEED) -> float:
-  """Two-sided paired randomisation test p-value of the mean difference.
-
-  Each permutation flips the sign of every per-query difference with probability 1/2
-  (swapping the two systems' values for that query), drawn from
-  numpy.random.default_rng(seed). p = (1 + #{|mean perm diff| >= |observed|}) /
-  (1 + n_permutations), so p > 0 always and identical systems give p = 1.
-  """
-  diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  n = diff.size
-  if n == 0:
-    return float("nan")
-  observed = abs(diff.mean())
-  tol = 1e-12 * max(1.0, observed)
-  rng = np.random.default_rng(seed)
-  hits = 0
-  block = max(1, min(n_permutations, (1 << 22) // n))
-  done = 0
-  while done < n_permutations:
-    m = min(block, n_permutations - done)
-    signs = rng.integers(0, 2, size=(m, n), dtype=np.int8) * 2 - 1
-    means = np.abs(signs @ diff) / n
-    hits += int(np.count_nonzero(means >= observed - tol))
-    done += m
-  return (1 + hits) / (1 + n_permutations)
-
-
 def _paired(system: Results, baseline: Results, measure: str) -> Tuple[np.ndarray, np.ndarray]:
   a, b = system["per_query"][measure], baseline["per_query"][measure]
   if set(a) != set(b):
@@ -167,59 +122,6 @@ def significance(system: Results, baseline: Results, measures: Sequence[str], *,
               "permutation_p": permutation_test(a, b, n_permutations=n_permutations, seed=seed),
               "n": int(a.size)}
   return out
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Tuple[float, float, float]:
-  """(mean, low, high): the mean and its two-sided Student-t confidence interval.
-
-  The interval is mean ± t_{(1+confidence)/2, n-1} · s / sqrt(n) with the sample standard
-  deviation s (ddof=1), as `scipy.stats.t.interval(confidence, n - 1, loc=mean,
-  scale=scipy.stats.sem(values))`. One value gives (value, nan, nan); none gives nans;
-  identical values give a zero-width interval.
-  """
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  x = np.asarray(list(values), np.float64)
-  if x.size == 0:
-    return float("nan"), float("nan"), float("nan")
-  mean = float(x.mean())
-  if x.size == 1:
-    return mean, float("nan"), float("nan")
-  sem = float(x.std(ddof=1)) / math.sqrt(x.size)
-  half = float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sem
-  return mean, mean - half, mean + half
-
-
-def pooled_pairs(a_runs: Sequence[Mapping[str, float]], b_runs: Sequence[Mapping[str, float]]
-                 ) -> Tuple[np.ndarray, np.ndarray]:
-  """Per-query values of two systems over paired runs (e.g. seed s of A with seed s of B),
-  pooled: one pair per (run, query). Each pair of runs must cover the same queries."""
-  if len(a_runs) != len(b_runs):
-    raise ValueError(f"{len(a_runs)} runs of A but {len(b_runs)} of B; pair them by seed")
-  a_all, b_all = [], []
-  for i, (a, b) in enumerate(zip(a_runs, b_runs)):
-    if set(a) != set(b):
-      raise ValueError(f"run pair {i}: the systems were evaluated on different query sets "
-                       f"({len(a)} vs {len(b)} queries)")
-    qids = sorted(a)
-    a_all.extend(a[q] for q in qids)
-    b_all.extend(b[q] for q in qids)
-  return np.asarray(a_all, np.float64), np.asarray(b_all, np.float64)
-
-
-def pooled_significance(a_runs: Sequence[Mapping[str, float]],
-                        b_runs: Sequence[Mapping[str, float]], *,
-                        n_permutations: int = DEFAULT_PERMUTATIONS,
-                        seed: int = DEFAULT_SEED) -> Dict[str, float]:
-  """Paired tests of A vs B with queries pooled over paired runs (seeds): see `pooled_pairs`.
-
-  Returns {"mean_diff", "t_test_p", "permutation_p", "n"} (n = pooled pairs), as
-  `significance` does for one run each.
-  """
-  a, b = pooled_pairs(a_runs, b_runs)
-  return {"mean_diff": float(a.mean() - b.mean()) if a.size else float("nan"),
-          "t_test_p": paired_t_test(a, b),
-          "permutation_p": permutation_test(a, b, n_permutations=n_permutations, seed=seed),
-          "n": int(a.size)}
 
 
 # ---------------------------------------------------------------------------

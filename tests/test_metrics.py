@@ -223,7 +223,7 @@ def test_bar_chart_writes_png(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Confidence intervals and tests pooled over seeds (studies).
+# Confidence intervals (studies).
 
 
 @pytest.mark.parametrize("values,confidence", [([0.41, 0.43, 0.40], 0.95),
@@ -242,30 +242,3 @@ def test_mean_ci_edge_cases():
   mean, lo, hi = metrics.mean_ci([0.5])
   assert mean == 0.5 and np.isnan(lo) and np.isnan(hi)
   assert metrics.mean_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))
-
-
-def test_pooled_tests_match_scipy_on_known_data():
-  """Two seeds of two systems: the pooled paired t-test is scipy's ttest_rel over the
-  concatenated (seed, query) pairs; the randomisation test approaches scipy's exact
-  paired permutation test."""
-  rng = np.random.default_rng(3)
-  a_runs, b_runs = [], []
-  for _ in range(2):
-    a = rng.random(6)
-    b = a - 0.15 + 0.2 * rng.random(6)
-    a_runs.append({f"q{i}": float(x) for i, x in enumerate(a)})
-    b_runs.append({f"q{i}": float(x) for i, x in enumerate(b)})
-  a_all, b_all = metrics.pooled_pairs(a_runs, b_runs)
-  assert a_all.shape == (12,)
-  res = metrics.pooled_significance(a_runs, b_runs, n_permutations=40_000, seed=1)
-  assert res["n"] == 12
-  assert res["mean_diff"] == pytest.approx(float(np.mean(a_all - b_all)))
-  assert res["t_test_p"] == pytest.approx(stats.ttest_rel(a_all, b_all).pvalue, rel=1e-10)
-  exact = stats.permutation_test((a_all, b_all), lambda x, y: np.mean(x - y),
-                                 permutation_type="samples", n_resamples=np.inf,
-                                 alternative="two-sided").pvalue   # all 2^12 sign flips
-  assert res["permutation_p"] == pytest.approx(exact, abs=0.01)
-  with pytest.raises(ValueError, match="pair them by seed"):
-    metrics.pooled_pairs(a_runs, b_runs[:1])
-  with pytest.raises(ValueError, match="different query sets"):
-    metrics.pooled_pairs(a_runs, [b_runs[0], {"q0": 1.0}])
