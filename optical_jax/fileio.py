@@ -64,6 +64,29 @@ def read_json(path) -> Any:
     return None
 
 
+def read_text(path) -> Optional[str]:
+  """The UTF-8 text in `path`, or None when the file is missing or unreadable."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except (OSError, ValueError):
+    return None
+
+
+def read_bytes(path) -> Optional[bytes]:
+  """The bytes in `path`, or None when the file is missing or unreadable."""
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+def write_bytes(path, data: bytes) -> None:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
 def write_text(path, text: str) -> None:
   with atomic_open(path, "w", encoding="utf-8") as f:
     f.write(text)

@@ -55,7 +55,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from optical_jax import fileio, fingerprint, metrics, plain
+from optical_jax import fileio, fingerprint, metrics, plain, report, stats
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 
@@ -104,8 +104,22 @@ def default_config() -> ml_collections.ConfigDict:
     cache_dir: '' = the library's caches (shared with every run); else DIR/tokens and
       DIR/embeddings for all cells.
     confidence: of the intervals over seeds (Student t); alpha: significance level;
-    n_permutations, permutation_seed: the paired randomisation test.
+    n_permutations, permutation_seed: the randomisation tests.
+    primary_measure: the measure of the primary family of tests ('' = nDCG@10 when among
+      `measures`, else the first); correction: 'holm' or 'bh' (Benjamini-Hochberg), the
+      multiplicity adjustment within each family (`optical_jax.report`).
     progress: progress bars inside cells (training, encoding).
+    select: the selection stage (off while `select.axis` is ''). The values of axis
+      `select.axis` (e.g. 'loss') are candidates: each is trained with `select.train`
+      (default `train`; e.g. dev questions held out of the bitext) and evaluated on
+      `select.evals(values)` (selection data: dev qrels, held-out validation), over the
+      grid of `axes` with `select.axes` overriding some axes' values (e.g. lang=('hau',
+      'zul'), seed=(0,)). The candidate with the highest mean `select.measure` over the
+      selection cells and datasets is chosen (ties: the first in axis order); the test
+      stage then runs only the chosen value and the values in `select.keep` (reference
+      arms). Test metrics never enter the choice: the selection stage refuses eval
+      configs that read the test stage's query or qrels files, or training bitext that
+      holds its own selection queries.
   """
   c = ml_collections.ConfigDict()
   c.name = "study"
@@ -124,9 +138,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.cache_dir = ""
   c.confidence = 0.95
   c.alpha = 0.05
-  c.n_permutations = metrics.DEFAULT_PERMUTATIONS
-  c.permutation_seed = metrics.DEFAULT_SEED
+  c.n_permutations = stats.DEFAULT_PERMUTATIONS
+  c.permutation_seed = stats.DEFAULT_SEED
+  c.primary_measure = ""
+  c.correction = "holm"
   c.progress = False
+  # The selection stage (`select.axis` set): the axis's values are candidates, compared
+  # on selection data only; the test stage then runs the chosen value and `select.keep`.
+  c.select = ml_collections.ConfigDict(dict(
+      axis="", measure="nDCG@10", keep=(), axes=ml_collections.ConfigDict(),
+      train=None, evals=None))
   return c
 
 
@@ -169,6 +190,12 @@ def _check_config(config) -> Dict[str, Tuple[Any, ...]]:
   if not 0 < float(config.confidence) < 1:
     raise InputError(f"config.confidence must lie in (0, 1), got {config.confidence}")
   metrics.parse_measures(list(config.measures))
+  if config.primary_measure and config.primary_measure not in tuple(config.measures):
+    raise InputError(f"config.primary_measure {config.primary_measure!r} is not among "
+                     f"config.measures ({', '.join(config.measures)})")
+  if config.correction not in stats.CORRECTIONS:
+    raise InputError(f"config.correction must be one of {', '.join(stats.CORRECTIONS)}, "
+                     f"got {config.correction!r}")
   for pair in config.compare:
     if len(pair) != 2:
       raise InputError(f"config.compare entries are pairs of arms, got {pair!r}")
@@ -427,11 +454,37 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
         aggregate_after: Optional[bool] = None) -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
 
+  With a selection stage (`config.select.axis`), its cells run first (in
+  `WORKDIR/select/`, sharded the same way); once all of them have finished, the choice
+  is written to `WORKDIR/selection.json` and `selection.md`, and the test stage runs the
+  chosen and kept values. A shard that finds the selection stage unfinished stops after
+  its own selection cells (rerun it when every shard has).
+
   Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
   """
-  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
+  stage = selection_stage(config)
+  if stage is None:
+    return _run_grid(config, workdir, shard, log, aggregate_after)
+  sel_dir = os.path.join(workdir, SELECT_DIR)
+  sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1)
+  left = len(grid(stage)) - len(_finished_keys(stage, sel_dir))
+  if left:
+    log(f"study {config.name}: the selection stage has {left} unfinished cell(s) in other "
+        "shards; rerun this command when every shard has finished")
+    return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, False)
+  chosen = choose(config, workdir, log=log)
+  result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after)
+  return StudyResult(sel.ran + result.ran, sel.skipped + result.skipped,
+                     sel.shard_cells + result.shard_cells, sel.total + result.total,
+                     result.aggregated)
+
+
+def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
+              aggregate_after: Optional[bool]) -> StudyResult:
+  """`run` for one grid (no selection stage)."""
+  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
   cells = grid(config)
   mine = shard_cells(cells, shard)
   plans = [plan_cell(config, c, workdir) for c in mine]
@@ -463,6 +516,216 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
     log(f"study: shard {shard[0]}/{shard[1]} finished; when every shard has, run "
         "study.py with --aggregate")
   return StudyResult(ran, skipped, [p.cell.key for p in plans], len(cells), aggregate_after)
+
+
+# ---------------------------------------------------------------------------
+# The selection stage.
+
+SELECT_DIR = "select"
+SELECTION = "selection.json"
+# Evaluator config fields that name the files a dataset's queries and judgements come
+# from (a shared passage pool is not selection data: it holds no query or judgement).
+_QUERY_FILE_FIELDS = ("queries", "qrels", "path")
+
+
+def selection_stage(config) -> Optional[ml_collections.ConfigDict]:
+  """The study config of `config`'s selection stage (None without one).
+
+  Its grid is `config.axes` with `select.axes` overriding values; its cells train with
+  `select.train` (or `train`) and evaluate on `select.evals`; it has no references and
+  no comparisons. Raises InputError when a selection cell would read a query or qrels
+  file of the test stage, or train on bitext holding its own selection queries.
+  """
+  sel = config.select
+  if not sel.axis:
+    return None
+  ax = _check_config(config)
+  if sel.axis not in ax or sel.axis == config.seed_axis:
+    raise InputError(f"config.select.axis {sel.axis!r} is not a non-seed axis ({', '.join(ax)})")
+  if not callable(sel.evals):
+    raise InputError("config.select.evals must be a function of the cell's axis values "
+                     "returning the selection datasets (dev qrels, held-out validation)")
+  if sel.train is not None and not callable(sel.train):
+    raise InputError("config.select.train must be None or a function of axis values")
+  names = {str(v) for v in ax[sel.axis]}
+  for k in sel.keep:
+    if str(k) not in names:
+      raise InputError(f"config.select.keep: {k!r} is not a value of axis {sel.axis!r}")
+  metrics.parse_measures([sel.measure])
+  stage = ml_collections.ConfigDict()
+  for field in plain.keys_in_order(config):
+    if field not in ("axes", "select"):
+      stage[field] = config[field]
+  stage.axes = ml_collections.ConfigDict()
+  for a in ax:
+    stage.axes[a] = ax[a]
+  for a in plain.keys_in_order(sel.axes):
+    if a not in ax or a == sel.axis:
+      raise InputError(f"config.select.axes: {a!r} is not an axis other than "
+                       f"{sel.axis!r} ({', '.join(ax)})")
+    values = sel.axes[a]
+    stage.axes[a] = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+  stage.name = f"{config.name}-select"
+  stage.train = sel.train if sel.train is not None else config.train
+  stage.evals = sel.evals
+  stage.references = None
+  stage.reference_axes = ()
+  stage.compare = ()
+  stage.pool_axes = ()
+  stage.derived = ()
+  stage.measures = (sel.measure,)
+  stage.primary_measure = ""
+  stage.plot = ml_collections.ConfigDict(dict(x=sel.axis, by=""))
+  stage.select = default_config().select
+  _check_selection_data(config, stage)
+  return stage
+
+
+def _query_files(evals: Mapping[str, Any]) -> Dict[str, str]:
+  """{file path: dataset} of the query and judgement files the eval configs read."""
+  out = {}
+  for name, e in evals.items():
+    for field in _QUERY_FILE_FIELDS:
+      value = e.dataset.get(field, "") if "dataset" in e else ""
+      if value:
+        out[os.path.normpath(str(value))] = name
+  return out
+
+
+def _check_selection_data(config, stage) -> None:
+  """The selection stage reads no test-stage query or qrels file, and trains on no
+  bitext that holds its own selection queries (InputError naming the file)."""
+  for cell in grid(stage):
+    plan = plan_cell(stage, cell, "")
+    mine = _query_files(plan.evals)
+    try:
+      test = _query_files(config.evals(dict(cell.values)))
+    except (ValueError, KeyError, TypeError):
+      test = {}
+    for path, name in mine.items():
+      if path in test:
+        raise InputError(f"config.select.evals: selection dataset {name} of cell {cell.key} "
+                         f"reads the test stage's file (test data never enters a choice)", path)
+    if plan.train is None:
+      continue
+    for path in _strings(plain.plain(plan.train.data.bitext), skip="exclude"):
+      if os.path.normpath(path) in mine:
+        raise InputError(f"config.select.train: cell {cell.key} trains on bitext that holds "
+                         "its selection queries; hold them out (e.g. the `tune` config "
+                         "argument)", path)
+
+
+def _strings(tree, skip: str) -> List[str]:
+  """Every non-empty string inside nested dicts and lists, but under keys named `skip`."""
+  if isinstance(tree, str):
+    return [tree] if tree else []
+  if isinstance(tree, dict):
+    return [s for k, v in tree.items() if k != skip for s in _strings(v, skip)]
+  if isinstance(tree, (list, tuple)):
+    return [s for v in tree for s in _strings(v, skip)]
+  return []
+
+
+def _finished_keys(config, workdir: str) -> List[str]:
+  return [c.key for c in grid(config)
+          if fileio.read_json(os.path.join(workdir, "cells", c.key, DONE))]
+
+
+def choose(config, workdir: str, *, log: Log = _stderr) -> Dict[str, Any]:
+  """The selection stage's choice, from its finished cells alone; writes
+  `WORKDIR/selection.json` (candidates, their scores and per-cell evidence, the files
+  read) and `selection.md`. InputError while a selection cell is unfinished."""
+  workdir = os.path.abspath(workdir)
+  stage = selection_stage(config)
+  if stage is None:
+    raise InputError("config.select.axis is not set: the study has no selection stage")
+  sel = config.select
+  sel_dir = os.path.join(workdir, SELECT_DIR)
+  col = collect(stage, sel_dir)
+  cells = grid(stage)
+  if len(col.finished) < len(cells):
+    raise InputError(f"the selection stage has {len(cells) - len(col.finished)} of "
+                     f"{len(cells)} cells unfinished; run the study first", sel_dir)
+  measure = sel.measure
+  candidates = []
+  files = set()
+  for value in axes(stage)[sel.axis]:
+    evidence = {}
+    for cell in cells:
+      if str(cell.values[sel.axis]) != str(value):
+        continue
+      plan = plan_cell(stage, cell, sel_dir)
+      files.update(_query_files(plan.evals))
+      for dataset in plan.evals:
+        pq = col.per_query.get((cell.key, dataset, stage.system), {}).get(measure)
+        if not pq:
+          raise InputError(f"selection cell {cell.key}: no {measure} on {dataset}",
+                           os.path.join(sel_dir, "cells", cell.key))
+        evidence.setdefault(cell.key, {})[dataset] = float(np.mean(list(pq.values())))
+    values = [v for per in evidence.values() for v in per.values()]
+    candidates.append({"value": value, "score": float(np.mean(values)), "n": len(values),
+                       "cells": evidence})
+  best = max(candidates, key=lambda c: c["score"])   # first of equal scores: axis order
+  keep = [v for v in axes(config)[sel.axis] if str(v) in {str(k) for k in sel.keep}]
+  result = {"study": config.name, "axis": sel.axis, "measure": measure,
+            "rule": (f"highest mean {measure} over the selection cells and datasets "
+                     "(each (cell, dataset) mean weighted equally; ties: axis order)"),
+            "chosen": best["value"], "keep": keep,
+            "selection_axes": {a: list(v) for a, v in axes(stage).items()},
+            "files": sorted(files), "candidates": candidates}
+  write_json(os.path.join(workdir, SELECTION), result)
+  write_text(os.path.join(workdir, "selection.md"), selection_markdown(result))
+  log(f"study {config.name}: selection on {measure} chose {sel.axis}={best['value']} "
+      f"({best['score']:.4f}); test stage: {', '.join(str(v) for v in _test_values(config, best['value']))}")
+  return result
+
+
+def selection_markdown(result: Mapping[str, Any]) -> str:
+  """selection.md: the candidates ranked, the choice, the data it was made on."""
+  axis, measure = result["axis"], result["measure"]
+  ranked = sorted(result["candidates"], key=lambda c: -c["score"])
+  lines = [f"# Selection of `{axis}` for study `{result['study']}`", "",
+           f"Rule: {result['rule']}. Chosen: **{axis}={result['chosen']}**; the test stage "
+           f"also runs {', '.join(f'{axis}={v}' for v in result['keep']) or 'nothing else'}.",
+           "", "Selection grid: " + "; ".join(f"{a} = {', '.join(str(x) for x in v)}"
+                                              for a, v in result["selection_axes"].items()
+                                              if a != axis) + ".", "",
+           f"| {axis} | mean {measure} | (cell, dataset) values |", "|---|---:|---:|"]
+  for c in ranked:
+    lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} |")
+  lines += ["", "Files read (queries and judgements; none is a test file):", ""]
+  lines += [f"- `{f}`" for f in result["files"]]
+  return "\n".join(lines) + "\n"
+
+
+def _test_values(config, chosen) -> List[Any]:
+  keep = {str(k) for k in config.select.keep} | {str(chosen)}
+  return [v for v in axes(config)[config.select.axis] if str(v) in keep]
+
+
+def test_stage(config, chosen) -> ml_collections.ConfigDict:
+  """`config` with the selected axis cut to the chosen value and `select.keep`, its
+  comparisons cut to the pairs whose arms remain, and no selection stage."""
+  axis = config.select.axis
+  values = tuple(_test_values(config, chosen))
+  out = ml_collections.ConfigDict()
+  for field in plain.keys_in_order(config):
+    if field not in ("axes", "select", "compare"):
+      out[field] = config[field]
+  out.axes = ml_collections.ConfigDict()
+  for a, v in axes(config).items():
+    out.axes[a] = values if a == axis else v
+  ax = axes(out)
+
+  def present(arm: str) -> bool:
+    try:
+      _parse_arm(arm, ax)
+      return True
+    except InputError:
+      return False
+  out.compare = tuple(p for p in config.compare if present(p[0]) and present(p[1]))
+  out.select = default_config().select
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -559,16 +822,6 @@ def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
   return buf.getvalue()
 
 
-def _fmt(v: float, digits: int = 3) -> str:
-  return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _fmt_p(p: float) -> str:
-  if p is None or math.isnan(p):
-    return "—"
-  return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
-
-
 @dataclasses.dataclass
 class Arm:
   """The trained cells that share every axis value but the seed."""
@@ -598,151 +851,7 @@ def _arm_stats(config, col: Collected, arm: Arm, dataset: str, measure: str):
     pq = col.per_query.get((cell.key, dataset, config.system))
     if pq is not None and measure in pq:
       vals.append(float(np.mean(list(pq[measure].values()))))
-  return metrics.mean_ci(vals, float(config.confidence)), len(vals)
-
-
-def _comparisons(config, col: Collected, ax: Mapping[str, Sequence[Any]]) -> List[Dict[str, Any]]:
-  """Paired tests of each `compare` pair, per dataset, context (other axes) and measure;
-  then, with `pool_axes`, the same pooled over those axes (context '<axis>=pooled')."""
-  out = _paired_tests(config, col, ax, ())
-  if config.pool_axes:
-    out += _paired_tests(config, col, ax, tuple(config.pool_axes))
-  return out
-
-
-def _paired_tests(config, col: Collected, ax: Mapping[str, Sequence[Any]],
-                  pooled: Tuple[str, ...]) -> List[Dict[str, Any]]:
-  """The tests of `_comparisons` with cells of the `pooled` axes taken as further runs
-  (paired by seed and those axes' values; datasets matched by name, and the same
-  dataset of several pooled cells, e.g. one per language, enters once per cell).
-
-  A pooled test spans datasets whose names differ by the pooled value (afriqa-swa,
-  afriqa-hau): dataset names are grouped by replacing each pooled value with '*'.
-  """
-  out = []
-  seed_axis = config.seed_axis
-  trained = [c for c in col.cells if not c.reference and c.key in set(col.finished)]
-  run_axes = [seed_axis] + list(pooled)
-
-  def generic(dataset: str, cell: Cell) -> str:
-    for a in pooled:
-      dataset = re.sub(rf"(?<![A-Za-z0-9]){re.escape(str(cell.values[a]))}(?![A-Za-z0-9])",
-                       "*", dataset)
-    return dataset
-
-  for a_text, b_text in config.compare:
-    a_arm, b_arm = _parse_arm(a_text, ax), _parse_arm(b_text, ax)
-    fixed = set(a_arm) | set(b_arm)
-    context_axes = [k for k in ax if k not in fixed and k not in run_axes]
-    contexts: Dict[str, Dict[str, Any]] = {}
-    for c in trained:
-      ctx = {k: c.values[k] for k in context_axes}
-      contexts.setdefault(cell_key(ctx), ctx)
-
-    def match(c: Cell, arm: Mapping[str, str], ctx: Mapping[str, Any]) -> bool:
-      return (all(str(c.values[k]) == v for k, v in arm.items())
-              and all(c.values[k] == v for k, v in ctx.items()))
-
-    for ctx in contexts.values():
-      run_of = lambda c: tuple(c.values.get(k) for k in run_axes)
-      a_cells = {run_of(c): c for c in trained if match(c, a_arm, ctx)}
-      b_cells = {run_of(c): c for c in trained if match(c, b_arm, ctx)}
-      runs = [r for r in a_cells if r in b_cells]
-      if not runs:
-        continue
-      names = list(dict.fromkeys(generic(d, a_cells[r]) for r in runs for d in col.datasets))
-      for name in names:
-        for measure in config.measures:
-          a_runs, b_runs, complete = [], [], True
-          for r in runs:  # every run must have the dataset, else no test (partial results)
-            found = False
-            for dataset in col.datasets:
-              if generic(dataset, a_cells[r]) != name:
-                continue
-              pa = col.per_query.get((a_cells[r].key, dataset, config.system))
-              pb = col.per_query.get((b_cells[r].key, dataset, config.system))
-              if pa is None or pb is None or measure not in pa or measure not in pb:
-                continue
-              a_runs.append(pa[measure])
-              b_runs.append(pb[measure])
-              found = True
-            complete = complete and found
-          if not complete:
-            continue
-          t = metrics.pooled_significance(
-              a_runs, b_runs, n_permutations=int(config.n_permutations),
-              seed=int(config.permutation_seed))
-          context = dict(ctx, **{k: "pooled" for k in pooled})
-          out.append({"a": a_text, "b": b_text, "context": context, "dataset": name,
-                      "measure": measure, "seeds": len({r[0] for r in runs}), **t})
-  return out
-
-
-def summary_markdown(config, col: Collected) -> Tuple[str, Dict[str, Any]]:
-  """summary.md: per dataset, mean and CI over seeds per arm and the references; then
-  the paired comparisons. Returns (markdown, the same numbers as a dict)."""
-  ax = axes(config)
-  conf = float(config.confidence)
-  pct = f"{100 * conf:g}%"
-  shown_axes = [a for a in ax if a != config.seed_axis]
-  measures = list(config.measures)
-  lines = [f"# Study `{config.name}`", "",
-           f"{len(col.finished)} of {len(col.cells)} cells finished. Values: mean over "
-           f"seeds (`{config.seed_axis}`) ± half-width of the {pct} confidence interval "
-           "(Student t; — with one seed), then the number of seeds.", ""]
-  data: Dict[str, Any] = {"name": config.name, "finished": len(col.finished),
-                          "cells": len(col.cells), "confidence": conf, "datasets": {},
-                          "comparisons": []}
-  all_arms = arms(config, col)
-  for dataset in col.datasets:
-    lines += [f"## {dataset}", ""]
-    header = "| " + " | ".join(shown_axes + measures + ["seeds"]) + " |"
-    lines += [header, "|" + "---|" * len(shown_axes) + "---:|" * (len(measures) + 1)]
-    entry = {"arms": [], "references": {}}
-    for arm in all_arms:
-      cells = []
-      n_seeds = 0
-      stats = {}
-      for m in measures:
-        (mean, lo, hi), n = _arm_stats(config, col, arm, dataset, m)
-        n_seeds = max(n_seeds, n)
-        half = (hi - lo) / 2 if not math.isnan(lo) else float("nan")
-        stats[m] = {"mean": mean, "low": lo, "high": hi, "n": n}
-        cells.append(f"{_fmt(mean)} ± {_fmt(half)}" if not math.isnan(half) else _fmt(mean))
-      if n_seeds == 0:
-        continue
-      lines.append("| " + " | ".join([str(arm.values[a]) for a in shown_axes] + cells
-                                       + [str(n_seeds)]) + " |")
-      entry["arms"].append({"values": arm.values, "stats": stats})
-    refs = [(k, v) for k, v in col.references.items() if k[1] == dataset]
-    if refs:
-      lines += ["", "References (no training):", "",
-                "| system | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
-      for (ref_key, _, system), agg in refs:
-        label = system + (f" ({ref_key.split(',', 1)[1]})" if "," in ref_key else "")
-        lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(m, float('nan')))
-                                                  for m in measures) + " |")
-        entry["references"][label] = {m: agg.get(m) for m in measures}
-    lines.append("")
-    data["datasets"][dataset] = entry
-  comps = _comparisons(config, col, ax)
-  if comps:
-    lines += ["## Paired comparisons", "",
-              "Per-query values of the two arms paired by seed and pooled over seeds "
-              f"(n = queries × seeds): two-sided paired t-test and paired randomisation test "
-              f"({int(config.n_permutations)} sign flips, seed {int(config.permutation_seed)}); "
-              f"* marks p < {float(config.alpha):g} in both.", "",
-              "| A | B | dataset | context | measure | mean A − B | t-test p | permutation p | n | seeds |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for c in comps:
-      star = "*" if max(c["t_test_p"], c["permutation_p"]) < float(config.alpha) else ""
-      ctx = ",".join(f"{k}={v}" for k, v in c["context"].items()) or "—"
-      lines.append(f"| {c['a']} | {c['b']} | {c['dataset']} | {ctx} | {c['measure']} | "
-                   f"{c['mean_diff']:+.3f}{star} | {_fmt_p(c['t_test_p'])} | "
-                   f"{_fmt_p(c['permutation_p'])} | {c['n']} | {c['seeds']} |")
-    lines.append("")
-    data["comparisons"] = comps
-  return "\n".join(lines), data
+  return stats.mean_ci(vals, float(config.confidence)), len(vals)
 
 
 def _safe(name: str) -> str:
@@ -881,6 +990,36 @@ def _save(fig, path: str, dpi: int = 130) -> None:
     fig.savefig(f, format="png", dpi=dpi)
 
 
+def report_meta(config, col: Collected) -> Dict[str, Any]:
+  """report.json: what `optical_jax.report` needs besides the data to render the page."""
+  return {"name": config.name,
+          "axes": {a: [str(v) for v in vs] for a, vs in axes(config).items()},
+          "seed_axis": config.seed_axis, "system": config.system,
+          "compare": [list(p) for p in config.compare], "pool_axes": list(config.pool_axes),
+          "measures": list(config.measures), "primary_measure": config.primary_measure,
+          "confidence": float(config.confidence), "alpha": float(config.alpha),
+          "correction": config.correction, "n_permutations": int(config.n_permutations),
+          "permutation_seed": int(config.permutation_seed),
+          "finished": len(col.finished), "cells": len(col.cells)}
+
+
+def _per_query_bytes(config, col: Collected) -> bytes:
+  """per_query.csv.gz: the trained system's per-query values of the summary measures,
+  in grid, dataset and measure order (queries sorted)."""
+  rows = []
+  for cell in col.cells:
+    if cell.reference:
+      continue
+    for dataset in col.datasets:
+      pq = col.per_query.get((cell.key, dataset, config.system))
+      if pq is None:
+        continue
+      for measure in config.measures:
+        for q in sorted(pq.get(measure, {})):
+          rows.append((cell.key, dataset, config.system, measure, q, pq[measure][q]))
+  return report.per_query_bytes(rows)
+
+
 @dataclasses.dataclass
 class Aggregate:
   csv_path: str
@@ -899,17 +1038,21 @@ def aggregate(config, workdir: str, *, log: Log = _stderr) -> Aggregate:
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise InputError("study workdir not found (run the study first)", workdir)
+  if config.select.axis:
+    chosen = choose(config, workdir, log=log)
+    aggregate(selection_stage(config), os.path.join(workdir, SELECT_DIR), log=log)
+    config = test_stage(config, chosen["chosen"])
   col = collect(config, workdir)
   missing = len(col.cells) - len(col.finished)
   if missing:
     log(f"warning: {missing} of {len(col.cells)} cells are not finished; aggregating the "
         f"{len(col.finished)} that are")
-  csv_path = os.path.join(workdir, "results.csv")
+  csv_path = os.path.join(workdir, report.RESULTS)
   write_text(csv_path, _csv_text(col.columns, col.rows))
-  markdown, data = summary_markdown(config, col)
-  summary_path = os.path.join(workdir, "summary.md")
-  write_text(summary_path, markdown)
-  write_json(os.path.join(workdir, "summary.json"), data)
+  fileio.write_bytes(os.path.join(workdir, report.PER_QUERY), _per_query_bytes(config, col))
+  write_json(os.path.join(workdir, report.META), report_meta(config, col))
+  report.write(workdir)
+  summary_path = os.path.join(workdir, report.SUMMARY)
   plots = plot(config, col, os.path.join(workdir, "plots")) if col.rows else []
   log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
       f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")

@@ -335,45 +335,138 @@ def test_adversarial_smoke_reports_transfer_gaps(tmp_path, cache, shared_data):
   assert "| weight=0.1 | weight=0.0 | gap-swa |" in (tmp_path / "summary.md").read_text()
 
 
-def test_pool_axes_pool_queries_over_languages_and_seeds():
-  """`pool_axes=('lang',)`: besides a test per language, one over every (lang, seed) run,
-  datasets matched by name with the language replaced by '*'."""
-  from optical_jax import metrics  # pylint: disable=g-import-not-at-top
+def _selection_study(tmp_path):
+  """lang x loss x seed over the tiny config; test files test.jsonl, selection dev.jsonl."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from optical_jax import evaluator  # pylint: disable=g-import-not-at-top
+
+  def evals(split):
+    def make(v):
+      e = evaluator.default_config()
+      e.dataset.corpus = str(tmp_path / "corpus.jsonl")
+      e.dataset.queries = str(tmp_path / f"{v['lang']}.{split}.jsonl")
+      e.dataset.qrels = str(tmp_path / f"{v['lang']}.{split}.tsv")
+      e.measures = ("nDCG@10",)
+      return {f"afriqa-{v['lang']}" + ("-dev" if split == "dev" else ""): e}
+    return make
+
   c = study.default_config()
+  c.name = "sel"
   c.axes.lang = ("swa", "hau")
-  c.axes.loss = ("ot", "sentence")
+  c.axes.loss = ("sentence", "ot", "ranking")
   c.axes.seed = (0, 1)
-  c.train = c.evals = lambda v: {}
-  c.compare = (("loss=ot", "loss=sentence"),)
+  c.train = lambda v: tiny.get_config("")
+  c.evals = evals("test")
+  c.compare = (("loss=ot", "loss=sentence"), ("loss=ranking", "loss=sentence"),
+               ("loss=ot", "loss=ranking"))
   c.pool_axes = ("lang",)
-  c.measures = ("P@1",)
-  cells = study.grid(c)
-  rng = np.random.default_rng(0)
-  per_query = {}
-  for cell in cells:
-    lang = cell.values["lang"]
-    per_query[(cell.key, f"afriqa-{lang}", "student")] = {
-        "P@1": {f"{lang}{i}": float(rng.random() < 0.5) for i in range(30)}}
-  col = study.Collected([], [], per_query, cells, [x.key for x in cells],
-                        ["afriqa-swa", "afriqa-hau"], {})
-  comps = study._comparisons(c, col, study.axes(c))  # pylint: disable=protected-access
-  per_lang = [x for x in comps if x["context"]["lang"] != "pooled"]
-  pooled = [x for x in comps if x["context"]["lang"] == "pooled"]
-  assert sorted((x["context"]["lang"], x["dataset"]) for x in per_lang) == [
-      ("hau", "afriqa-hau"), ("swa", "afriqa-swa")]
-  assert len(pooled) == 1 and pooled[0]["dataset"] == "afriqa-*" and pooled[0]["n"] == 120
-  runs = [(l, s) for s in (0, 1) for l in ("swa", "hau")]
-  key = lambda l, loss, s: study.cell_key({"lang": l, "loss": loss, "seed": s})
-  want = metrics.pooled_significance(
-      [per_query[(key(l, "ot", s), f"afriqa-{l}", "student")]["P@1"] for l, s in runs],
-      [per_query[(key(l, "sentence", s), f"afriqa-{l}", "student")]["P@1"] for l, s in runs],
-      n_permutations=int(c.n_permutations), seed=int(c.permutation_seed))
-  assert pooled[0]["mean_diff"] == pytest.approx(want["mean_diff"])
-  assert pooled[0]["t_test_p"] == pytest.approx(want["t_test_p"])
-  assert pooled[0]["seeds"] == 2
-  c.pool_axes = ("seed",)
-  with pytest.raises(InputError, match="pool_axes"):
-    study.grid(c)
+  c.measures = ("nDCG@10",)
+  c.select.axis = "loss"
+  c.select.keep = ("sentence",)
+  c.select.axes.lang = ("hau",)
+  c.select.axes.seed = (0,)
+  c.select.evals = evals("dev")
+  return c
+
+
+def _finish(config, workdir, cell, score_of):
+  """Writes a finished cell as the runner would, with per-query values from score_of."""
+  plan = study.plan_cell(config, cell, str(workdir))
+  datasets = {}
+  for name in plan.evals:
+    rel = os.path.join("eval", name, "metrics", "student.json")
+    pq = {f"q{i}": score_of(cell, i) for i in range(10)}
+    path = os.path.join(plan.directory, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump({"per_query": {"nDCG@10": pq},
+                 "aggregate": {"nDCG@10": float(np.mean(list(pq.values())))},
+                 "num_queries": 10}, f)
+    datasets[name] = {"student": rel}
+  with open(os.path.join(plan.directory, "done.json"), "w") as f:
+    json.dump({"key": cell.key, "values": cell.values, "reference": False,
+               "fingerprint": plan.fingerprint(), "datasets": datasets}, f)
+
+
+def test_selection_chooses_on_selection_cells_alone(tmp_path):
+  """The choice is a function of the selection stage's dev results: test results that
+  rank the arms the other way change nothing; the test stage runs the pick and `keep`,
+  and its page names the choice."""
+  c = _selection_study(tmp_path)
+  stage = study.selection_stage(c)
+  assert [x.key for x in study.grid(stage)] == [
+      "lang=hau,loss=sentence,seed=0", "lang=hau,loss=ot,seed=0", "lang=hau,loss=ranking,seed=0"]
+  dev_rank = {"sentence": 0.3, "ot": 0.5, "ranking": 0.4}
+  for cell in study.grid(stage):
+    _finish(stage, tmp_path / "select", cell,
+            lambda cl, i: dev_rank[cl.values["loss"]] + 0.01 * (i % 3))
+  with pytest.raises(InputError, match="unfinished"):
+    study.choose(c, str(tmp_path / "empty"), log=_quiet)
+  chosen = study.choose(c, str(tmp_path), log=_quiet)
+  assert chosen["chosen"] == "ot" and chosen["keep"] == ["sentence"]
+  assert all(".dev." in f for f in chosen["files"]) and len(chosen["files"]) == 2
+  assert [x["value"] for x in chosen["candidates"]] == ["sentence", "ot", "ranking"]
+  assert chosen["candidates"][1]["score"] == pytest.approx(0.509)
+  test = study.test_stage(c, chosen["chosen"])
+  assert tuple(test.axes.loss) == ("sentence", "ot") and test.compare == (
+      ("loss=ot", "loss=sentence"),)
+  # Test results where ranking is best and ot worst: the choice does not move.
+  test_rank = {"sentence": 0.5, "ot": 0.1, "ranking": 0.9}
+  for cell in study.grid(study.test_stage(c, "ranking")):
+    _finish(c, tmp_path, cell, lambda cl, i: test_rank[cl.values["loss"]] * (i % 2))
+  again = study.choose(c, str(tmp_path), log=_quiet)
+  assert again == chosen
+  study.aggregate(c, str(tmp_path), log=_quiet)
+  summary = (tmp_path / "summary.md").read_text()
+  assert "**loss=ot**" in summary and "loss=ranking" not in summary
+  assert (tmp_path / "select" / "summary.md").exists()
+  assert "| ot | 0.5090 | 1 |" in (tmp_path / "selection.md").read_text()
+
+
+def test_selection_stage_refuses_test_data_and_leaky_bitext(tmp_path):
+  from optical_jax import evaluator  # pylint: disable=g-import-not-at-top
+  c = _selection_study(tmp_path)
+  c.select.evals = c.evals
+  with pytest.raises(InputError, match="reads the test stage's file"):
+    study.selection_stage(c)
+  c = _selection_study(tmp_path)
+  dev = c.select.evals
+
+  def leaky(v):
+    t = c.train(v)
+    t.data.bitext.sources = [dict(type="jsonl", path=[str(tmp_path / "hau.dev.jsonl")])]
+    return t
+  c.select.train = leaky
+  with pytest.raises(InputError, match="holds its selection queries"):
+    study.selection_stage(c)
+  c = _selection_study(tmp_path)
+  c.select.keep = ("nope",)
+  with pytest.raises(InputError, match="select.keep"):
+    study.selection_stage(c)
+  del dev, evaluator
+
+
+def test_ot_variants_selection_reads_dev_and_trains_without_it(shared_data):
+  """The shipped selection stage: dev qrels of hau and zul, training bitext with the dev
+  questions held out (they are the validation pairs), never a test file."""
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  c = ot_variants.get_config("cpu,settings=e5+minilm,select,langs=swa+hau+yor+zul,"
+                             "arms=sentence+ranking+ot+ot-ranking+divergence")
+  stage = study.selection_stage(c)
+  cells = study.grid(stage)
+  assert len(cells) == 2 * 2 * 5 and {x.values["lang"] for x in cells} == {"hau", "zul"}
+  for cell in cells[:10:3]:
+    plan = study.plan_cell(stage, cell, "")
+    (name, e), = plan.evals.items()
+    assert name.endswith("-dev") and e.dataset.qrels.endswith(".dev.tsv")
+    assert e.dataset.queries.endswith(".dev.jsonl")
+    paths = [p for s in plan.train.data.bitext.sources for p in
+             (s["path"] if isinstance(s.get("path"), list) else [s.get("path", "")])]
+    assert not any(p.endswith(".dev.jsonl") for p in paths)
+    assert plan.train.validation.sources[0]["path"] == e.dataset.queries
+  assert tuple(study.test_stage(c, "divergence").axes.loss) == (
+      "sentence", "ranking", "ot", "ot-ranking", "divergence")
+  del shared_data
 
 
 @pytest.mark.slow

@@ -34,6 +34,16 @@ Scales (the argument `SCALE[,key=value...]`):
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
 teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
+
+Selection (`select`, issue 24's protocol): every arm of `arms=` is a candidate; a
+selection stage trains each with the dev questions held out of the bitext (`tune`) on
+`select_langs` (default hau+zul, the languages with dev qrels) x `select_seeds` (1) and
+scores it by nDCG@10 on their dev qrels; the test stage then runs the pick and `keep`
+(default sentence+ranking+ot+ot-ranking) on `langs` x `seeds`, scored on test once.
+`WORKDIR/selection.json` and `selection.md` record the choice and the files it read:
+
+    python study.py --config "configs/studies/ot_variants.py:cpu,settings=e5,select,\
+      langs=swa+hau+yor+zul,seeds=5,arms=sentence+ranking+ot+ot-ranking+divergence" --workdir W
 """
 
 from __future__ import annotations
@@ -52,15 +62,25 @@ ARMS = {
     "barycentric": {"loss.loss": "barycentric"},
     "ot-semi": {"loss.loss": "ot", "loss.ot.tau_b": 0.5},
     "ot-relative": {"loss.loss": "ot", "loss.ot.relative_epsilon": True, "loss.ot.epsilon": 0.1},
+    # Hyper-parameter candidates of the ranking family (selection stages).
+    "ranking-t0.02": {"loss.loss": "ranking", "loss.ranking_temperature": 0.02},
+    "ot-ranking-t0.02": {"loss.loss": "ot+ranking", "loss.ranking_temperature": 0.02},
+    "ot-ranking-w0.5": {"loss.loss": "ot+ranking", "loss.ranking_weight": 0.5},
+    "ot-ranking-w2": {"loss.loss": "ot+ranking", "loss.ranking_weight": 2.0},
 }
-OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relative")
+OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relative",
+           "ot-ranking-t0.02", "ot-ranking-w0.5", "ot-ranking-w2")
+# The loss families (the full scale's arms; the hyper-parameter arms are for selection).
+LOSS_ARMS = ("sentence", "ot", "ranking", "ot-ranking", "divergence", "barycentric", "ot-semi",
+             "ot-relative")
 SETTINGS = ("tiny", "minilm", "e5", "colbert")
 
 SCALE = {
-    "smoke": dict(settings="tiny", langs="swa", arms="sentence+ot+ot-ranking", seeds=1, steps=4),
+    "smoke": dict(settings="tiny", langs="swa", arms="sentence+ot+ot-ranking", seeds=1, steps=4,
+                select_langs="hau", keep="sentence"),
     "cpu": dict(settings="minilm", langs="swa+hau", arms="sentence+ot+ranking+ot-ranking",
                 seeds=2, steps=100),
-    "full": dict(settings="minilm+e5+colbert", langs="swa+hau+yor+zul", arms="+".join(ARMS),
+    "full": dict(settings="minilm+e5+colbert", langs="swa+hau+yor+zul", arms="+".join(LOSS_ARMS),
                  seeds=3, steps=1000),
 }
 
@@ -74,22 +94,25 @@ def split_arms(text: str):
   return arms
 
 
-def setting_config(setting: str, lang: str, *, teacher_dir: str = "", data_root: str = ""):
-  """The setting's trainer config for `lang` (before the arm's overrides)."""
+def setting_config(setting: str, lang: str, *, teacher_dir: str = "", data_root: str = "",
+                   tune: bool = False):
+  """The setting's trainer config for `lang` (before the arm's overrides); `tune`: the
+  language's AfriQA dev questions held out of the bitext (the selection stage)."""
   if setting == "colbert":
     from configs import colbert_minilm  # pylint: disable=g-import-not-at-top
     arg = f"{lang},data_root={data_root}" if data_root else lang
+    arg += ",tune" if tune else ""
     return colbert_minilm.get_config(arg + (f",teacher={teacher_dir}" if teacher_dir else ""))
   if setting not in SETTINGS:
     raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {setting!r}")
-  c = shared.student_config(setting, lang, data_root)
+  c = shared.student_config(setting, lang, data_root, tune=tune)
   c.lang = lang
   return c
 
 
 def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
-                 teacher_dir: str = "", data_root: str = ""):
-  c = setting_config(setting, lang, teacher_dir=teacher_dir, data_root=data_root)
+                 teacher_dir: str = "", data_root: str = "", tune: bool = False):
+  c = setting_config(setting, lang, teacher_dir=teacher_dir, data_root=data_root, tune=tune)
   for key, value in ARMS[arm].items():
     node = c
     *path, last = key.split(".")
@@ -102,7 +125,8 @@ def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
 
 def get_config(arg: str = "full"):
   args = common.parse_arg(arg, first="scale", scale="full", settings="", langs="", arms="",
-                          seeds=0, steps=0, teacher="", data_root="", cache_dir="")
+                          seeds=0, steps=0, teacher="", data_root="", cache_dir="",
+                          select=False, keep="", select_langs="", select_seeds=0)
   scale = SCALE[shared.check_scale(args.scale)]
   settings = shared.split_list(args.settings or scale["settings"])
   langs = shared.split_list(args.langs or scale["langs"])
@@ -148,4 +172,38 @@ def get_config(arg: str = "full"):
   c.measures = ("nDCG@10", "R@10", "P@5")
   c.plot.x = "loss"
   c.cache_dir = args.cache_dir
+  if args.select:
+    set_selection(c, args, steps)
   return c
+
+
+def set_selection(c, args, steps: int) -> None:
+  """The selection stage of `select`: every arm of `arms=` is a candidate, trained with
+  the languages' AfriQA dev questions held out of the bitext (`tune`) and scored by
+  nDCG@10 on the dev qrels of `select_langs` (default the scale's; hau and zul have dev
+  qrels); the test stage runs the pick and the `keep` arms (default
+  sentence+ranking+ot+ot-ranking: zero-shot-free references of the comparison)."""
+  scale = SCALE[args.scale]
+  langs = shared.split_list(args.select_langs or scale.get("select_langs", "hau+zul"))
+  seeds = tuple(range(args.select_seeds or scale.get("select_seeds", 1)))
+  keep = split_arms(args.keep or scale.get("keep", "sentence+ranking+ot+ot-ranking"))
+  keep = tuple(a for a in keep if a in c.axes.loss)
+  root = args.data_root
+
+  def train(v):
+    return train_config(v["setting"], v["lang"], v["loss"], v["seed"], steps=steps,
+                        teacher_dir=args.teacher, data_root=root, tune=True)
+
+  def evals(v):
+    e = shared.afriqa_eval(v["lang"], root, split="dev")
+    if v["setting"] == "colbert":
+      e.scoring = "maxsim"
+    return {f"afriqa-{v['lang']}-dev": e}
+
+  c.select.axis = "loss"
+  c.select.measure = "nDCG@10"
+  c.select.keep = keep
+  c.select.axes.lang = langs
+  c.select.axes.seed = seeds
+  c.select.train = train
+  c.select.evals = evals

@@ -47,10 +47,12 @@ def tiny_spec() -> ml_collections.ConfigDict:
                            arch=dict(TINY_ARCH), query_max_len=32, doc_max_len=64)
 
 
-def student_config(model: str, lang: str = "swa", data_root: str = "") -> ml_collections.ConfigDict:
+def student_config(model: str, lang: str = "swa", data_root: str = "", tune: bool = False
+                   ) -> ml_collections.ConfigDict:
   """The trainer config a study cell starts from: 'tiny' (`configs/tiny.py`, random
   encoders), 'minilm' (`configs/swa_minilm.py`) or 'e5' (`configs/swa_e5.py`) for the
-  AfriQA language `lang`."""
+  AfriQA language `lang`; `tune`: its dev questions held out of the bitext (selection
+  stages evaluate on them; the tiny config's bitext never holds them)."""
   if model == "tiny":
     from configs import tiny  # pylint: disable=g-import-not-at-top
     return tiny.get_config(f"data_root={data_root}" if data_root else "")
@@ -60,7 +62,8 @@ def student_config(model: str, lang: str = "swa", data_root: str = "") -> ml_col
     from configs import swa_e5 as base  # pylint: disable=g-import-not-at-top
   else:
     raise ValueError(f"model= takes tiny, minilm or e5, got {model!r}")
-  return base.get_config(f"{lang},data_root={data_root}" if data_root else lang)
+  return base.get_config(lang + (f",data_root={data_root}" if data_root else "")
+                         + (",tune" if tune else ""))
 
 
 def set_budget(c: ml_collections.ConfigDict, steps: int, tiny: bool = False

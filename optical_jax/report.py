@@ -1,0 +1,442 @@
+"""Study pages rendered from a study's data files, and only from them.
+
+A study's results directory (a study workdir after `study.aggregate`, or its committed
+copy under `docs/studies/NAME/`) holds:
+
+    report.json          what the page is about: name, axes, seed axis, trained system,
+                         comparisons, pooled axes, measures, primary measure, confidence,
+                         alpha, correction, permutation settings, cell counts
+    results.csv          one row per cell, dataset, system and metric (cell means)
+    per_query.csv.gz     per-query values of the trained cells (summary measures); studies
+                         aggregated before issue 24 have none, and their pages say so
+    selection.json       the selection stage's choice, when the study had one
+
+`render(directory)` returns summary.md's text (and the same numbers as a dict); `write`
+writes summary.md and summary.json; `python -m optical_jax.report [--check] DIR...`
+renders (or checks) committed pages. Nothing here reads a training or evaluation
+output: a page is a function of these files, so a test can regenerate every committed
+page byte for byte.
+
+Inference (`optical_jax.stats`): each comparison of two arms gets a run-level test (the
+(language, seed) cells as units) and, with per-query values, a query-level test
+(differences averaged over seeds, each query once). Tests form two families: the
+primary family (the primary measure, pooled over `pool_axes` when the study pools,
+else every context) and the secondary family (every other test); p-values are adjusted
+within each family (`correction`, Holm by default). A star marks a difference whose
+adjusted run-level t-test p is below alpha.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import re
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from optical_jax import fileio, stats
+from optical_jax.errors import InputError
+
+META = "report.json"
+RESULTS = "results.csv"
+PER_QUERY = "per_query.csv.gz"
+SELECTION = "selection.json"
+SUMMARY = "summary.md"
+PER_QUERY_COLUMNS = ("cell", "dataset", "system", "measure", "query", "value")
+REFERENCE = "reference"
+
+
+def _join(directory: str, name: str) -> str:
+  return directory.rstrip("/") + "/" + name
+
+
+# ---------------------------------------------------------------------------
+# Data files.
+
+
+def per_query_bytes(rows: Sequence[Tuple[str, str, str, str, str, float]]) -> bytes:
+  """per_query.csv.gz's bytes: a gzip (mtime 0, so the same rows give the same bytes) of
+  a CSV with `PER_QUERY_COLUMNS`, values as Python's shortest round-trip repr."""
+  text = io.StringIO()
+  w = csv.writer(text, lineterminator="\n")
+  w.writerow(PER_QUERY_COLUMNS)
+  for cell, dataset, system, measure, query, value in rows:
+    w.writerow((cell, dataset, system, measure, query, repr(float(value))))
+  buf = io.BytesIO()
+  with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as f:
+    f.write(text.getvalue().encode("utf-8"))
+  return buf.getvalue()
+
+
+def _read_csv(path: str) -> List[Dict[str, str]]:
+  text = fileio.read_text(path)
+  if text is None:
+    raise InputError("cannot read the study's results", path)
+  return list(csv.DictReader(io.StringIO(text)))
+
+
+def _read_per_query(path: str) -> Optional[Dict[Tuple[str, str, str], Dict[str, float]]]:
+  """{(cell, dataset, measure): {query: value}} of the trained system, or None."""
+  raw = fileio.read_bytes(path)
+  if raw is None:
+    return None
+  out: Dict[Tuple[str, str, str], Dict[str, float]] = {}
+  reader = csv.reader(io.StringIO(gzip.decompress(raw).decode("utf-8")))
+  header = next(reader, None)
+  if tuple(header or ()) != PER_QUERY_COLUMNS:
+    raise InputError(f"per-query file: header {header} is not {list(PER_QUERY_COLUMNS)}", path)
+  for line, row in enumerate(reader, start=2):
+    if len(row) != len(PER_QUERY_COLUMNS):
+      raise InputError(f"per-query file line {line}: {len(row)} fields, not "
+                       f"{len(PER_QUERY_COLUMNS)}", path)
+    cell, dataset, _, measure, query, value = row
+    out.setdefault((cell, dataset, measure), {})[query] = float(value)
+  return out
+
+
+class StudyData:
+  """A study's data files, read: meta (report.json), tidy rows, per-query values."""
+
+  def __init__(self, meta: Mapping[str, Any], rows: Sequence[Mapping[str, str]],
+               per_query: Optional[Mapping[Tuple[str, str, str], Mapping[str, float]]],
+               selection: Optional[Mapping[str, Any]] = None):
+    self.meta = dict(meta)
+    self.rows = list(rows)
+    self.per_query = per_query
+    self.selection = selection
+    self.axes: Dict[str, List[str]] = {a: [str(v) for v in vs] for a, vs in meta["axes"].items()}
+    self.seed_axis = meta["seed_axis"]
+    self.system = meta["system"]
+    self.cells: Dict[str, Dict[str, str]] = {}      # trained cell key -> axis values
+    self.value: Dict[Tuple[str, str, str], float] = {}   # (cell, dataset, measure)
+    self.datasets: List[str] = []
+    self.references: List[Tuple[str, str, str, Dict[str, float]]] = []
+    refs: Dict[Tuple[str, str, str], Dict[str, float]] = {}
+    for r in self.rows:
+      if r["dataset"] not in self.datasets:
+        self.datasets.append(r["dataset"])
+      if r["kind"] == REFERENCE:
+        refs.setdefault((r["cell"], r["dataset"], r["system"]), {})[r["metric"]] = float(r["value"])
+        continue
+      if r["system"] != self.system:
+        continue
+      self.cells.setdefault(r["cell"], {a: r[a] for a in self.axes})
+      self.value[(r["cell"], r["dataset"], r["metric"])] = float(r["value"])
+    self.references = [(c, d, s, v) for (c, d, s), v in refs.items()]
+
+
+def load(directory: str) -> StudyData:
+  """A study's data files (InputError naming the file when one is missing or bad)."""
+  meta = fileio.read_json(_join(directory, META))
+  if not meta:
+    raise InputError("no report.json: aggregate the study (study.py --aggregate) first",
+                     _join(directory, META))
+  for key in ("name", "axes", "seed_axis", "system", "compare", "pool_axes", "measures"):
+    if key not in meta:
+      raise InputError(f"report.json has no {key!r}", _join(directory, META))
+  return StudyData(meta, _read_csv(_join(directory, RESULTS)),
+                   _read_per_query(_join(directory, PER_QUERY)),
+                   fileio.read_json(_join(directory, SELECTION)))
+
+
+# ---------------------------------------------------------------------------
+# Comparisons.
+
+
+def _parse_arm(arm: str) -> Dict[str, str]:
+  return dict(item.strip().split("=", 1) for item in str(arm).split(","))
+
+
+def _generic(dataset: str, values: Mapping[str, str], pooled: Sequence[str]) -> str:
+  """The dataset's name with each pooled axis value replaced by '*' (afriqa-swa -> afriqa-*)."""
+  for a in pooled:
+    dataset = re.sub(rf"(?<![A-Za-z0-9]){re.escape(values[a])}(?![A-Za-z0-9])", "*", dataset)
+  return dataset
+
+
+def comparisons(data: StudyData) -> List[Dict[str, Any]]:
+  """Every test of `meta.compare`: per context (the axes not fixed by the arms, the seed
+  and the pooled axes), then pooled over `pool_axes` (context '<axis>=pooled'); with
+  run-level and (given per-query values) query-level results, families and adjusted
+  p-values."""
+  meta = data.meta
+  out = _tests(data, ())
+  if meta["pool_axes"]:
+    out += _tests(data, tuple(meta["pool_axes"]))
+  primary = primary_measure(meta)
+  for t in out:
+    pooled = meta["pool_axes"] and all(t["context"].get(a) == "pooled" for a in meta["pool_axes"])
+    t["family"] = "primary" if t["measure"] == primary and (pooled or not meta["pool_axes"]) \
+        else "secondary"
+  method = meta.get("correction", "holm")
+  for family in ("primary", "secondary"):
+    members = [t for t in out if t["family"] == family]
+    for key in ("run_t_p", "query_t_p"):
+      adjusted = stats.adjust([t[key] for t in members], method)
+      for t, p in zip(members, adjusted):
+        t[key + "_adj"] = float(p)
+  alpha = float(meta.get("alpha", 0.05))
+  for t in out:
+    t["significant"] = bool(not math.isnan(t["run_t_p_adj"]) and t["run_t_p_adj"] < alpha)
+  return out
+
+
+def primary_measure(meta: Mapping[str, Any]) -> str:
+  measures = list(meta["measures"])
+  return meta.get("primary_measure") or ("nDCG@10" if "nDCG@10" in measures else measures[0])
+
+
+def _tests(data: StudyData, pooled: Tuple[str, ...]) -> List[Dict[str, Any]]:
+  meta = data.meta
+  seed_axis = data.seed_axis
+  run_axes = [seed_axis] + list(pooled)
+  n_perm, perm_seed = int(meta.get("n_permutations", stats.DEFAULT_PERMUTATIONS)), \
+      int(meta.get("permutation_seed", stats.DEFAULT_SEED))
+  out = []
+  for a_text, b_text in meta["compare"]:
+    a_arm, b_arm = _parse_arm(a_text), _parse_arm(b_text)
+    fixed = set(a_arm) | set(b_arm)
+    context_axes = [k for k in data.axes if k not in fixed and k not in run_axes]
+    contexts: Dict[Tuple[str, ...], Dict[str, str]] = {}
+    for values in data.cells.values():
+      ctx = {k: values[k] for k in context_axes}
+      contexts.setdefault(tuple(ctx.values()), ctx)
+
+    def match(values, arm, ctx):
+      return all(values[k] == v for k, v in arm.items()) and \
+          all(values[k] == v for k, v in ctx.items())
+
+    for ctx in contexts.values():
+      run_of = lambda v: tuple(v[k] for k in run_axes)
+      a_cells = {run_of(v): k for k, v in data.cells.items() if match(v, a_arm, ctx)}
+      b_cells = {run_of(v): k for k, v in data.cells.items() if match(v, b_arm, ctx)}
+      runs = [r for r in a_cells if r in b_cells]
+      if not runs:
+        continue
+      names = list(dict.fromkeys(_generic(d, data.cells[a_cells[r]], pooled)
+                                 for r in runs for d in data.datasets
+                                 if any((a_cells[r], d, m) in data.value for m in meta["measures"])))
+      for name in names:
+        for measure in meta["measures"]:
+          test = _one_test(data, a_cells, b_cells, runs, name, measure, pooled, n_perm, perm_seed)
+          if test is None:
+            continue
+          context = dict(ctx, **{k: "pooled" for k in pooled})
+          out.append({"a": a_text, "b": b_text, "context": context, "dataset": name,
+                      "measure": measure, "seeds": len({r[0] for r in runs}), **test})
+  return out
+
+
+def _one_test(data: StudyData, a_cells, b_cells, runs, name, measure, pooled, n_perm,
+              perm_seed) -> Optional[Dict[str, Any]]:
+  """Run-level and query-level tests of one comparison; None when a run lacks the
+  dataset or measure (partial results get no test)."""
+  diffs, a_q, b_q = [], [], []
+  for r in runs:
+    a_key, b_key = a_cells[r], b_cells[r]
+    found = [d for d in data.datasets if _generic(d, data.cells[a_key], pooled) == name
+             and (a_key, d, measure) in data.value and (b_key, d, measure) in data.value]
+    if not found:
+      return None
+    for d in found:
+      diffs.append(data.value[(a_key, d, measure)] - data.value[(b_key, d, measure)])
+      if data.per_query is not None:
+        pa = data.per_query.get((a_key, d, measure))
+        pb = data.per_query.get((b_key, d, measure))
+        if pa is not None and pb is not None:
+          a_q.append({d: pa})
+          b_q.append({d: pb})
+  run = stats.run_level_test(diffs, n_permutations=n_perm, seed=perm_seed)
+  out = {"mean_diff": run["mean_diff"], "runs": run["runs"], "run_t_p": run["t_test_p"],
+         "run_sign_flip_p": run["sign_flip_p"], "run_sign_flip_exact": run["exact"],
+         "queries": 0, "query_mean_diff": float("nan"), "query_t_p": float("nan"),
+         "query_permutation_p": float("nan")}
+  if a_q and len(a_q) == len(diffs):
+    q = stats.query_level_test(_merge_seeds(a_q, b_q), n_permutations=n_perm, seed=perm_seed)
+    out.update(queries=q["queries"], query_mean_diff=q["mean_diff"], query_t_p=q["t_test_p"],
+               query_permutation_p=q["permutation_p"])
+  return out
+
+
+def _merge_seeds(a_q: Sequence[Mapping[str, Mapping[str, float]]],
+                 b_q: Sequence[Mapping[str, Mapping[str, float]]]) -> np.ndarray:
+  """Seed-averaged per-query differences over runs that may hold different datasets
+  (pooled languages): runs are grouped by dataset, averaged within each group."""
+  groups: Dict[str, Tuple[list, list]] = {}
+  for a, b in zip(a_q, b_q):
+    (d, pa), = a.items()
+    groups.setdefault(d, ([], []))
+    groups[d][0].append({d: pa})
+    groups[d][1].append({d: b[d]})
+  return np.concatenate([stats.seed_averaged(*groups[d]) for d in groups])
+
+
+# ---------------------------------------------------------------------------
+# The page.
+
+
+def _fmt(v: Optional[float], digits: int = 3) -> str:
+  return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def render(directory: str) -> Tuple[str, Dict[str, Any]]:
+  """summary.md's text from the directory's data files, and the same numbers as a dict."""
+  return render_data(load(directory))
+
+
+def render_data(data: StudyData) -> Tuple[str, Dict[str, Any]]:
+  meta = data.meta
+  conf = float(meta.get("confidence", 0.95))
+  alpha = float(meta.get("alpha", 0.05))
+  pct = f"{100 * conf:g}%"
+  shown_axes = [a for a in data.axes if a != data.seed_axis]
+  measures = list(meta["measures"])
+  lines = [f"# Study `{meta['name']}`", "",
+           f"{meta['finished']} of {meta['cells']} cells finished. Values: mean over seeds "
+           f"(`{data.seed_axis}`) ± half-width of the {pct} confidence interval (Student t; "
+           "— with one seed), then the number of seeds. Rendered by `python -m "
+           "optical_jax.report` from this directory's data files.", ""]
+  out: Dict[str, Any] = {"name": meta["name"], "finished": meta["finished"],
+                         "cells": meta["cells"], "confidence": conf, "datasets": {},
+                         "comparisons": []}
+  if data.selection:
+    sel = data.selection
+    lines += [f"The test stage's `{sel['axis']}` values were chosen on selection data alone "
+              f"(`selection.md`): **{sel['axis']}={sel['chosen']}** by mean "
+              f"{sel['measure']}, beside {', '.join(str(v) for v in sel['keep']) or 'no kept value'}.", ""]
+    out["selection"] = {"axis": sel["axis"], "chosen": sel["chosen"], "keep": sel["keep"]}
+  arms: Dict[Tuple[str, ...], List[str]] = {}
+  for key, values in data.cells.items():
+    arms.setdefault(tuple(values[a] for a in shown_axes), []).append(key)
+  for dataset in data.datasets:
+    lines += [f"## {dataset}", "",
+              "| " + " | ".join(shown_axes + measures + ["seeds"]) + " |",
+              "|" + "---|" * len(shown_axes) + "---:|" * (len(measures) + 1)]
+    entry = {"arms": [], "references": {}}
+    for arm_values, keys in arms.items():
+      cells, seen, arm_stats = [], 0, {}
+      for m in measures:
+        vals = [data.value[(k, dataset, m)] for k in keys if (k, dataset, m) in data.value]
+        seen = max(seen, len(vals))
+        mean, lo, hi = stats.mean_ci(vals, conf)
+        arm_stats[m] = {"mean": mean, "low": lo, "high": hi, "n": len(vals)}
+        half = (hi - lo) / 2 if not math.isnan(lo) else float("nan")
+        cells.append(f"{_fmt(mean)} ± {_fmt(half)}" if not math.isnan(half) else _fmt(mean))
+      if not seen:
+        continue
+      lines.append("| " + " | ".join(list(arm_values) + cells + [str(seen)]) + " |")
+      entry["arms"].append({"values": dict(zip(shown_axes, arm_values)), "stats": arm_stats})
+    refs = [r for r in data.references if r[1] == dataset]
+    if refs:
+      lines += ["", "References (no training):", "",
+                "| system | " + " | ".join(measures) + " |", "|---|" + "---:|" * len(measures)]
+      for ref_key, _, system, agg in refs:
+        label = system + (f" ({ref_key.split(',', 1)[1]})" if "," in ref_key else "")
+        lines.append(f"| {label} | " + " | ".join(_fmt(agg.get(m, float("nan")))
+                                                  for m in measures) + " |")
+        entry["references"][label] = {m: agg.get(m) for m in measures}
+    lines.append("")
+    out["datasets"][dataset] = entry
+  comps = comparisons(data)
+  if comps:
+    lines += _comparison_section(data, comps, alpha)
+    out["comparisons"] = comps
+  return "\n".join(lines), out
+
+
+def _comparison_section(data: StudyData, comps: Sequence[Mapping[str, Any]],
+                        alpha: float) -> List[str]:
+  meta = data.meta
+  method = stats.CORRECTION_NAMES[meta.get("correction", "holm")]
+  n_perm = int(meta.get("n_permutations", stats.DEFAULT_PERMUTATIONS))
+  primary = primary_measure(meta)
+  pooled = ", ".join(meta["pool_axes"])
+  primary_text = (f"{primary} pooled over {pooled}" if meta["pool_axes"]
+                  else f"{primary} in every context")
+  query_note = ("Query level: per-query differences averaged over seeds, each query once "
+                f"(paired t-test; randomisation test, {n_perm} sign flips, seed "
+                f"{int(meta.get('permutation_seed', stats.DEFAULT_SEED))})."
+                if data.per_query is not None else
+                "Query level: not available (this study was aggregated before per-query "
+                "values were kept beside its results; its cells are not on this machine).")
+  lines = ["## Paired comparisons", "",
+           "The unit is the training run: each (context, seed) cell of arm A is paired with "
+           "B's, and its difference of means over the cell's queries is one observation "
+           "(`mean A − B` is their mean). Run level: one-sample t-test over those "
+           "differences (df = runs − 1) and an exact sign-flip test. " + query_note, "",
+           f"p-values are {method}-adjusted within two families: **primary** "
+           f"({primary_text}) and **secondary** (every other test). * marks a difference "
+           f"whose adjusted run-level t-test p is below {alpha:g}; p-values under 1e-4 print "
+           "as bounds.", ""]
+  for family in ("primary", "secondary"):
+    rows = [c for c in comps if c["family"] == family]
+    if not rows:
+      continue
+    lines += [f"### {family.capitalize()} family ({len(rows)} tests)", "",
+              "| A | B | dataset | context | measure | mean A − B | runs | run t p | "
+              f"run {method} p | sign-flip p | queries | query t p | query {method} p |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in rows:
+      star = "*" if c["significant"] else ""
+      ctx = ",".join(f"{k}={v}" for k, v in c["context"].items()) or "—"
+      f = stats.format_p
+      lines.append(f"| {c['a']} | {c['b']} | {c['dataset']} | {ctx} | {c['measure']} | "
+                   f"{c['mean_diff']:+.3f}{star} | {c['runs']} | {f(c['run_t_p'])} | "
+                   f"{f(c['run_t_p_adj'])} | {f(c['run_sign_flip_p'])} | "
+                   f"{c['queries'] or '—'} | {f(c['query_t_p'])} | {f(c['query_t_p_adj'])} |")
+    lines.append("")
+  return lines
+
+
+def write(directory: str) -> str:
+  """Renders and writes summary.md and summary.json; returns the markdown."""
+  markdown, numbers = render(directory)
+  fileio.write_text(_join(directory, SUMMARY), markdown)
+  fileio.write_json(_join(directory, "summary.json"), numbers)
+  return markdown
+
+
+def check(directory: str) -> Optional[str]:
+  """None when the committed summary.md is what its data renders, else the first
+  differing line."""
+  want, _ = render(directory)
+  have = fileio.read_text(_join(directory, SUMMARY)) or ""
+  if have == want:
+    return None
+  for i, (x, y) in enumerate(zip(have.splitlines() + [""], want.splitlines() + [""]), 1):
+    if x != y:
+      return f"line {i}: committed {x!r}, rendered {y!r}"
+  return "lengths differ"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m optical_jax.report [--check] DIR...`: render (or check) study pages."""
+  args = list(sys.argv[1:] if argv is None else argv)
+  do_check = "--check" in args
+  dirs = [a for a in args if a != "--check"]
+  if not dirs:
+    print("usage: python -m optical_jax.report [--check] DIR...", file=sys.stderr)
+    return 2
+  bad = 0
+  for d in dirs:
+    try:
+      if do_check:
+        diff = check(d)
+        if diff:
+          bad += 1
+          print(f"{d}/{SUMMARY}: differs from what its data renders ({diff})", file=sys.stderr)
+      else:
+        write(d)
+        print(f"{d}/{SUMMARY}: rendered")
+    except InputError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,142 @@
+"""Study pages (optical_jax.report): rendered from a study's data files alone, tests with
+the training run as the unit, families and adjusted p-values; every committed page is
+what its committed data renders."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sp
+
+from optical_jax import report, stats
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "docs", "studies",
+                                                                        "*", "report.json")))
+
+
+def test_every_study_has_its_data_files():
+  dirs = sorted(glob.glob(os.path.join(ROOT, "docs", "studies", "*", "")))
+  assert dirs and len(COMMITTED) == len(dirs)
+
+
+@pytest.mark.parametrize("directory", COMMITTED, ids=os.path.basename)
+def test_committed_page_is_what_its_data_renders(directory):
+  assert report.check(directory) is None, f"python -m optical_jax.report {directory}"
+
+
+def _t_p(d):
+  d = np.asarray(d, float)
+  t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+  return 2 * sp.t.sf(abs(t), d.size - 1)
+
+
+def _synthetic(tmp_path, per_query=True):
+  """lang x loss x seed, P@1 and nDCG@10 over 30 queries a language; ot is better."""
+  rng = np.random.default_rng(0)
+  rows, pq_rows, values = [], [], {}
+  for seed in (0, 1):
+    for lang in ("swa", "hau"):
+      for loss in ("ot", "sentence"):
+        key = f"lang={lang},loss={loss},seed={seed}"
+        for m in ("P@1", "nDCG@10"):
+          v = {f"q{i}": float(rng.random() < (0.6 if loss == "ot" else 0.4)) for i in range(30)}
+          values[(lang, loss, seed, m)] = v
+          rows.append(dict(study="s", cell=key, kind="trained", lang=lang, loss=loss,
+                           seed=str(seed), system="student", dataset=f"afriqa-{lang}",
+                           metric=m, value=repr(float(np.mean(list(v.values())))),
+                           num_queries="30"))
+          pq_rows += [(key, f"afriqa-{lang}", "student", m, q, x) for q, x in sorted(v.items())]
+  rows.append(dict(study="s", cell="reference,lang=swa", kind="reference", lang="swa", loss="",
+                   seed="", system="zeroshot", dataset="afriqa-swa", metric="P@1",
+                   value="0.25", num_queries="30"))
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  (tmp_path / "results.csv").write_text(buf.getvalue())
+  if per_query:
+    (tmp_path / "per_query.csv.gz").write_bytes(report.per_query_bytes(pq_rows))
+  meta = dict(name="s", axes={"lang": ["swa", "hau"], "loss": ["ot", "sentence"],
+                              "seed": ["0", "1"]},
+              seed_axis="seed", system="student", compare=[["loss=ot", "loss=sentence"]],
+              pool_axes=["lang"], measures=["P@1", "nDCG@10"], primary_measure="",
+              confidence=0.95, alpha=0.05, correction="holm", n_permutations=2000,
+              permutation_seed=0, finished=8, cells=10)
+  (tmp_path / "report.json").write_text(json.dumps(meta))
+  return values
+
+
+def test_pooled_test_takes_runs_as_units_and_queries_once(tmp_path):
+  values = _synthetic(tmp_path)
+  comps = report.comparisons(report.load(str(tmp_path)))
+  pooled = [c for c in comps if c["context"]["lang"] == "pooled"]
+  per_lang = [c for c in comps if c["context"]["lang"] != "pooled"]
+  assert {(c["dataset"], c["measure"]) for c in pooled} == {("afriqa-*", "P@1"),
+                                                           ("afriqa-*", "nDCG@10")}
+  assert len(per_lang) == 4
+  for c in pooled:
+    m = c["measure"]
+    cells = [np.mean(list(values[(l, "ot", s, m)].values()))
+             - np.mean(list(values[(l, "sentence", s, m)].values()))
+             for s in (0, 1) for l in ("swa", "hau")]
+    assert c["runs"] == 4 and c["mean_diff"] == pytest.approx(np.mean(cells))
+    assert c["run_t_p"] == pytest.approx(_t_p(cells), rel=1e-10)
+    per_query = [np.mean([values[(l, "ot", s, m)][q] - values[(l, "sentence", s, m)][q]
+                          for s in (0, 1)]) for l in ("hau", "swa") for q in sorted(
+                              values[(l, "ot", 0, m)])]
+    assert c["queries"] == 60
+    assert c["query_mean_diff"] == pytest.approx(np.mean(per_query))
+    assert c["query_t_p"] == pytest.approx(_t_p(per_query), rel=1e-10)
+  # Families: the primary family is nDCG@10 pooled (one test: nothing to adjust); the
+  # secondary holds the other five, Holm-adjusted among themselves.
+  primary = [c for c in comps if c["family"] == "primary"]
+  assert [(c["measure"], c["context"]["lang"]) for c in primary] == [("nDCG@10", "pooled")]
+  assert primary[0]["run_t_p_adj"] == primary[0]["run_t_p"]
+  secondary = [c for c in comps if c["family"] == "secondary"]
+  assert len(secondary) == 5
+  raw = np.array([c["run_t_p"] for c in secondary])
+  m = len(raw)
+  order = np.argsort(raw)
+  want = np.empty(m)
+  running = 0.0
+  for i, j in enumerate(order):
+    running = max(running, min(1.0, (m - i) * raw[j]))
+    want[j] = running
+  np.testing.assert_allclose([c["run_t_p_adj"] for c in secondary], want, rtol=1e-12)
+  for c in comps:
+    assert c["significant"] == (c["run_t_p_adj"] < 0.05)
+
+
+def test_page_renders_from_files_and_check_sees_any_change(tmp_path):
+  _synthetic(tmp_path)
+  text = report.write(str(tmp_path))
+  assert report.check(str(tmp_path)) is None
+  assert "### Primary family (1 tests)" in text and "run Holm p" in text
+  assert "| zeroshot (lang=swa) | 0.250 |" in text
+  assert json.loads((tmp_path / "summary.json").read_text())["comparisons"]
+  results = (tmp_path / "results.csv").read_text()
+  (tmp_path / "results.csv").write_text(results.replace(",0.25,30", ",0.35,30"))
+  assert "line" in report.check(str(tmp_path))
+  assert report.main(["--check", str(tmp_path)]) == 1
+  assert report.main([str(tmp_path)]) == 0 and report.check(str(tmp_path)) is None
+
+
+def test_without_per_query_values_the_page_says_so(tmp_path):
+  _synthetic(tmp_path, per_query=False)
+  text, data = report.render(str(tmp_path))
+  assert "Query level: not available" in text
+  assert all(c["queries"] == 0 and math.isnan(c["query_t_p"]) for c in data["comparisons"])
+
+
+def test_missing_report_json_is_one_line(tmp_path):
+  assert report.main([str(tmp_path)]) == 2
+  with pytest.raises(Exception, match="report.json"):
+    report.load(str(tmp_path))
