@@ -68,6 +68,7 @@ def _stderr(msg: str) -> None:
 
 # Fields that change how an evaluation runs, not what it computes (batching, buckets,
 # caches, progress, process layout): a finished study cell stays valid when they change.
+CORRECTIONS = ("holm", "bh", "none")
 HARMLESS_FIELDS = ("batch_size", "max_tokens", "length_buckets.", "cache_dir", "progress",
                    "distributed.")
 
@@ -105,7 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
       'float32', or 'float16' (half the memory of a large corpus; scores are still
       computed in float32, from the rounded vectors). Token vectors (MaxSim) are float16.
     measures: ir_measures names; test: 't-test' or 'permutation' for the markers (both
-      p-values are in comparison.json); alpha, n_permutations, seed: test settings.
+      p-values are in comparison.json); alpha, n_permutations, seed: test settings;
+      correction: 'holm' (default), 'bh' or 'none', the adjustment of the markers'
+      p-values over every test of the comparison table.
     scoring: '' (each model's own) or 'dense' / 'maxsim': score every system that way
       (late interaction over the same encoders: `optical_jax.scoring`).
     progress: show progress bars while encoding.
@@ -130,6 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.measures = tuple(metrics.DEFAULT_MEASURES)
   c.test = "t-test"
   c.alpha = 0.05
+  c.correction = "holm"
   c.n_permutations = metrics.DEFAULT_PERMUTATIONS
   c.seed = metrics.DEFAULT_SEED
   c.scoring = ""
@@ -286,6 +290,8 @@ def _check_settings(config, plans: Sequence[SystemPlan]) -> List[str]:
                      f"got {config.embedding_dtype!r}")
   if config.test not in TESTS:
     raise InputError(f"config.test must be one of {TESTS}, got {config.test!r}")
+  if config.correction not in CORRECTIONS:
+    raise InputError(f"config.correction must be one of {CORRECTIONS}, got {config.correction!r}")
   if not config.measures:
     raise InputError("config.measures is empty")
   metrics.parse_measures(list(config.measures))
@@ -698,7 +704,8 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
 
   markdown, comparison = metrics.comparison_table(
       results, baselines, measures, test=config.test, alpha=float(config.alpha),
-      n_permutations=int(config.n_permutations), seed=int(config.seed))
+      correction=config.correction, n_permutations=int(config.n_permutations),
+      seed=int(config.seed))
   header = (f"Dataset: `{data.paths['queries']}` ({len(data.qrels)} judged queries), "
             f"{len(data.corpus)} passages; mode {config.mode}, top {int(config.top_k)}.\n\n")
   comparison = {"dataset": data.paths, "num_judged_queries": len(data.qrels),

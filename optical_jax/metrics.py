@@ -136,22 +136,25 @@ def _common_measures(results: Mapping[str, Results]) -> List[str]:
 
 def comparison_table(results: Mapping[str, Results], baseline: Union[str, Sequence[str]],
                      measures: Optional[Sequence[str]] = None, *, test: str = "t-test",
-                     alpha: float = 0.05, digits: int = 3,
+                     alpha: float = 0.05, digits: int = 3, correction: str = "holm",
                      n_permutations: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED
                      ) -> Tuple[str, Dict[str, Any]]:
   """A markdown table of systems x measures with significance markers, and the same as a dict.
 
   A value gets the i-th marker (†, ‡, §, ¶, #) when it differs significantly from the
-  i-th baseline (two-sided `test`, "t-test" or "permutation", p < alpha); the direction
-  is visible from the values. The best value of each column is bold. A legend line
-  follows the table.
+  i-th baseline: the two-sided `test` ("t-test" or "permutation") over queries, its
+  p-value adjusted over every test of the table (`correction`: 'holm', 'bh' or 'none'),
+  below alpha; the direction is visible from the values. The best value of each column
+  is bold. A legend line follows the table (`comparison_markdown` renders it from the
+  dict alone).
 
   Returns:
     (markdown, data) where data is JSON-able: {"measures", "baselines", "test", "alpha",
-    "n_permutations", "seed", "legend", "systems": {name: {"values": {m: v},
-    "num_queries": n, "vs": {baseline: {m: {"mean_diff", "t_test_p", "permutation_p",
-    "n", "significant"}}}, "markers": {m: str}}}}.
+    "correction", "tests", "n_permutations", "seed", "legend", "digits", "systems": {name:
+    {"values": {m: v}, "num_queries": n, "vs": {baseline: {m: {"mean_diff", "t_test_p",
+    "permutation_p", "p_adjusted", "n", "significant"}}}, "markers": {m: str}}}}.
   """
+  from optical_jax import stats  # pylint: disable=g-import-not-at-top
   if not results:
     raise ValueError("comparison_table: no systems")
   baselines = [baseline] if isinstance(baseline, str) else list(baseline)
@@ -162,6 +165,8 @@ def comparison_table(results: Mapping[str, Results], baseline: Union[str, Sequen
       raise ValueError(f"baseline {b!r} is not among the systems {list(results)}")
   if test not in ("t-test", "permutation"):
     raise ValueError(f"test must be 't-test' or 'permutation', got {test!r}")
+  if correction not in ("none",) + tuple(stats.CORRECTIONS):
+    raise ValueError(f"correction must be none, {', '.join(stats.CORRECTIONS)}, got {correction!r}")
   measures = list(measures) if measures is not None else _common_measures(results)
   for name, res in results.items():
     missing = [m for m in measures if m not in res["aggregate"]]
@@ -169,24 +174,47 @@ def comparison_table(results: Mapping[str, Results], baseline: Union[str, Sequen
       raise ValueError(f"system {name!r} has no values for {missing}")
   key = "t_test_p" if test == "t-test" else "permutation_p"
   systems: Dict[str, Any] = {}
+  family = []
   for name, res in results.items():
     entry = {"values": {m: res["aggregate"][m] for m in measures},
              "num_queries": res.get("num_queries", len(next(iter(res["per_query"].values())))),
              "vs": {}, "markers": {m: "" for m in measures}}
-    for i, b in enumerate(baselines):
+    for b in baselines:
       if b == name:
         continue
       tests = significance(res, results[b], measures, n_permutations=n_permutations, seed=seed)
-      for m, t in tests.items():
-        t["significant"] = bool(not math.isnan(t[key]) and t[key] < alpha)
-        if t["significant"]:
-          entry["markers"][m] += MARKERS[i]
+      family += list(tests.values())
       entry["vs"][b] = tests
     systems[name] = entry
+  raw = [t[key] for t in family]
+  adjusted = raw if correction == "none" else stats.adjust(raw, correction)
+  for t, p in zip(family, adjusted):
+    t["p_adjusted"] = float(p)
+    t["significant"] = bool(not math.isnan(p) and p < alpha)
+  for entry in systems.values():
+    for i, b in enumerate(baselines):
+      for m, t in entry["vs"].get(b, {}).items():
+        if t["significant"]:
+          entry["markers"][m] += MARKERS[i]
   test_name = "paired t-test" if test == "t-test" else (
       f"paired randomisation test, {n_permutations} permutations, seed {seed}")
+  adjust_text = ("" if correction == "none" else
+                 f"; p-values {stats.CORRECTION_NAMES[correction]}-adjusted over the "
+                 f"table's {len(family)} tests")
   legend = (" ".join(f"{MARKERS[i]} differs from {b}" for i, b in enumerate(baselines)) +
-            f" ({test_name}, two-sided, p < {alpha:g}). Best per column in bold.")
+            f" ({test_name} over queries, two-sided{adjust_text}, p < {alpha:g}). "
+            "Best per column in bold.")
+  data = {"measures": measures, "baselines": baselines, "test": test, "alpha": alpha,
+          "correction": correction, "tests": len(family),
+          "n_permutations": n_permutations, "seed": seed, "legend": legend, "digits": digits,
+          "systems": systems}
+  return comparison_markdown(data), data
+
+
+def comparison_markdown(data: Mapping[str, Any]) -> str:
+  """The markdown table of a `comparison_table` dict (values, markers, legend)."""
+  measures, systems = data["measures"], data["systems"]
+  digits = int(data.get("digits", 3))
   best = {m: max(s["values"][m] for s in systems.values()) for m in measures}
   lines = ["| System | " + " | ".join(measures) + " |",
            "|---|" + "---:|" * len(measures)]
@@ -199,11 +227,7 @@ def comparison_table(results: Mapping[str, Results], baseline: Union[str, Sequen
         text = f"**{text}**"
       cells.append(text + s["markers"][m])
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  markdown = "\n".join(lines) + "\n\n" + legend + "\n"
-  data = {"measures": measures, "baselines": baselines, "test": test, "alpha": alpha,
-          "n_permutations": n_permutations, "seed": seed, "legend": legend,
-          "systems": systems}
-  return markdown, data
+  return "\n".join(lines) + "\n\n" + data["legend"] + "\n"
 
 
 def bar_chart(results: Mapping[str, Results], measures: Optional[Sequence[str]],

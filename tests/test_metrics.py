@@ -214,6 +214,35 @@ def test_comparison_table_markers_legend_and_json():
     metrics.comparison_table(other, "bm25")
 
 
+def test_comparison_markers_use_adjusted_p_values():
+  """A difference with raw p just under 0.05 among several tests loses its marker under
+  Holm (adjusted p = raw p x tests for the smallest); the markdown renders from the dict."""
+  rng = np.random.default_rng(5)
+  base = rng.uniform(0.2, 0.8, size=60)
+  noise = rng.normal(0, 0.05, size=60)
+  results = {"base": _fake_results(base), "other": _fake_results(base + 0.01 * noise)}
+  for shift in np.linspace(0.0, 0.05, 400):
+    results["weak"] = _fake_results(base + noise + shift)
+    raw = metrics.comparison_table(results, "base", ["AP"], correction="none",
+                                   n_permutations=10)[1]
+    p = raw["systems"]["weak"]["vs"]["base"]["AP"]["t_test_p"]
+    if 0.025 < p < 0.05:
+      break
+  assert raw["systems"]["weak"]["markers"]["AP"] == "†"
+  md, data = metrics.comparison_table(results, "base", ["AP"], n_permutations=10)
+  weak = data["systems"]["weak"]["vs"]["base"]["AP"]
+  other_p = data["systems"]["other"]["vs"]["base"]["AP"]["t_test_p"]
+  assert data["tests"] == 2 and data["correction"] == "holm"
+  first = min(1.0, 2 * min(p, other_p))          # Holm over two tests, written out
+  want = first if p <= other_p else max(first, p)
+  assert weak["p_adjusted"] == pytest.approx(want, rel=1e-12)
+  assert weak["p_adjusted"] > 0.05 and data["systems"]["weak"]["markers"]["AP"] == ""
+  assert "Holm-adjusted over the table's 2 tests" in md
+  assert metrics.comparison_markdown(data) == md
+  with pytest.raises(ValueError, match="correction"):
+    metrics.comparison_table(results, "base", correction="bonferroni")
+
+
 def test_bar_chart_writes_png(tmp_path):
   results = {"a": _fake_results([0.1, 0.3]), "b": _fake_results([0.4, 0.2])}
   path = tmp_path / "out" / "chart.png"
