@@ -413,13 +413,164 @@ def check(directory: str) -> Optional[str]:
   return "lengths differ"
 
 
+# ---------------------------------------------------------------------------
+# The demo's tables and the README's generated blocks.
+
+DEMO_JSON = "demo.json"
+# The questions the README's answer block puts to the studies: (A, B, what it asks).
+QUESTIONS = (
+    ("loss=ot-ranking", "loss=ranking", "token-level OT added to the ranking term, over the ranking term alone"),
+    ("loss=ot", "loss=sentence", "the paper's plain OT loss over sentence-level distillation"),
+    ("loss=ranking", "loss=sentence", "the ranking term alone over sentence-level distillation"),
+    ("loss=ot-ranking", "loss=sentence", "OT + ranking over sentence-level distillation"),
+)
+USAGE = ("usage: python -m optical_jax.report [--check] DIR... | --readme [--check] README.md"
+         " | --demo OUT --settings 'e5 ...' --lang L --seconds N")
+
+
+def demo_data(out: str, settings: Sequence[str], lang: str, seconds: int) -> Dict[str, Any]:
+  """demo.json: each setting's comparison table data (eval-SETTING/comparison.json, less
+  this machine's paths) and its shipped loss, the language and the wall time."""
+  data: Dict[str, Any] = {"lang": lang, "seconds": int(seconds), "settings": {}}
+  for setting in settings:
+    comp = fileio.read_json(_join(out, f"eval-{setting}/comparison.json"))
+    shipped = (fileio.read_text(_join(out, f"eval-{setting}/shipped_loss.txt")) or "").strip()
+    if not comp or not shipped:
+      raise InputError(f"no finished evaluation of setting {setting}", _join(out, f"eval-{setting}"))
+    comp = dict(comp, dataset={k: str(v).rsplit("/", 1)[-1] for k, v in comp["dataset"].items()})
+    data["settings"][setting] = {"shipped_loss": shipped, "comparison": comp}
+  return data
+
+
+def demo_markdown(data: Mapping[str, Any], level: int = 1) -> str:
+  """The demo's results page (results.md; the README's demo block one heading level down)."""
+  from optical_jax import metrics  # pylint: disable=g-import-not-at-top
+  h = "#" * level
+  first = next(iter(data["settings"].values()))["comparison"]
+  lines = [f"{h} optical-jax demo: AfriQA-CLIR {data['lang']} test, full search over the "
+           "English passage pool", "",
+           f"{first['num_judged_queries']} judged queries, {first['num_passages']} passages. One "
+           "training run (seed 0) per loss, so the markers compare these trained models over "
+           "queries; whether one loss beats another over training runs is what the studies "
+           f"test. The run took {data['seconds'] // 60} min {data['seconds'] % 60} s on the "
+           "machine that made it (set-up included).", ""]
+  for setting, entry in data["settings"].items():
+    shipped = entry["shipped_loss"]
+    row = f"{setting}-{shipped.replace('+', '-')}"
+    lines += [f"{h}# {setting}", "",
+              f"Shipped loss of `configs/swa_{setting}.py`: `{shipped}` (row `{row}`).", "",
+              metrics.comparison_markdown(entry["comparison"]).rstrip("\n"), ""]
+  return "\n".join(lines)
+
+
+def write_demo(out: str, settings: Sequence[str], lang: str, seconds: int) -> str:
+  data = demo_data(out, settings, lang, seconds)
+  fileio.write_json(_join(out, DEMO_JSON), data)
+  text = demo_markdown(data)
+  fileio.write_text(_join(out, "results.md"), text)
+  return text
+
+
+def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
+  """The README's answer block: for each of `QUESTIONS`, every study that tests it in its
+  primary family, and how many of them the corrected run-level test holds in."""
+  rows, count = [], {q[:2]: [0, 0] for q in QUESTIONS}
+  for directory, name in zip(study_dirs, names):
+    data = load(directory)
+    for c in comparisons(data):
+      key = (c["a"], c["b"])
+      if c["family"] != "primary" or key not in count:
+        continue
+      if not math.isnan(c["run_t_p"]):   # one run (or tied runs): nothing to test
+        count[key][0] += int(c["significant"])
+        count[key][1] += 1
+      ctx = ",".join(f"{k}={v}" for k, v in c["context"].items())
+      rows.append((QUESTIONS.index(next(q for q in QUESTIONS if q[:2] == key)), name, ctx, c))
+  rows.sort(key=lambda r: r[0])
+  lines = []
+  for a, b, text in QUESTIONS:
+    held, total = count[(a, b)]
+    untested = sum(1 for r in rows if (r[3]["a"], r[3]["b"]) == (a, b)) - total
+    if total or untested:
+      verdict = "holds in" if held else "holds in none of"
+      lines.append(f"- **{text[0].upper() + text[1:]}**: the corrected run-level test "
+                   f"{verdict} {f'{held} of ' if held else ''}{total} primary test(s)"
+                   + (f"; {untested} more with one run per arm cannot be tested" if untested
+                      else "") + ".")
+  lines += ["", "| question | study | dataset | setting | measure | mean A − B | runs | "
+            "run t p | run p, adjusted | holds |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+  for i, name, ctx, c in rows:
+    lines.append(f"| {c['a']} vs {c['b']} | [{name}](docs/studies/{name}/summary.md) | "
+                 f"{c['dataset']} | {ctx} | {c['measure']} | {c['mean_diff']:+.3f} | {c['runs']} | "
+                 f"{stats.format_p(c['run_t_p'])} | {stats.format_p(c['run_t_p_adj'])} | "
+                 f"{'yes' if c['significant'] else ('no' if not math.isnan(c['run_t_p']) else '—')} |")
+    del i
+  return "\n".join(lines)
+
+
+def _blocks(root: str) -> Dict[str, str]:
+  """The README's generated blocks, rendered from the committed data under `root`."""
+  import glob as glob_lib  # pylint: disable=g-import-not-at-top
+  dirs = sorted(d.rstrip("/") for d in glob_lib.glob(_join(root, "docs/studies/*/"))
+                if fileio.read_json(_join(d, META)))
+  names = [d.rsplit("/", 1)[-1] for d in dirs]
+  out = {"answer": answer_markdown(dirs, names)}
+  demo = fileio.read_json(_join(root, f"docs/demo/{DEMO_JSON}"))
+  out["demo"] = (demo_markdown(demo, level=3) if demo else
+                 f"(No demo run is committed: `docs/demo/{DEMO_JSON}` is missing.)")
+  return out
+
+
+_BLOCK = re.compile(r"(<!-- generated: (\w+) \(python -m optical_jax.report --readme README.md\) -->\n)"
+                    r"(.*?)(<!-- end generated: \2 -->)", re.S)
+
+
+def render_readme(path: str) -> str:
+  """The README with each generated block rendered anew from the committed data."""
+  text = fileio.read_text(path)
+  if text is None:
+    raise InputError("cannot read the README", path)
+  root = path.rsplit("/", 1)[0] if "/" in path else "."
+  blocks = _blocks(root)
+
+  def sub(m):
+    if m.group(2) not in blocks:
+      raise InputError(f"README block {m.group(2)!r}: no data to render it from", path)
+    return m.group(1) + blocks[m.group(2)].rstrip("\n") + "\n" + m.group(4)
+  return _BLOCK.sub(sub, text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m optical_jax.report [--check] DIR...`: render (or check) study pages."""
+  """`python -m optical_jax.report [--check] DIR...`: render (or check) study pages;
+  `--readme [--check] README.md`: the README's generated blocks; `--demo OUT ...`: the
+  demo's results.md and demo.json."""
   args = list(sys.argv[1:] if argv is None else argv)
+  try:
+    if args[:1] == ["--demo"]:
+      opts = dict(zip(args[2::2], args[3::2]))
+      print(write_demo(args[1], opts.get("--settings", "e5").split(), opts.get("--lang", "swa"),
+                       int(opts.get("--seconds", 0))), end="")
+      return 0
+    if args[:1] == ["--readme"]:
+      rest = [a for a in args[1:] if a != "--check"]
+      path = rest[0] if rest else "README.md"
+      new = render_readme(path)
+      if "--check" in args:
+        if new != fileio.read_text(path):
+          print(f"{path}: a generated block differs from what the committed data renders "
+                f"(python -m optical_jax.report --readme {path})", file=sys.stderr)
+          return 1
+        return 0
+      fileio.write_text(path, new)
+      print(f"{path}: generated blocks rendered")
+      return 0
+  except (InputError, IndexError, ValueError) as e:
+    print(f"error: {e}" if not isinstance(e, IndexError) else USAGE, file=sys.stderr)
+    return 2
   do_check = "--check" in args
   dirs = [a for a in args if a != "--check"]
   if not dirs:
-    print("usage: python -m optical_jax.report [--check] DIR...", file=sys.stderr)
+    print(USAGE, file=sys.stderr)
     return 2
   bad = 0
   for d in dirs:

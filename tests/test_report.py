@@ -140,3 +140,50 @@ def test_missing_report_json_is_one_line(tmp_path):
   assert report.main([str(tmp_path)]) == 2
   with pytest.raises(Exception, match="report.json"):
     report.load(str(tmp_path))
+
+
+def test_readme_blocks_are_what_the_committed_data_renders():
+  readme = os.path.join(ROOT, "README.md")
+  text = open(readme, encoding="utf-8").read()
+  assert "<!-- generated: answer " in text and "<!-- generated: demo " in text
+  assert report.render_readme(readme) == text, "python -m optical_jax.report --readme README.md"
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+  import re  # pylint: disable=g-import-not-at-top
+  pages = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                        recursive=True)
+  for page in pages:
+    text = open(page, encoding="utf-8").read()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+      if "://" in target:
+        continue
+      path = os.path.normpath(os.path.join(os.path.dirname(page), target))
+      assert os.path.exists(path), f"{page}: link to {target} does not resolve"
+
+
+def test_demo_tables_render_from_demo_json(tmp_path):
+  from optical_jax import metrics  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  base = rng.uniform(0, 1, 40)
+
+  def res(v):
+    return {"per_query": {"nDCG@10": {f"q{i}": float(x) for i, x in enumerate(v)}},
+            "aggregate": {"nDCG@10": float(np.mean(v))}, "num_queries": len(v)}
+  results = {"e5-zeroshot": res(base), "e5-sentence": res(base + 0.1),
+             "e5-ranking": res(base + 0.15), "e5-ot-ranking": res(base + 0.16)}
+  _, comp = metrics.comparison_table(results, ["e5-zeroshot", "e5-sentence", "e5-ranking"],
+                                     n_permutations=10)
+  comp = dict(comp, dataset={"queries": "/somewhere/swa.test.jsonl"}, num_judged_queries=40,
+              num_passages=100)
+  (tmp_path / "eval-e5").mkdir()
+  (tmp_path / "eval-e5" / "comparison.json").write_text(json.dumps(comp))
+  (tmp_path / "eval-e5" / "shipped_loss.txt").write_text("ot+ranking\n")
+  text = report.write_demo(str(tmp_path), ["e5"], "swa", 125)
+  assert "Shipped loss of `configs/swa_e5.py`: `ot+ranking` (row `e5-ot-ranking`)" in text
+  assert "2 min 5 s" in text and metrics.comparison_markdown(comp).splitlines()[0] in text
+  data = json.loads((tmp_path / "demo.json").read_text())
+  assert data["settings"]["e5"]["comparison"]["dataset"]["queries"] == "swa.test.jsonl"
+  assert report.demo_markdown(data) == (tmp_path / "results.md").read_text()
+  with pytest.raises(Exception, match="no finished evaluation"):
+    report.demo_data(str(tmp_path), ["minilm"], "swa", 1)
