@@ -45,6 +45,7 @@ META = "report.json"
 RESULTS = "results.csv"
 PER_QUERY = "per_query.csv.gz"
 SELECTION = "selection.json"
+SELECTION_MD = "selection.md"
 SUMMARY = "summary.md"
 PER_QUERY_COLUMNS = ("cell", "dataset", "system", "measure", "query", "value")
 REFERENCE = "reference"
@@ -279,6 +280,25 @@ def _merge_seeds(a_q: Sequence[Mapping[str, Mapping[str, float]]],
 # The page.
 
 
+def selection_markdown(result: Mapping[str, Any]) -> str:
+  """selection.md (from selection.json): the candidates ranked, the choice, the data it
+  was made on."""
+  axis, measure = result["axis"], result["measure"]
+  ranked = sorted(result["candidates"], key=lambda c: -c["score"])
+  lines = [f"# Selection of `{axis}` for study `{result['study']}`", "",
+           f"Rule: {result['rule']}. Chosen: **{axis}={result['chosen']}**; the test stage "
+           f"also runs {', '.join(f'{axis}={v}' for v in result['keep']) or 'nothing else'}.",
+           "", "Selection grid: " + "; ".join(f"{a} = {', '.join(str(x) for x in v)}"
+                                              for a, v in result["selection_axes"].items()
+                                              if a != axis) + ".", "",
+           f"| {axis} | mean {measure} | (cell, dataset) values |", "|---|---:|---:|"]
+  for c in ranked:
+    lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} |")
+  lines += ["", "Files read (queries and judgements; none is a test file):", ""]
+  lines += [f"- `{f}`" for f in result["files"]]
+  return "\n".join(lines) + "\n"
+
+
 def _fmt(v: Optional[float], digits: int = 3) -> str:
   return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -397,20 +417,28 @@ def write(directory: str) -> str:
   markdown, numbers = render(directory)
   fileio.write_text(_join(directory, SUMMARY), markdown)
   fileio.write_json(_join(directory, "summary.json"), numbers)
+  selection = fileio.read_json(_join(directory, SELECTION))
+  if selection:
+    fileio.write_text(_join(directory, SELECTION_MD), selection_markdown(selection))
   return markdown
 
 
 def check(directory: str) -> Optional[str]:
-  """None when the committed summary.md is what its data renders, else the first
-  differing line."""
-  want, _ = render(directory)
-  have = fileio.read_text(_join(directory, SUMMARY)) or ""
-  if have == want:
-    return None
-  for i, (x, y) in enumerate(zip(have.splitlines() + [""], want.splitlines() + [""]), 1):
-    if x != y:
-      return f"line {i}: committed {x!r}, rendered {y!r}"
-  return "lengths differ"
+  """None when the committed summary.md (and selection.md, with a selection.json) is
+  what its data renders, else the first differing line."""
+  pages = [(SUMMARY, render(directory)[0])]
+  selection = fileio.read_json(_join(directory, SELECTION))
+  if selection:
+    pages.append((SELECTION_MD, selection_markdown(selection)))
+  for name, want in pages:
+    have = fileio.read_text(_join(directory, name)) or ""
+    if have == want:
+      continue
+    for i, (x, y) in enumerate(zip(have.splitlines() + [""], want.splitlines() + [""]), 1):
+      if x != y:
+        return f"{name} line {i}: committed {x!r}, rendered {y!r}"
+    return f"{name}: lengths differ"
+  return None
 
 
 # ---------------------------------------------------------------------------

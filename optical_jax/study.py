@@ -522,7 +522,7 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
 # The selection stage.
 
 SELECT_DIR = "select"
-SELECTION = "selection.json"
+SELECTION = report.SELECTION
 # Evaluator config fields that name the files a dataset's queries and judgements come
 # from (a shared passage pool is not selection data: it holds no query or judgement).
 _QUERY_FILE_FIELDS = ("queries", "qrels", "path")
@@ -634,7 +634,7 @@ def _finished_keys(config, workdir: str) -> List[str]:
 def choose(config, workdir: str, *, log: Log = _stderr) -> Dict[str, Any]:
   """The selection stage's choice, from its finished cells alone; writes
   `WORKDIR/selection.json` (candidates, their scores and per-cell evidence, the files
-  read) and `selection.md`. InputError while a selection cell is unfinished."""
+  read, as their folder/name) and `selection.md`. InputError while a selection cell is unfinished."""
   workdir = os.path.abspath(workdir)
   stage = selection_stage(config)
   if stage is None:
@@ -672,30 +672,13 @@ def choose(config, workdir: str, *, log: Log = _stderr) -> Dict[str, Any]:
                      "(each (cell, dataset) mean weighted equally; ties: axis order)"),
             "chosen": best["value"], "keep": keep,
             "selection_axes": {a: list(v) for a, v in axes(stage).items()},
-            "files": sorted(files), "candidates": candidates}
+            "files": sorted("/".join(f.split(os.sep)[-2:]) for f in files),
+            "candidates": candidates}
   write_json(os.path.join(workdir, SELECTION), result)
-  write_text(os.path.join(workdir, "selection.md"), selection_markdown(result))
+  write_text(os.path.join(workdir, report.SELECTION_MD), report.selection_markdown(result))
   log(f"study {config.name}: selection on {measure} chose {sel.axis}={best['value']} "
       f"({best['score']:.4f}); test stage: {', '.join(str(v) for v in _test_values(config, best['value']))}")
   return result
-
-
-def selection_markdown(result: Mapping[str, Any]) -> str:
-  """selection.md: the candidates ranked, the choice, the data it was made on."""
-  axis, measure = result["axis"], result["measure"]
-  ranked = sorted(result["candidates"], key=lambda c: -c["score"])
-  lines = [f"# Selection of `{axis}` for study `{result['study']}`", "",
-           f"Rule: {result['rule']}. Chosen: **{axis}={result['chosen']}**; the test stage "
-           f"also runs {', '.join(f'{axis}={v}' for v in result['keep']) or 'nothing else'}.",
-           "", "Selection grid: " + "; ".join(f"{a} = {', '.join(str(x) for x in v)}"
-                                              for a, v in result["selection_axes"].items()
-                                              if a != axis) + ".", "",
-           f"| {axis} | mean {measure} | (cell, dataset) values |", "|---|---:|---:|"]
-  for c in ranked:
-    lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} |")
-  lines += ["", "Files read (queries and judgements; none is a test file):", ""]
-  lines += [f"- `{f}`" for f in result["files"]]
-  return "\n".join(lines) + "\n"
 
 
 def _test_values(config, chosen) -> List[Any]:
