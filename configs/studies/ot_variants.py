@@ -10,6 +10,9 @@ Grid: setting x lang x loss arm x seed. A setting is a teacher/student pair:
   colbert  the ColBERT-style MiniLM teacher (all-MiniLM-L6-v2 + 128-d head, MaxSim;
            train it first with `configs/teacher_colbert.py`, `teacher=DIR` points at its
            export) -> a copy of it, evaluated with MaxSim (`configs/colbert_minilm.py`)
+  colbert-e5  the same on multilingual-e5-small (`configs/teacher_colbert.py:backbone=e5`,
+           `teacher_e5=DIR`): an English late-interaction retriever on a multilingual
+           encoder, OPTICAL's own premise
 Loss arms (`ARMS`): sentence-level distillation, plain OT, the in-batch ranking term
 alone (the best loss without OT in the issue's probe), OT + ranking (`ot-ranking`), the debiased
 Sinkhorn divergence, barycentric token targets, semi-relaxed OT (tau_b 0.5), and OT with
@@ -33,7 +36,7 @@ Scales (the argument `SCALE[,key=value...]`):
           32 cells of 2.5-3.5 min, about a minute of each the MaxSim search, README)
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
-teacher=DIR (the ColBERT teacher export), data_root=DIR, cache_dir=DIR.
+teacher=DIR / teacher_e5=DIR (the ColBERT teacher exports), data_root=DIR, cache_dir=DIR.
 
 Selection (`select`, issue 24's protocol): every arm of `arms=` is a candidate; a
 selection stage trains each with the dev questions held out of the bitext (`tune`) on
@@ -73,7 +76,8 @@ OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relat
 # The loss families (the full scale's arms; the hyper-parameter arms are for selection).
 LOSS_ARMS = ("sentence", "ot", "ranking", "ot-ranking", "divergence", "barycentric", "ot-semi",
              "ot-relative")
-SETTINGS = ("tiny", "minilm", "e5", "colbert")
+SETTINGS = ("tiny", "minilm", "e5", "colbert", "colbert-e5")
+COLBERT = ("colbert", "colbert-e5")   # MaxSim settings
 
 SCALE = {
     "smoke": dict(settings="tiny", langs="swa", arms="sentence+ot+ot-ranking", seeds=1, steps=4,
@@ -98,10 +102,11 @@ def setting_config(setting: str, lang: str, *, teacher_dir: str = "", data_root:
                    tune: bool = False):
   """The setting's trainer config for `lang` (before the arm's overrides); `tune`: the
   language's AfriQA dev questions held out of the bitext (the selection stage)."""
-  if setting == "colbert":
+  if setting in COLBERT:
     from configs import colbert_minilm  # pylint: disable=g-import-not-at-top
     arg = f"{lang},data_root={data_root}" if data_root else lang
     arg += ",tune" if tune else ""
+    arg += ",backbone=e5" if setting == "colbert-e5" else ""
     return colbert_minilm.get_config(arg + (f",teacher={teacher_dir}" if teacher_dir else ""))
   if setting not in SETTINGS:
     raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {setting!r}")
@@ -125,7 +130,7 @@ def train_config(setting: str, lang: str, arm: str, seed: int, *, steps: int,
 
 def get_config(arg: str = "full"):
   args = common.parse_arg(arg, first="scale", scale="full", settings="", langs="", arms="",
-                          seeds=0, steps=0, teacher="", data_root="", cache_dir="",
+                          seeds=0, steps=0, teacher="", teacher_e5="", data_root="", cache_dir="",
                           select=False, keep="", select_langs="", select_seeds=0)
   scale = SCALE[shared.check_scale(args.scale)]
   settings = shared.split_list(args.settings or scale["settings"])
@@ -138,18 +143,21 @@ def get_config(arg: str = "full"):
     if s not in SETTINGS:
       raise ValueError(f"settings= takes {', '.join(SETTINGS)}, got {s!r}")
 
+  def teacher_of(setting):
+    return args.teacher_e5 if setting == "colbert-e5" else args.teacher
+
   def train(v):
     return train_config(v["setting"], v["lang"], v["loss"], v["seed"], steps=steps,
-                        teacher_dir=args.teacher, data_root=root)
+                        teacher_dir=teacher_of(v["setting"]), data_root=root)
 
   def evals(v):
     e = shared.afriqa_eval(v["lang"], root)
-    if v["setting"] == "colbert":
+    if v["setting"] in COLBERT:
       e.scoring = "maxsim"
     return {f"afriqa-{v['lang']}": e}
 
   def references(v):
-    teacher = setting_config(v["setting"], v["lang"], teacher_dir=args.teacher,
+    teacher = setting_config(v["setting"], v["lang"], teacher_dir=teacher_of(v["setting"]),
                              data_root=root).teacher
     name = "teacher" if v["setting"] == "tiny" else v["setting"]
     return shared.reference_systems(teacher, name)
@@ -191,12 +199,13 @@ def set_selection(c, args, steps: int) -> None:
   root = args.data_root
 
   def train(v):
+    teacher = args.teacher_e5 if v["setting"] == "colbert-e5" else args.teacher
     return train_config(v["setting"], v["lang"], v["loss"], v["seed"], steps=steps,
-                        teacher_dir=args.teacher, data_root=root, tune=True)
+                        teacher_dir=teacher, data_root=root, tune=True)
 
   def evals(v):
     e = shared.afriqa_eval(v["lang"], root, split="dev")
-    if v["setting"] == "colbert":
+    if v["setting"] in COLBERT:
       e.scoring = "maxsim"
     return {f"afriqa-{v['lang']}-dev": e}
 
