@@ -193,21 +193,23 @@ def run_level_test(diff: Sequence[float], *, n_permutations: int = DEFAULT_PERMU
           "t_test_p": t_p, "sign_flip_p": p, "exact": exact, "runs": int(d.size)}
 
 
+def _ordered(pvalues: Sequence[float]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(p as floats, an all-nan output, the indices of the non-nan p in ascending order)."""
+  p = np.asarray(pvalues, np.float64)
+  ok = np.flatnonzero(~np.isnan(p))
+  return p, np.full(p.shape, np.nan), ok[np.argsort(p[ok], kind="stable")]
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
   """Holm's step-down adjusted p-values (family-wise error control), in input order.
 
   Sorted ascending p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j +
   1) p_(j)). nan entries are left nan and do not count in m.
   """
-  p = np.asarray(pvalues, np.float64)
-  out = np.full(p.shape, np.nan)
-  ok = np.flatnonzero(~np.isnan(p))
-  m = ok.size
-  if not m:
-    return out
-  order = ok[np.argsort(p[ok], kind="stable")]
-  adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
-  out[order] = np.maximum.accumulate(adjusted)
+  p, out, order = _ordered(pvalues)
+  m = order.size
+  if m:
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
   return out
 
 
@@ -217,15 +219,11 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
   Sorted ascending: adjusted p_(i) = min_{j >= i} min(1, m p_(j) / j). nan entries are
   left nan and do not count in m.
   """
-  p = np.asarray(pvalues, np.float64)
-  out = np.full(p.shape, np.nan)
-  ok = np.flatnonzero(~np.isnan(p))
-  m = ok.size
-  if not m:
-    return out
-  order = ok[np.argsort(p[ok], kind="stable")]
-  scaled = np.minimum(1.0, p[order] * m / np.arange(1, m + 1))
-  out[order] = np.minimum.accumulate(scaled[::-1])[::-1]
+  p, out, order = _ordered(pvalues)
+  m = order.size
+  if m:
+    scaled = np.minimum(1.0, p[order] * m / np.arange(1, m + 1))
+    out[order] = np.minimum.accumulate(scaled[::-1])[::-1]
   return out
 
 
