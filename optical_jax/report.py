@@ -412,6 +412,17 @@ def _comparison_section(data: StudyData, comps: Sequence[Mapping[str, Any]],
   return lines
 
 
+def section(markdown: str, heading: str) -> str:
+  """The lines of `markdown` from the heading starting with `heading` up to the next
+  heading ('' when absent): e.g. the primary family's table, which `study.py` prints."""
+  lines = markdown.splitlines()
+  start = next((i for i, l in enumerate(lines) if l.startswith(heading)), None)
+  if start is None:
+    return ""
+  end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+  return "\n".join(lines[start:end]).strip()
+
+
 def write(directory: str) -> str:
   """Renders and writes summary.md and summary.json; returns the markdown."""
   markdown, numbers = render(directory)

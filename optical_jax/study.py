@@ -1034,8 +1034,11 @@ def aggregate(config, workdir: str, *, log: Log = _stderr) -> Aggregate:
   write_text(csv_path, _csv_text(col.columns, col.rows))
   fileio.write_bytes(os.path.join(workdir, report.PER_QUERY), _per_query_bytes(config, col))
   write_json(os.path.join(workdir, report.META), report_meta(config, col))
-  report.write(workdir)
+  markdown = report.write(workdir)
   summary_path = os.path.join(workdir, report.SUMMARY)
+  primary = report.section(markdown, "### Primary family")
+  if primary:
+    log(primary)
   plots = plot(config, col, os.path.join(workdir, "plots")) if col.rows else []
   log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
       f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")

@@ -416,9 +416,12 @@ def test_selection_chooses_on_selection_cells_alone(tmp_path):
     _finish(c, tmp_path, cell, lambda cl, i: test_rank[cl.values["loss"]] * (i % 2))
   again = study.choose(c, str(tmp_path), log=_quiet)
   assert again == chosen
-  study.aggregate(c, str(tmp_path), log=_quiet)
+  seen = []
+  study.aggregate(c, str(tmp_path), log=seen.append)
   summary = (tmp_path / "summary.md").read_text()
   assert "**loss=ot**" in summary and "loss=ranking" not in summary
+  assert any("chose loss=ot" in s for s in seen)
+  assert any(s.startswith("### Primary family (1 tests)") and "run Holm p" in s for s in seen)
   assert (tmp_path / "select" / "summary.md").exists()
   assert "| ot | 0.5090 | 1 |" in (tmp_path / "selection.md").read_text()
 
