@@ -412,8 +412,10 @@ def test_selection_chooses_on_selection_cells_alone(tmp_path):
       ("loss=ot", "loss=sentence"),)
   # Test results where ranking is best and ot worst: the choice does not move.
   test_rank = {"sentence": 0.5, "ot": 0.1, "ranking": 0.9}
-  for cell in study.grid(study.test_stage(c, "ranking")):
-    _finish(c, tmp_path, cell, lambda cl, i: test_rank[cl.values["loss"]] * (i % 2))
+  for pick in ("ranking", "ot"):
+    for cell in study.grid(study.test_stage(c, pick)):
+      _finish(c, tmp_path, cell,
+              lambda cl, i: test_rank[cl.values["loss"]] * (i % 2) + 0.01 * cl.values["seed"])
   again = study.choose(c, str(tmp_path), log=_quiet)
   assert again == chosen
   seen = []
