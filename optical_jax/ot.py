@@ -22,7 +22,7 @@ Gradient modes (`OTConfig.grad`):
   * 'unroll': backpropagation through the Sinkhorn iterations of ott
     (`implicit_diff=None`); costs memory proportional to the iterations run.
 
-Choosing epsilon and the cost (measured on AfriQA swa, see the README):
+Choosing epsilon and the cost (as the training logs of AfriQA swa runs show them):
   * epsilon only means something relative to the spread of the costs. MiniLM's token
     cosines spread widely (mean cost ~0.7), so 0.05 gives a peaked plan; e5's tokens
     are anisotropic (all pairwise cosines ~0.85, mean cost ~0.16), so at 0.05 the plan

@@ -24,7 +24,7 @@ Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, low swa, high ell, weights 0 and 0.1, 1 seed, 4 steps (tests)
   cpu     e5-small, low swa+hau, high ell+hin, weights 0, 0.03, 0.3, 1 seed, 60 steps of
           32 pairs (measured: 15 min with the passages already in the embedding
-          cache from study (b); results in the README)
+          cache from study (b); results: docs/studies/adversarial_cpu/)
   full    e5-small, low swa+hau+yor+zul, high ell+hin+tur+tha, weights 0, .01, .03, .1, .3,
           losses ot and sentence, 3 seeds, 2000 steps: GPU/TPU (`--shard=i/n`, `--aggregate`)
 Keys: weights=0+0.1, low=swa, high=ell, losses=ot+sentence, seeds=N, steps=N,

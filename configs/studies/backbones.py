@@ -54,7 +54,7 @@ Scales (the argument `SCALE[,key=value...]`):
           training 2 x (3.6 + 1.6 + 3.6) = 18 min, passages encoded once per teacher
           (e5 about 9 min for AfriQA's 5,413, MiniLM about 3), queries and the small
           XQuAD-R / Tatoeba corpora about 1 min per cell: 40-45 min in all; measured 20 min
-          with the AfriQA passages already in the embedding cache (README, study (e))
+          with the AfriQA passages already in the embedding cache (docs/studies/backbones_cpu/)
   full    xlmr-base, mbert, labse, e5, swa+hau+yor+zul, 3 seeds, 1000 steps; XQuAD-R
           el+hi+tr+th: for GPU/TPU (`--shard=i/n`, then `--aggregate`)
 Keys overriding the scale: langs=swa+hau, backbones=e5+labse, losses=sentence+ot, seeds=N,

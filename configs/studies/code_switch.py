@@ -25,7 +25,7 @@ Scales (the argument `SCALE[,key=value...]`):
   cpu     MiniLM (English teacher, student a copy; the `configs/swa_minilm.py` setting),
           swa, rates 0, .1, .25, .5, losses sentence and OT, 1 seed, 100 steps of 32
           pairs: 8 trained cells and one reference cell (measured: 36 min on the
-          project's 2 CPU cores shared with other jobs, load 3-5; results in the README)
+          project's 2 CPU cores shared with other jobs, load 3-5; docs/studies/code_switch_cpu/)
   full    e5-small, swa+hau+yor+zul and ell+hin+tur, the same rates and losses, 3 seeds,
           1000 steps: for GPU/TPU (`--shard=i/n`, then `--aggregate`)
 Keys: langs=swa+ell, rates=0+0.25, losses=ot, seeds=N, steps=N, model=tiny|minilm|e5,

@@ -25,7 +25,7 @@ Scales (the argument `SCALE[,key=value...]`):
   cpu     e5-small, low swa+hau+yor+zul, high el+hi+tr+th, ratios 0, .25, .5, .75, 1,
           1 seed, 60 steps of 32 pairs; evaluated on AfriQA swa, hau and XQuAD-R el, hi
           and MLQA-R hi (measured: 60 min on the project's 2 CPU cores shared with other
-          jobs, load 3-6; results in the README)
+          jobs, load 3-6; docs/studies/language_ratio_cpu/)
   full    the same languages, 3 seeds, 2000 steps, every AfriQA language and XQuAD-R
           el, hi, tr, th and MLQA-R hi: for GPU/TPU (`--shard=i/n`, then `--aggregate`)
 Keys: ratios=0+0.5+1, low=swa+hau, high=ell+hin, seeds=N, steps=N, model=tiny|e5,

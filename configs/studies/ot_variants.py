@@ -16,24 +16,25 @@ Grid: setting x lang x loss arm x seed. A setting is a teacher/student pair:
 Loss arms (`ARMS`): sentence-level distillation, plain OT, the in-batch ranking term
 alone (the best loss without OT in the issue's probe), OT + ranking (`ot-ranking`), the debiased
 Sinkhorn divergence, barycentric token targets, semi-relaxed OT (tau_b 0.5), and OT with
-a relative epsilon. The arms use the settings' defaults, not tuned values: tune each
-family on held-out data only (`configs/swa_*.py:swa,tune` val_p@1, or hau/zul dev qrels)
-and put the winners in `ARMS` before a full run. Every cell evaluates its language's
-AfriQA-CLIR test; the paired comparisons set each arm against sentence-level
-distillation and each OT arm against the ranking term alone, per language and pooled
-over the languages' queries and seeds (`pool_axes`): an OT-based loss that beats both
-pooled at p < 0.05 is the evidence the issue asks for. The training logs keep what
-drives the differences (plan entropy, mean cost, converged fraction, plan mass).
+a relative epsilon, and hyper-parameter candidates of the ranking family (temperature
+0.02, weight 0.5 / 2) for selection stages. The arms use the settings' defaults; choose
+among them on dev data only, with the selection stage (`select`, below). Every cell of
+the test stage evaluates its language's AfriQA-CLIR test; the comparisons set each arm
+against sentence-level distillation and each OT arm against the ranking term alone, per
+language and pooled over the languages (`pool_axes`), with the (language, seed) runs as
+units and Holm-adjusted p-values (`optical_jax.report`): an OT-based loss whose adjusted
+pooled run-level test beats both is the evidence to look for. The training logs keep
+what drives the differences (plan entropy, mean cost, converged fraction, plan mass).
 
 Scales (the argument `SCALE[,key=value...]`):
   smoke   tiny random encoders, swa, arms sentence / ot / ot-ranking, 1 seed, 4 steps (tests)
   cpu     minilm, swa+hau, arms sentence / ot / ranking / ot-ranking, 2 seeds, 100 steps
           (measured: 36 min on 2 CPU cores with the swa/hau passages in the embedding
-          cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more, README;
+          cache; `langs=swa+hau+yor+zul,arms=...+divergence` took 54 min more;
           `settings=e5,langs=swa+hau+yor+zul,arms=sentence+ranking+ot-ranking`: 24 e5
-          cells of 3.5-4 min with the float16 teacher-token cache, README;
+          cells of 3.5-4 min with the float16 teacher-token cache;
           `settings=colbert,langs=swa+hau+yor+zul,arms=sentence+ranking+ot-ranking+barycentric`:
-          32 cells of 2.5-3.5 min, about a minute of each the MaxSim search, README)
+          32 cells of 2.5-3.5 min, about a minute of each the MaxSim search; docs/studies/)
   full    minilm + e5 + colbert, swa+hau+yor+zul, every arm, 3 seeds, 1000 steps (GPU/TPU)
 Keys: settings=minilm+e5, langs=swa+hau, arms=sentence+ot, seeds=N, steps=N,
 teacher=DIR / teacher_e5=DIR (the ColBERT teacher exports), data_root=DIR, cache_dir=DIR.
