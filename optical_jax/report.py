@@ -291,9 +291,14 @@ def selection_markdown(result: Mapping[str, Any]) -> str:
            "", "Selection grid: " + "; ".join(f"{a} = {', '.join(str(x) for x in v)}"
                                               for a, v in result["selection_axes"].items()
                                               if a != axis) + ".", "",
-           f"| {axis} | mean {measure} | (cell, dataset) values |", "|---|---:|---:|"]
+           f"| {axis} | mean {measure} | (cell, dataset) values | each value |",
+           "|---|---:|---:|---|"]
   for c in ranked:
-    lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} |")
+    each = []
+    for key, per in c["cells"].items():
+      where = ",".join(p for p in key.split(",") if not p.startswith(f"{axis}="))
+      each += [f"{where} {dataset}: {v:.3f}" for dataset, v in per.items()]
+    lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} | {'; '.join(each)} |")
   lines += ["", "Files read (queries and judgements; none is a test file):", ""]
   lines += [f"- `{f}`" for f in result["files"]]
   return "\n".join(lines) + "\n"

@@ -425,7 +425,8 @@ def test_selection_chooses_on_selection_cells_alone(tmp_path):
   assert any("chose loss=ot" in s for s in seen)
   assert any(s.startswith("### Primary family (1 tests)") and "run Holm p" in s for s in seen)
   assert (tmp_path / "select" / "summary.md").exists()
-  assert "| ot | 0.5090 | 1 |" in (tmp_path / "selection.md").read_text()
+  assert "| ot | 0.5090 | 1 | lang=hau,seed=0 afriqa-hau-dev: 0.509 |" in (
+      tmp_path / "selection.md").read_text()
 
 
 def test_selection_stage_refuses_test_data_and_leaky_bitext(tmp_path):
