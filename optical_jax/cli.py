@@ -207,6 +207,11 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
     aggregate = flags.FLAGS["aggregate"]
   else:
     aggregate = flags.DEFINE_bool("aggregate", False, "Only aggregate finished cells.")
+  if "select_only" in flags.FLAGS:
+    select_only = flags.FLAGS["select_only"]
+  else:
+    select_only = flags.DEFINE_bool("select_only", False, "Run the selection stage and "
+                                    "write the choice, not the test stage.")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(_):
@@ -219,7 +224,7 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
             f"{os.path.abspath(workdir.value)}")
       return 0
     parts = study.parse_shard(shard.value or "0/1")
-    result = study.run(config.value, workdir.value, shard=parts)
+    result = study.run(config.value, workdir.value, shard=parts, select_only=select_only.value)
     print(f"done: ran {len(result.ran)} cells, {len(result.skipped)} already finished "
           f"({len(result.shard_cells)} in this shard, {result.total} in the grid)")
     return 0

@@ -451,14 +451,15 @@ def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
 
 
 def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _stderr,
-        aggregate_after: Optional[bool] = None) -> StudyResult:
+        aggregate_after: Optional[bool] = None, select_only: bool = False) -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
 
   With a selection stage (`config.select.axis`), its cells run first (in
   `WORKDIR/select/`, sharded the same way); once all of them have finished, the choice
   is written to `WORKDIR/selection.json` and `selection.md`, and the test stage runs the
-  chosen and kept values. A shard that finds the selection stage unfinished stops after
-  its own selection cells (rerun it when every shard has).
+  chosen and kept values (`select_only`: stop after the choice). A shard that finds the
+  selection stage unfinished stops after its own selection cells (rerun it when every
+  shard has).
 
   Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
@@ -475,6 +476,8 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
         "shards; rerun this command when every shard has finished")
     return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, False)
   chosen = choose(config, workdir, log=log)
+  if select_only:
+    return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, sel.aggregated)
   result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after)
   return StudyResult(sel.ran + result.ran, sel.skipped + result.skipped,
                      sel.shard_cells + result.shard_cells, sel.total + result.total,

@@ -402,6 +402,8 @@ def test_selection_chooses_on_selection_cells_alone(tmp_path):
             lambda cl, i: dev_rank[cl.values["loss"]] + 0.01 * (i % 3))
   with pytest.raises(InputError, match="unfinished"):
     study.choose(c, str(tmp_path / "empty"), log=_quiet)
+  only = study.run(c, str(tmp_path), select_only=True, log=_quiet)
+  assert only.ran == [] and len(only.skipped) == 3 and not (tmp_path / "cells").exists()
   chosen = study.choose(c, str(tmp_path), log=_quiet)
   assert chosen["chosen"] == "ot" and chosen["keep"] == ["sentence"]
   assert all(".dev." in f for f in chosen["files"]) and len(chosen["files"]) == 2
