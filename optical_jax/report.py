@@ -518,7 +518,7 @@ def write_demo(out: str, settings: Sequence[str], lang: str, seconds: int) -> st
 def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
   """The README's answer block: for each of `QUESTIONS`, every study that tests it in its
   primary family, and how many of them the corrected run-level test holds in."""
-  rows, count = [], {q[:2]: [0, 0] for q in QUESTIONS}
+  rows, count = [], {q[:2]: [0, 0, 0] for q in QUESTIONS}   # above, tested, below
   for directory, name in zip(study_dirs, names):
     data = load(directory)
     for c in comparisons(data):
@@ -526,30 +526,41 @@ def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
       if c["family"] != "primary" or key not in count:
         continue
       if not math.isnan(c["run_t_p"]):   # one run (or tied runs): nothing to test
-        count[key][0] += int(c["significant"])
+        count[key][0] += int(c["significant"] and c["mean_diff"] > 0)
         count[key][1] += 1
+        count[key][2] += int(c["significant"] and c["mean_diff"] < 0)
       ctx = ",".join(f"{k}={v}" for k, v in c["context"].items())
       rows.append((QUESTIONS.index(next(q for q in QUESTIONS if q[:2] == key)), name, ctx, c))
   rows.sort(key=lambda r: r[0])
   lines = []
   for a, b, text in QUESTIONS:
-    held, total = count[(a, b)]
+    held, total, below = count[(a, b)]
     untested = sum(1 for r in rows if (r[3]["a"], r[3]["b"]) == (a, b)) - total
     if total or untested:
       verdict = "holds in" if held else "holds in none of"
       lines.append(f"- **{text[0].upper() + text[1:]}**: the corrected run-level test "
                    f"{verdict} {f'{held} of ' if held else ''}{total} primary test(s)"
+                   + (f"; significantly below in {below}" if below else "")
                    + (f"; {untested} more with one run per arm cannot be tested" if untested
                       else "") + ".")
   lines += ["", "| question | study | dataset | setting | measure | mean A − B | runs | "
-            "run t p | run p, adjusted | holds |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+            "run t p | run p, adjusted | A above B |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
   for i, name, ctx, c in rows:
     lines.append(f"| {c['a']} vs {c['b']} | [{name}](docs/studies/{name}/summary.md) | "
                  f"{c['dataset']} | {ctx} | {c['measure']} | {c['mean_diff']:+.3f} | {c['runs']} | "
                  f"{stats.format_p(c['run_t_p'])} | {stats.format_p(c['run_t_p_adj'])} | "
-                 f"{'yes' if c['significant'] else ('no' if not math.isnan(c['run_t_p']) else '—')} |")
+                 f"{_verdict(c)} |")
     del i
   return "\n".join(lines)
+
+
+def _verdict(c: Mapping[str, Any]) -> str:
+  """'yes' (A significantly above B), 'below' (significantly below), 'no', '—' (untestable)."""
+  if math.isnan(c["run_t_p"]):
+    return "—"
+  if not c["significant"]:
+    return "no"
+  return "yes" if c["mean_diff"] > 0 else "below"
 
 
 def _blocks(root: str) -> Dict[str, str]:
