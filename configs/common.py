@@ -443,11 +443,12 @@ def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
   English token embeddings are computed once and read from a float16 cache
   (`data.teacher_cache`; `--config.data.teacher_cache=` runs the teacher every step).
   The loss is token-level OT plus the in-batch translation-ranking term (`ot+ranking`,
-  weight 1, temperature 0.05): issue 14's comparison (README, "OT variants") found it
-  above sentence-level distillation in the MiniLM, e5 and ColBERT settings and above the
-  ranking term alone in the e5 setting (level with it in the other two), pooled over
-  swa/hau/yor/zul test queries; `--config.loss.loss=ot` is the paper's plain OPTICAL
-  loss. Config files set the learning rate and loss settings they were tuned with.
+  weight 1, temperature 0.05). In the e5 setting (`configs/swa_e5.py`) that is the
+  selection stage's pick on dev data (docs/studies/ot_variants_e5_select_cpu/
+  selection.md); for the MiniLM and ColBERT settings no selection stage has chosen it
+  yet (it was first picked from test results, which the README withdraws).
+  `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config files set the
+  learning rate and loss settings they were tuned with.
   """
   from optical_jax.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()

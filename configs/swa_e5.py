@@ -25,4 +25,8 @@ def get_config(arg: str = "swa"):
   c.optim.freeze = ("word_embeddings",)
   c.loss.ot.epsilon = 0.005
   c.loss.ot.max_iterations = 500
+  # The loss: the selection stage's pick among sentence, ranking, ot, ot+ranking and
+  # divergence, on hau/zul dev qrels with the dev questions held out of the bitext
+  # (docs/studies/ot_variants_e5_select_cpu/selection.md; no test query was read).
+  c.loss.loss = "ot+ranking"
   return c

@@ -42,8 +42,8 @@ def test_training_configs_build(name, arg):
     models.validate_spec(c[side], side) if c[side].weights != "hf" or c[side].path else None
   if c.mode == "distill":
     assert c.data.bitext.sources
-  if name in ("swa_minilm", "swa_e5", "colbert_minilm"):  # issue 14's winner, the shipped default
-    assert c.loss.loss == "ot+ranking" and c.data.teacher_cache == "float16"
+  if name in ("swa_minilm", "swa_e5", "colbert_minilm"):
+    assert c.data.teacher_cache == "float16"
   if arg and "tune" in arg:
     assert c.validation.sources and all("dev" not in str(s["path"]) for s in c.data.bitext.sources
                                         if s["type"] == "jsonl")
@@ -68,6 +68,28 @@ def test_e5_colbert_setting_is_e5_with_a_maxsim_head():
   assert _load("colbert_minilm").get_config("swa").teacher.query_prefix == ""
   with pytest.raises(ValueError, match="backbone"):
     _load("teacher_colbert").get_config("backbone=bert")
+
+
+# Shipped config -> the committed selection page whose pick it must carry.
+SELECTED = {"swa_e5": "ot_variants_e5_select_cpu"}
+
+
+@pytest.mark.parametrize("name", sorted(SELECTED))
+def test_shipped_loss_is_the_selection_stages_pick(name):
+  """The config's loss settings are those of the arm its committed selection chose, and
+  that choice read no test file."""
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  page = os.path.join(os.path.dirname(__file__), "..", "docs", "studies", SELECTED[name])
+  with open(os.path.join(page, "selection.json"), encoding="utf-8") as f:
+    selection = json.load(f)
+  assert selection["files"] and all(".test." not in f for f in selection["files"])
+  assert all(".dev." in f for f in selection["files"])
+  c = _load(name).get_config("swa")
+  for key, value in ot_variants.ARMS[selection["chosen"]].items():
+    node = c
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, (key, node, value)
 
 
 def test_swa_bitext_excludes_test_queries():
