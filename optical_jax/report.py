@@ -417,6 +417,17 @@ def _comparison_section(data: StudyData, comps: Sequence[Mapping[str, Any]],
   return lines
 
 
+def _strict(tree: Any) -> Any:
+  """`tree` with nan floats as None (null), so summary.json is strict JSON."""
+  if isinstance(tree, float) and math.isnan(tree):
+    return None
+  if isinstance(tree, dict):
+    return {k: _strict(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_strict(v) for v in tree]
+  return tree
+
+
 def section(markdown: str, heading: str) -> str:
   """The lines of `markdown` from the heading starting with `heading` up to the next
   heading ('' when absent): e.g. the primary family's table, which `study.py` prints."""
@@ -432,7 +443,7 @@ def write(directory: str) -> str:
   """Renders and writes summary.md and summary.json; returns the markdown."""
   markdown, numbers = render(directory)
   fileio.write_text(_join(directory, SUMMARY), markdown)
-  fileio.write_json(_join(directory, "summary.json"), numbers)
+  fileio.write_json(_join(directory, "summary.json"), _strict(numbers))
   selection = fileio.read_json(_join(directory, SELECTION))
   if selection:
     fileio.write_text(_join(directory, SELECTION_MD), selection_markdown(selection))

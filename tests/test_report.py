@@ -121,7 +121,9 @@ def test_page_renders_from_files_and_check_sees_any_change(tmp_path):
   assert report.check(str(tmp_path)) is None
   assert "### Primary family (1 tests)" in text and "run Holm p" in text
   assert "| zeroshot (lang=swa) | 0.250 |" in text
-  assert json.loads((tmp_path / "summary.json").read_text())["comparisons"]
+  strict = json.loads((tmp_path / "summary.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+  assert strict["comparisons"]
   results = (tmp_path / "results.csv").read_text()
   (tmp_path / "results.csv").write_text(results.replace(",0.25,30", ",0.35,30"))
   assert "line" in report.check(str(tmp_path))
@@ -134,6 +136,10 @@ def test_without_per_query_values_the_page_says_so(tmp_path):
   text, data = report.render(str(tmp_path))
   assert "Query level: not available" in text
   assert all(c["queries"] == 0 and math.isnan(c["query_t_p"]) for c in data["comparisons"])
+  report.write(str(tmp_path))      # summary.json is strict JSON: nan as null
+  strict = json.loads((tmp_path / "summary.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+  assert all(c["query_t_p"] is None for c in strict["comparisons"])
 
 
 def test_missing_report_json_is_one_line(tmp_path):
