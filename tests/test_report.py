@@ -153,6 +153,11 @@ def test_readme_blocks_are_what_the_committed_data_renders():
   text = open(readme, encoding="utf-8").read()
   assert "<!-- generated: answer " in text and "<!-- generated: demo " in text
   assert report.render_readme(readme) == text, "python -m optical_jax.report --readme README.md"
+  demo = os.path.join(ROOT, "docs", "demo")
+  with open(os.path.join(demo, "demo.json"), encoding="utf-8") as f:
+    want = report.demo_markdown(json.load(f))
+  with open(os.path.join(demo, "results.md"), encoding="utf-8") as f:
+    assert f.read() == want
 
 
 def test_relative_links_in_readme_and_docs_resolve():
