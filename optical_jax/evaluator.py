@@ -40,7 +40,7 @@ import numpy as np
 
 from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
-from optical_jax import plain
+from optical_jax import plain, stats
 from optical_jax.data import beir, xtreme
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -48,6 +48,7 @@ from optical_jax.fileio import write_json, write_text
 
 MODES = ("full", "rerank")
 TESTS = ("t-test", "permutation")
+CORRECTIONS = tuple(stats.CORRECTIONS) + ("none",)
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
 MANIFEST = "manifest.json"
@@ -68,7 +69,6 @@ def _stderr(msg: str) -> None:
 
 # Fields that change how an evaluation runs, not what it computes (batching, buckets,
 # caches, progress, process layout): a finished study cell stays valid when they change.
-CORRECTIONS = ("holm", "bh", "none")
 HARMLESS_FIELDS = ("batch_size", "max_tokens", "length_buckets.", "cache_dir", "progress",
                    "distributed.")
 
