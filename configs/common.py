@@ -443,12 +443,12 @@ def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
   English token embeddings are computed once and read from a float16 cache
   (`data.teacher_cache`; `--config.data.teacher_cache=` runs the teacher every step).
   The loss is token-level OT plus the in-batch translation-ranking term (`ot+ranking`,
-  weight 1, temperature 0.05). In the e5 setting (`configs/swa_e5.py`) that is the
-  selection stage's pick on dev data (docs/studies/ot_variants_e5_select_cpu/
-  selection.md); for the MiniLM and ColBERT settings no selection stage has chosen it
-  yet (it was first picked from test results, which the README withdraws).
-  `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config files set the
-  learning rate and loss settings they were tuned with.
+  weight 1, temperature 0.05). The e5 and MiniLM configs set the loss their selection
+  stage picked on dev data (docs/studies/ot_variants_{e5,minilm}_select_cpu/): OT +
+  ranking for e5, the ranking term alone for MiniLM. For the ColBERT settings no
+  selection stage has chosen it yet (it was first picked from test results, which the
+  README withdraws). `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config
+  files set the learning rate and loss settings they were tuned with.
   """
   from optical_jax.config import base_config  # pylint: disable=g-import-not-at-top
   c = base_config()
