@@ -26,6 +26,6 @@ def get_config(arg: str = "swa"):
   # The loss: the selection stage's pick among sentence, ranking, ot, ot+ranking and
   # divergence, on hau/zul dev qrels with the dev questions held out of the bitext
   # (docs/studies/ot_variants_minilm_select_cpu/selection.md; no test query was read).
-  # ot+ranking came second by 0.0005 nDCG@10 on one seed: a near tie.
+  # ot+ranking came a near second on one seed.
   c.loss.loss = "ranking"
   return c
