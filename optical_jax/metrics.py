@@ -12,8 +12,8 @@ import numpy as np
 from optical_jax.data.beir import ranked
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open
-from optical_jax.stats import (DEFAULT_PERMUTATIONS, DEFAULT_SEED, mean_ci,  # noqa: F401
-                               paired_t_test, permutation_test)
+from optical_jax.stats import (DEFAULT_PERMUTATIONS, DEFAULT_SEED, paired_t_test,
+                               permutation_test)
 
 DEFAULT_MEASURES = ("AP", "nDCG@10", "P@5", "R@10", "R@100", "RR@10")
 MARKERS = ("†", "‡", "§", "¶", "#")

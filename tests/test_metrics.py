@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from optical_jax import metrics
+from optical_jax import stats as inference
 from optical_jax.data import beir
 from optical_jax.errors import InputError
 
@@ -259,7 +260,7 @@ def test_bar_chart_writes_png(tmp_path):
                                                ([0.2, 0.5, 0.3, 0.9, 0.1], 0.95),
                                                ([0.6, 0.61], 0.9)])
 def test_mean_ci_matches_scipy_t_interval(values, confidence):
-  mean, lo, hi = metrics.mean_ci(values, confidence)
+  mean, lo, hi = inference.mean_ci(values, confidence)
   ref_lo, ref_hi = stats.t.interval(confidence, len(values) - 1, loc=np.mean(values),
                                     scale=stats.sem(values))
   assert mean == pytest.approx(np.mean(values))
@@ -267,7 +268,7 @@ def test_mean_ci_matches_scipy_t_interval(values, confidence):
 
 
 def test_mean_ci_edge_cases():
-  assert all(np.isnan(metrics.mean_ci([])))
-  mean, lo, hi = metrics.mean_ci([0.5])
+  assert all(np.isnan(inference.mean_ci([])))
+  mean, lo, hi = inference.mean_ci([0.5])
   assert mean == 0.5 and np.isnan(lo) and np.isnan(hi)
-  assert metrics.mean_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))
+  assert inference.mean_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from optical_jax import report, stats
+from optical_jax import report
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 COMMITTED = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "docs", "studies",
