@@ -212,6 +212,9 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
   else:
     select_only = flags.DEFINE_bool("select_only", False, "Run the selection stage and "
                                     "write the choice, not the test stage.")
+  archive = _string_flag("archive", "Directory of finished cells' records "
+                         "(optical_jax.cell_archive): cells the workdir lacks are restored "
+                         "from it, finished cells are written to it.")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(_):
@@ -219,12 +222,13 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
     if aggregate.value:
       if shard.value:
         _die("--aggregate merges every shard: give it without --shard")
-      result = study.aggregate(config.value, workdir.value)
+      result = study.aggregate(config.value, workdir.value, archive=archive.value or "")
       print(f"done: {result.finished}/{result.total} cells, {result.rows} rows; outputs in "
             f"{os.path.abspath(workdir.value)}")
       return 0
     parts = study.parse_shard(shard.value or "0/1")
-    result = study.run(config.value, workdir.value, shard=parts, select_only=select_only.value)
+    result = study.run(config.value, workdir.value, shard=parts, select_only=select_only.value,
+                       archive=archive.value or "")
     print(f"done: ran {len(result.ran)} cells, {len(result.skipped)} already finished "
           f"({len(result.shard_cells)} in this shard, {result.total} in the grid)")
     return 0

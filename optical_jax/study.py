@@ -55,13 +55,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from optical_jax import fileio, fingerprint, metrics, plain, report, stats
+from optical_jax import cell_archive, fileio, fingerprint, metrics, plain, report, stats
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 
 Log = Callable[[str], None]
 _VALUE_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
-DONE = "done.json"
+DONE = cell_archive.DONE
 REFERENCE = "reference"
 CSV_COLUMNS_BEFORE = ("study", "cell", "kind")
 CSV_COLUMNS_AFTER = ("system", "dataset", "metric", "value", "num_queries")
@@ -346,17 +346,25 @@ def cell_status(plan: CellPlan) -> str:
     return "todo"
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
-  saved = fileio.read_json(os.path.join(plan.directory, "cell.json")) or {}
-  old, new = plain.flatten(saved.get("resolved", {})), plain.flatten(json.loads(json.dumps(plan.resolved())))
+  saved = fileio.read_json(os.path.join(plan.directory, cell_archive.CELL)) or {}
+  shown = config_changes(saved.get("resolved", {}), plan)
+  if not shown:  # only fields added since (at their defaults) or how-not-what fields
+    return "done"
+  raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
+                   f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+
+
+def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
+  """'' when a cell finished with the resolved configs `saved_resolved` is valid for
+  `plan` (equal but for fields added since at their defaults and how-not-what fields),
+  else the first differences, `field: old -> new; ...`."""
+  old = plain.flatten(saved_resolved)
+  new = plain.flatten(json.loads(json.dumps(plan.resolved())))
   new = _without_added_defaults(old, new, plan)
   diff = [k for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and not _harmless(k, plan)]
-  if not diff:  # only fields added since (at their defaults) or how-not-what fields
-    return "done"
-  shown = "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
-                    for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
-  raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
-                   f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+  return "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+                   for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
 
 
 def _harmless(key: str, plan: CellPlan) -> bool:
@@ -451,7 +459,8 @@ def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
 
 
 def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _stderr,
-        aggregate_after: Optional[bool] = None, select_only: bool = False) -> StudyResult:
+        aggregate_after: Optional[bool] = None, select_only: bool = False,
+        archive: str = "") -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
 
   With a selection stage (`config.select.axis`), its cells run first (in
@@ -461,15 +470,20 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
   selection stage unfinished stops after its own selection cells (rerun it when every
   shard has).
 
+  `archive` (a directory, `optical_jax.cell_archive`): this shard's cells missing from
+  the workdir are restored from their records there when their configs match, and every
+  finished cell's record is written there (a selection stage's under `ARCHIVE/select/`).
+
   Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
   """
   workdir = os.path.abspath(workdir)
   stage = selection_stage(config)
   if stage is None:
-    return _run_grid(config, workdir, shard, log, aggregate_after)
+    return _run_grid(config, workdir, shard, log, aggregate_after, archive)
   sel_dir = os.path.join(workdir, SELECT_DIR)
-  sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1)
+  sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1,
+                  os.path.join(archive, SELECT_DIR) if archive else "")
   left = len(grid(stage)) - len(_finished_keys(stage, sel_dir))
   if left:
     log(f"study {config.name}: the selection stage has {left} unfinished cell(s) in other "
@@ -478,19 +492,22 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _st
   chosen = choose(config, workdir, log=log)
   if select_only:
     return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, sel.aggregated)
-  result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after)
+  result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after,
+                     archive)
   return StudyResult(sel.ran + result.ran, sel.skipped + result.skipped,
                      sel.shard_cells + result.shard_cells, sel.total + result.total,
                      result.aggregated)
 
 
 def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
-              aggregate_after: Optional[bool]) -> StudyResult:
+              aggregate_after: Optional[bool], archive: str = "") -> StudyResult:
   """`run` for one grid (no selection stage)."""
   from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
   cells = grid(config)
   mine = shard_cells(cells, shard)
   plans = [plan_cell(config, c, workdir) for c in mine]
+  if archive:
+    restore_cells(config, plans, archive, log)
   status = {p.cell.key: cell_status(p) for p in plans}
   os.makedirs(workdir, exist_ok=True)
   write_grid(config, workdir, cells)
@@ -504,6 +521,8 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
   for p in todo:
     log(f"study: cell {p.cell.key}")
     run_cell(config, p, log)
+    if archive:
+      cell_archive.save(p.directory, archive)
     ran.append(p.cell.key)
     # The rate counts only cells run now (finished ones were skipped in no time).
     per = (time.time() - t0) / len(ran)
@@ -511,6 +530,10 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
     log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
         f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
         f" | last {p.cell.key}")
+  if archive:  # cells finished before the archive was named
+    for p in plans:
+      if p.cell.key in skipped:
+        cell_archive.save(p.directory, archive)
   if aggregate_after is None:
     aggregate_after = shard[1] == 1
   if aggregate_after:
@@ -519,6 +542,30 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
     log(f"study: shard {shard[0]}/{shard[1]} finished; when every shard has, run "
         "study.py with --aggregate")
   return StudyResult(ran, skipped, [p.cell.key for p in plans], len(cells), aggregate_after)
+
+
+def restore_cells(config, plans: Sequence[CellPlan], archive: str, log: Log) -> List[str]:
+  """Restores the cells of `plans` that the workdir lacks from their verified records in
+  `archive` (`optical_jax.cell_archive`) when the record's configs are the cell's (as
+  `cell_status` judges them); returns their keys. A record with other configs is
+  reported and left: the cell reruns."""
+  restored = []
+  for plan in plans:
+    if fileio.read_json(os.path.join(plan.directory, DONE)):
+      continue
+    record = cell_archive.load(archive, plan.cell.key, log)
+    if record is None:
+      continue
+    changes = config_changes(record["files"][cell_archive.CELL].get("resolved", {}), plan)
+    if changes:
+      log(f"study: the archived cell {plan.cell.key} finished with another config "
+          f"({changes}); it reruns")
+      continue
+    cell_archive.restore(record, plan.directory)
+    restored.append(plan.cell.key)
+  if restored:
+    log(f"study {config.name}: {len(restored)} finished cell(s) restored from {archive}")
+  return restored
 
 
 # ---------------------------------------------------------------------------
@@ -1016,12 +1063,23 @@ class Aggregate:
   rows: int
 
 
-def aggregate(config, workdir: str, *, log: Log = _stderr) -> Aggregate:
+def aggregate(config, workdir: str, *, log: Log = _stderr, archive: str = "") -> Aggregate:
   """Writes results.csv, summary.md (+ summary.json) and plots/*.png from finished cells.
 
   Unfinished cells are left out with a warning line (the summary says how many).
+  `archive`: cells (and selection cells) the workdir lacks are first restored from their
+  records there (`restore_cells`), e.g. a committed study page's `cells/`.
   """
   workdir = os.path.abspath(workdir)
+  if archive:
+    stage = selection_stage(config)
+    if stage is not None:
+      sel_dir = os.path.join(workdir, SELECT_DIR)
+      restore_cells(stage, [plan_cell(stage, c, sel_dir) for c in grid(stage)],
+                    os.path.join(archive, SELECT_DIR), log)
+    test = config if stage is None else test_stage(
+        config, choose(config, workdir, log=lambda _: None)["chosen"])
+    restore_cells(test, [plan_cell(test, c, workdir) for c in grid(test)], archive, log)
   if not os.path.isdir(workdir):
     raise InputError("study workdir not found (run the study first)", workdir)
   if config.select.axis:

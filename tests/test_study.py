@@ -146,6 +146,58 @@ def test_shards_aggregate_rerun_resume_in_process(tmp_path, cache):
     study.aggregate(changed, str(work), log=_quiet)
 
 
+def test_archive_carries_finished_cells_to_new_workdirs(tmp_path, cache):
+  """`--archive`: finished cells' records (configs and metrics, checksummed, the same
+  bytes when written again) restore a grid in a new workdir without training, for a run
+  or an aggregation alone, with byte-identical results; a damaged record or one made
+  with other configs is named in one line and not used."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  from optical_jax import cell_archive  # pylint: disable=g-import-not-at-top
+  c = smoke(cache, "amounts=16,seeds=1")
+  arch = tmp_path / "cells"
+  keys = sorted(x.key for x in study.grid(c))
+  first = study.run(c, str(tmp_path / "a"), log=_quiet, archive=str(arch))
+  assert sorted(first.ran) == keys
+  assert sorted(os.listdir(arch)) == sorted(k + cell_archive.SUFFIX for k in keys)
+  blobs = {n: (arch / n).read_bytes() for n in os.listdir(arch)}
+  seen = []
+  second = study.run(c, str(tmp_path / "b"), log=seen.append, archive=str(arch))
+  assert second.ran == [] and sorted(second.skipped) == keys
+  assert any("3 finished cell(s) restored" in s for s in seen)
+  assert {n: (arch / n).read_bytes() for n in os.listdir(arch)} == blobs
+  for name in ("results.csv", "per_query.csv.gz"):
+    assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+  study.aggregate(c, str(tmp_path / "c"), log=_quiet, archive=str(arch))
+  assert (tmp_path / "c" / "results.csv").read_bytes() == (tmp_path / "a" / "results.csv").read_bytes()
+
+  key = "lang=swa,amount=16,loss=ot,seed=0"
+  plan = study.plan_cell(c, next(x for x in study.grid(c) if x.key == key), str(tmp_path / "d"))
+  record = json.loads(gzip.decompress(blobs[key + cell_archive.SUFFIX]))
+  metrics_file = next(k for k in record["files"] if k.startswith("eval/"))
+  record["files"][metrics_file]["aggregate"]["nDCG@10"] = 1.0   # edited, checksum kept
+  (arch / (key + cell_archive.SUFFIX)).write_bytes(cell_archive.encode(record))
+  seen.clear()
+  assert study.restore_cells(c, [plan], str(arch), seen.append) == []
+  assert len(seen) == 1 and "checksum mismatch" in seen[0] and key in seen[0]
+  (arch / (key + cell_archive.SUFFIX)).write_bytes(blobs[key + cell_archive.SUFFIX][:40])
+  seen.clear()
+  assert study.restore_cells(c, [plan], str(arch), seen.append) == []
+  assert len(seen) == 1 and "not a readable cell record" in seen[0]
+  record = json.loads(gzip.decompress(blobs[key + cell_archive.SUFFIX]))
+  record["files"]["../outside.json"] = {}
+  record["checksum"] = cell_archive.fingerprint.digest(record["files"], n=None)
+  assert "leaves the cell directory" in cell_archive.problem(record)
+  (arch / (key + cell_archive.SUFFIX)).write_bytes(blobs[key + cell_archive.SUFFIX])
+  changed = smoke(cache, "amounts=16,seeds=1,steps=5")
+  other = study.plan_cell(changed, next(x for x in study.grid(changed) if x.key == key),
+                          str(tmp_path / "d"))
+  seen.clear()
+  assert study.restore_cells(changed, [other], str(arch), seen.append) == []
+  assert len(seen) == 1 and "train.train.steps: 4 -> 5" in seen[0] and "reruns" in seen[0]
+  assert study.restore_cells(c, [plan], str(arch), _quiet) == [key]
+  assert study.cell_status(plan) == "done"
+
+
 def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
   c = smoke(cache, "amounts=16,seeds=1,losses=ot")
   seen = []
