@@ -127,16 +127,19 @@ def abstract_like(tree: Any, sharding: Optional[jax.sharding.Sharding] = None) -
 
 
 class PreemptionGuard:
-  """Turns SIGTERM (cloud TPU preemption, `kill`) into a flag the train loop polls.
+  """Turns SIGTERM (cloud TPU preemption, `kill`) and, when asked, SIGINT (Ctrl-C) into a
+  flag the train loop polls.
 
-  The loop saves a complete checkpoint and exits cleanly when `should_stop()` is True.
-  On several hosts the flag is agreed on with `multihost_utils` so that every process
-  stops at the same step.
+  The loop saves a complete checkpoint and stops when `should_stop()` is True;
+  `received` is the first signal's number. A second SIGINT raises KeyboardInterrupt at
+  once (a user who insists). On several hosts the flag is agreed on with
+  `multihost_utils` so that every process stops at the same step.
   """
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self._flag = threading.Event()
     self._old = {}
+    self.received: Optional[int] = None
     for s in signals:
       try:
         self._old[s] = signal.signal(s, self._handler)
@@ -145,15 +148,25 @@ class PreemptionGuard:
 
   def _handler(self, signum, frame):
     del frame
+    if self._flag.is_set() and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     log.warning("received signal %d: saving a checkpoint and stopping", signum)
+    if self.received is None:
+      self.received = signum
     self._flag.set()
+
+  def signal_name(self) -> str:
+    return signal.Signals(self.received).name if self.received else "a signal"
 
   def should_stop(self) -> bool:
     local = self._flag.is_set()
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       flags = multihost_utils.process_allgather(np.array([local], np.int32))
-      return bool(np.asarray(flags).any())
+      stop = bool(np.asarray(flags).any())
+      if stop and self.received is None:   # another host's signal
+        self.received = signal.SIGTERM
+      return stop
     return local
 
   def restore(self):

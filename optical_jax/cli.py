@@ -24,6 +24,7 @@ from absl import flags
 
 EXIT_INPUT = 2       # bad input: config, flags or data
 EXIT_NONFINITE = 3   # training stopped on a NaN/inf loss or gradient
+EXIT_SIGNAL = 128    # + the signal's number: stopped by SIGTERM (143) or Ctrl-C (130)
 
 
 def _one_line(e: BaseException) -> str:
@@ -131,13 +132,18 @@ def run(main: Callable[[List[str]], int], argv: Optional[Sequence[str]] = None) 
     logging.getLogger(name).setLevel(logging.WARNING)
   one_line_warnings()
   enable_compilation_cache()
-  from optical_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from optical_jax.errors import InputError, Interrupted  # pylint: disable=g-import-not-at-top
   from optical_jax.monitor import CompileCounter  # pylint: disable=g-import-not-at-top
   counter = CompileCounter().start()
   try:
     status = main(args)
   except InputError as e:
     _die(str(e))
+  except Interrupted as e:
+    _die(f"stopped: {e}", EXIT_SIGNAL + e.signum)
+  except KeyboardInterrupt:
+    _die("interrupted (Ctrl-C); rerun the same command to resume", EXIT_SIGNAL + signal.SIGINT)
   finally:
     counter.stop()
   if status == 0:
@@ -175,6 +181,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> None:
     except trainer.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       return EXIT_NONFINITE
+    trainer.check_complete(result, config.value)
     print(f"done: step {result.step}; model exported to {result.export_dir}")
     return 0
 

@@ -19,6 +19,7 @@ import json
 import ml_collections
 
 from optical_jax import plain
+from optical_jax.errors import InputError
 from optical_jax.mesh import distributed_config
 from optical_jax.models import model_spec
 
@@ -147,6 +148,37 @@ def base_config() -> ml_collections.ConfigDict:
   # Several hosts: jax.distributed.initialize(...) when enabled (optical_jax.mesh).
   c.distributed = distributed_config()
   return c
+
+
+# Fields with a closed set of values that nothing downstream checks before it matters
+# (losses.DistillConfig and adversarial.AdversarialConfig check their own fields).
+CHOICES = {
+    "mode": ("distill", "teacher"),
+    "data.teacher_cache": ("", "float32", "float16", "bfloat16"),
+    "data.code_switch.side": ("foreign", "english"),
+}
+# Integer fields and their least allowed value.
+MINIMUM = {"train.steps": 1, "train.log_every": 1, "train.checkpoint_every": 1,
+           "train.keep_checkpoints": 1, "train.devices": 0, "data.global_batch": 1,
+           "validation.every": 0}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """InputError (one line naming the field, its value and what it takes) for a schema
+  field out of range: `CHOICES` and `MINIMUM` (e.g. `train.steps=0`, which would export
+  an untrained model, or `data.teacher_cache=float64`)."""
+  flat = plain.flatten(json.loads(to_json(config)))
+  for key, allowed in CHOICES.items():
+    if key in flat and flat[key] not in allowed:
+      raise InputError(f"config.{key}={flat[key]!r}: use one of "
+                       + ", ".join(repr(a) for a in allowed))
+  for key, least in MINIMUM.items():
+    value = flat.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise InputError(f"config.{key}={value!r}: must be an integer >= {least}")
+  rate = flat.get("data.code_switch.rate", 0.0)
+  if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+    raise InputError(f"config.data.code_switch.rate={rate!r}: must be in [0, 1]")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -34,6 +34,16 @@ class InputError(Exception):
     return f"{where}{self.problem}"
 
 
+class Interrupted(Exception):
+  """Work stopped by a signal after saving what it could (a checkpoint): the programs
+  print the message as one line and exit 128 + the signal number (143 for SIGTERM, 130
+  for SIGINT), so `train.py && eval.py` never carries on as if it had finished."""
+
+  def __init__(self, signum: int, message: str):
+    self.signum = int(signum)
+    super().__init__(message)
+
+
 # --- config values: range checks of config dataclasses, in one format ----------------------
 
 

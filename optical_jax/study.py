@@ -407,6 +407,9 @@ def run_cell(config, plan: CellPlan, log: Log = _stderr) -> Dict[str, Any]:
   t0 = time.time()
   hold = fileio.hold_directory(plan.directory, "study cell", report=log)
   try:
+    if cell_status(plan) == "done":   # another process finished it while this one waited
+      log(f"[{key}] finished by another process; not redone")
+      return fileio.read_json(os.path.join(plan.directory, DONE))
     write_json(os.path.join(plan.directory, "cell.json"),
                {"fingerprint": plan.fingerprint(), "resolved": plan.resolved()})
     systems: Dict[str, Any] = dict(plan.references)
@@ -416,10 +419,7 @@ def run_cell(config, plan: CellPlan, log: Log = _stderr) -> Dict[str, Any]:
       t1 = time.time()
       result = trainer.run(plan.train, workdir, log_fn=lambda m: log(f"[{key}] {m}"))
       train_s = time.time() - t1
-      if result.step < int(plan.train.train.steps):
-        raise InputError(f"study cell {key}: training stopped at step {result.step} of "
-                         f"{plan.train.train.steps} (interrupted); rerun the study to resume",
-                         workdir)
+      trainer.check_complete(result, plan.train)
       systems = {config.system: _student_system(workdir, plan.train)}
     datasets = {}
     for name, ecfg in plan.evals.items():
@@ -1087,6 +1087,9 @@ def aggregate(config, workdir: str, *, log: Log = _stderr, archive: str = "") ->
     aggregate(selection_stage(config), os.path.join(workdir, SELECT_DIR), log=log)
     config = test_stage(config, chosen["chosen"])
   col = collect(config, workdir)
+  if not col.finished:
+    raise InputError(f"study {config.name}: none of its {len(col.cells)} cells has finished; "
+                     "nothing to aggregate (run the study first)", workdir)
   missing = len(col.cells) - len(col.finished)
   if missing:
     log(f"warning: {missing} of {len(col.cells)} cells are not finished; aggregating the "

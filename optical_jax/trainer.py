@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -24,11 +25,11 @@ from optical_jax import adversarial, assets, checkpoint, fileio, losses, models,
 from optical_jax import step as step_lib, validation
 from optical_jax import mesh as mesh_lib
 from optical_jax import teacher_cache
-from optical_jax.config import config_changes, to_json
+from optical_jax.config import check as check_config, config_changes, to_json
 from optical_jax.data import bitext as bitext_lib
 from optical_jax.data import codeswitch
 from optical_jax.data import pipeline, retrieval_train
-from optical_jax.errors import InputError
+from optical_jax.errors import InputError, Interrupted
 from optical_jax.fileio import write_json, write_text
 from optical_jax.monitor import CompileCounter, MetricWriter, Progress
 
@@ -41,12 +42,18 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class Result:
+  """Where a run ended. `finished`: it reached `train.steps` and its export exists;
+  `stopped_by`: the signal (SIGTERM, SIGINT) that stopped it after a checkpoint, else None."""
+
   workdir: str
   step: int
   export_dir: str
   last_metrics: Dict[str, float]
   resumed_from: Optional[int]
   compilations: int
+  finished: bool = False
+  stopped_by: Optional[int] = None
+  checkpoint_dir: str = ""
 
 
 def _cache_dir(config) -> str:
@@ -267,6 +274,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   Args:
     max_steps: stop after this many steps of this invocation (tests; preemption drills).
   """
+  check_config(config)
   mesh_lib.initialize_distributed(config.distributed)
   primary = jax.process_index() == 0
   workdir = os.path.abspath(workdir)
@@ -325,14 +333,22 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   restored = ckpt.restore_latest(checkpoint.abstract_like(state, replicated), report=log_fn)
   resumed_from = None
+  export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
   if restored is not None:
     resumed_from, state, meta = restored
+    final = _finished(workdir, export_dir, resumed_from, steps)
+    if final is not None:   # a rerun of a finished run: nothing to do, nothing rewritten
+      ckpt.close()
+      log_fn(f"already finished at step {resumed_from}; model in {export_dir}")
+      return Result(workdir=workdir, step=resumed_from, export_dir=export_dir,
+                    last_metrics=final, resumed_from=resumed_from, compilations=0,
+                    finished=True, checkpoint_dir=ckpt.directory)
     batches.restore(meta["data"])
     log_fn(f"resumed from step {resumed_from} ({ckpt.directory})")
   writer = MetricWriter(workdir, enabled=primary)
   writer.truncate_after(int(resumed_from or 0))
   train_step = setup.make_step(spec, tx, mesh, **aux)
-  guard = checkpoint.PreemptionGuard()
+  guard = checkpoint.PreemptionGuard(signals=(signal.SIGTERM, signal.SIGINT))
   compiles = CompileCounter().start()
 
   start = int(np.asarray(jax.device_get(state.step)))
@@ -371,9 +387,10 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
       step += 1
       fin = float(np.asarray(jax.device_get(m["finite"])))
       if fin < 1.0 and not spec.skip_nonfinite:
+        kept = (f"last checkpoint (step {last_saved[0]}) kept in {ckpt.directory}"
+                if last_saved[0] is not None else "no checkpoint was saved yet")
         raise NonFiniteError(f"non-finite loss or gradients at step {step} "
-                             f"(loss={float(np.asarray(jax.device_get(m['loss'])))}); "
-                             f"last checkpoint kept in {ckpt.directory}")
+                             f"(loss={float(np.asarray(jax.device_get(m['loss'])))}); {kept}")
       if step % log_every == 0 or step == end:
         metrics = step_lib.host_metrics(m)
         now = time.time()
@@ -389,7 +406,8 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
         run_validation(step)
       if guard.should_stop():
         save(step)
-        log_fn(f"stopped by signal at step {step}; checkpoint saved")
+        log_fn(f"stopped by {guard.signal_name()} at step {step}; checkpoint saved in "
+               f"{ckpt.directory}")
         break
     else:
       save(step)
@@ -400,7 +418,6 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
     writer.close()
     compiles.stop()
   progress.close(step)
-  export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
   if step >= steps and primary:
     params = jax.device_get(state.params)
     models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
@@ -414,4 +431,29 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   step_name = "distill_step_local" if mode == "distill" else "teacher_step_local"
   compilations = compiles.total_compiled(step_name) + compiles.total_loaded(step_name)
   return Result(workdir=workdir, step=step, export_dir=export_dir, last_metrics=metrics,
-                resumed_from=resumed_from, compilations=compilations)
+                resumed_from=resumed_from, compilations=compilations,
+                finished=step >= steps, stopped_by=guard.received,
+                checkpoint_dir=ckpt.directory)
+
+
+def check_complete(result: Result, config) -> None:
+  """Raises `errors.Interrupted` (one line: where to resume) unless `result` is a finished
+  run with its export; the programs exit non-zero on it."""
+  if result.finished:
+    return
+  signum = result.stopped_by or signal.SIGTERM
+  how = f"by {signal.Signals(signum).name}" if result.stopped_by else "early"
+  raise Interrupted(signum, f"training stopped {how} at step {result.step} of "
+                    f"{config.train.steps}; checkpoint in {result.checkpoint_dir}; rerun the "
+                    "same command to resume")
+
+
+def _finished(workdir: str, export_dir: str, step: int, steps: int) -> Optional[Dict[str, float]]:
+  """The final metrics of a run that finished earlier (its last checkpoint at `steps`, its
+  export and `final_metrics.json` written), else None."""
+  if step < steps or not os.path.isfile(os.path.join(export_dir, models.SPEC_FILE)):
+    return None
+  final = fileio.read_json(os.path.join(workdir, "final_metrics.json"))
+  if not isinstance(final, dict):
+    return None
+  return {k: v for k, v in final.items() if k != "step"}

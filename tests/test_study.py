@@ -196,6 +196,10 @@ def test_archive_carries_finished_cells_to_new_workdirs(tmp_path, cache):
   assert len(seen) == 1 and "train.train.steps: 4 -> 5" in seen[0] and "reruns" in seen[0]
   assert study.restore_cells(c, [plan], str(arch), _quiet) == [key]
   assert study.cell_status(plan) == "done"
+  # A cell another process finished after this one planned it is not redone.
+  seen.clear()
+  done = study.run_cell(c, plan, seen.append)
+  assert done["key"] == key and seen == [f"[{key}] finished by another process; not redone"]
 
 
 def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
@@ -210,6 +214,10 @@ def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
   assert "1 of 2 cells finished" in (tmp_path / "summary.md").read_text()
   with pytest.raises(InputError, match="study workdir not found"):
     study.aggregate(c, str(tmp_path / "nowhere"), log=_quiet)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(InputError, match="none of its 2 cells has finished"):
+    study.aggregate(c, str(tmp_path / "empty"), log=_quiet)
+  assert not (tmp_path / "empty" / "results.csv").exists()
 
 
 @pytest.mark.parametrize("name,scale,cells", [("data_amount", "smoke", 9), ("data_amount", "cpu", 13),

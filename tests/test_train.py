@@ -100,14 +100,19 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tmp_path):
   work = tmp_path / "run"
   over = ["--config.train.devices=1", "--config.train.checkpoint_every=2"]
   rng = random.Random(0)
-  # 1) SIGTERM: the run saves a checkpoint at the step it reached and exits cleanly.
-  proc = subprocess.Popen(_cmd(work, *over), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  # 1) SIGTERM: the run saves a checkpoint at the step it reached and exits 143 with one
+  # line saying where to resume; nothing claims an export.
+  proc = subprocess.Popen(_cmd(work, *over), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   _wait_for_step(work, 3, proc)
   proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=120)[0].decode()
-  assert proc.returncode == 0, out
+  out, err = (x.decode() for x in proc.communicate(timeout=120))
+  assert proc.returncode == 128 + signal.SIGTERM, out + err
   steps = sorted(int(s) for s in os.listdir(work / "checkpoints") if s.isdigit())
-  assert steps and "stopped by signal at step" in out
+  assert steps and "stopped by SIGTERM at step" in out
+  assert "exported" not in out + err and not (work / "student").exists()
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: stopped: training stopped by SIGTERM at step ")
+  assert "rerun the same command to resume" in last
   # 2) SIGKILL at a random later step.
   kill_at = rng.randint(steps[-1] + 2, 10)
   proc = subprocess.Popen(_cmd(work, *over), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -122,6 +127,41 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tmp_path):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])  # bitwise
   assert _losses(ref.workdir) == _losses(str(work))
+
+
+def _tree_bytes(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    for n in files:
+      if n != ".lock":
+        with open(os.path.join(d, n), "rb") as f:
+          out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+  return out
+
+
+def test_rerun_of_a_finished_run_rewrites_nothing(tmp_path):
+  """The same command again after a finished run: 'already finished', every file of the
+  workdir byte-identical (final_metrics.json kept, no new TensorBoard file)."""
+  first = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "w"), log_fn=lambda *_: None)
+  assert first.finished and first.stopped_by is None
+  before = _tree_bytes(tmp_path / "w")
+  seen = []
+  again = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "w"), log_fn=seen.append)
+  assert again.finished and again.step == first.step and again.last_metrics == first.last_metrics
+  assert any(m.startswith("already finished at step 12") for m in seen)
+  assert _tree_bytes(tmp_path / "w") == before
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train.steps": 0}, "config.train.steps=0: must be an integer >= 1"),
+    ({"train.steps": -5}, "config.train.steps=-5"),
+    ({"data.teacher_cache": "float64"}, "config.data.teacher_cache='float64': use one of"),
+    ({"data.code_switch.side": "both"}, "config.data.code_switch.side='both'"),
+])
+def test_schema_refuses_values_that_would_do_nothing_or_fail_late(tmp_path, override, message):
+  with pytest.raises(InputError, match=re.escape(message)):
+    trainer.run(tiny(**override), str(tmp_path / "w"), log_fn=lambda *_: None)
+  assert not (tmp_path / "w").exists()
 
 
 def _free_port():
@@ -147,7 +187,7 @@ def test_two_processes_then_resume_on_one(tmp_path):
   for p in procs:
     p.send_signal(signal.SIGTERM)
   outs = [p.communicate(timeout=180)[0].decode() for p in procs]
-  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  assert all(p.returncode == 128 + signal.SIGTERM for p in procs), outs[0][-2000:] + outs[1][-2000:]
   # Resume the same workdir in one process with 8 devices.
   r = trainer.run(tiny(), str(work), log_fn=lambda *_: None)
   assert r.resumed_from is not None and r.step == 12
