@@ -125,7 +125,7 @@ def _pid_start(pid: int) -> Optional[str]:
   return fields[19] if len(fields) > 19 else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -154,7 +154,7 @@ def _is_stale(info: Dict[str, Any], host: str) -> bool:
   if not info or info.get("host") != host or not isinstance(info.get("pid"), int):
     return False
   pid = info["pid"]
-  if not _pid_alive(pid):
+  if not pid_alive(pid):
     return True
   recorded, now = info.get("pid_start"), _pid_start(pid)
   return recorded is not None and now is not None and recorded != now

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from optical_jax.monitor import progress_bar
 
-from optical_jax import fingerprint, scoring as scoring_lib
+from optical_jax import array_cache, fingerprint, scoring as scoring_lib
 from optical_jax.data.beir import DataWarning, Run, ranked
-from optical_jax.fileio import save_npy, write_json
 
 Array = Union[np.ndarray, jax.Array]
 TokenizeFn = Callable[[List[str]], List[List[int]]]
@@ -211,9 +210,9 @@ def cached(cache_dir: Union[str, os.PathLike, None], key_parts: Mapping[str, Any
 
   `key_parts` should name everything the arrays depend on, e.g. {"model": model
   fingerprint, "collection": Corpus.fingerprint(), "max_len": 180, "kind": "doc"}.
-  An entry is `<name>-<hash>.<i>.npy` per array (each written atomically) plus a JSON
-  manifest `<name>-<hash>.json` written last, so an interrupted write is never reused.
-  A cache entry that cannot be read is recomputed with a warning. With `cache_dir=None`
+  An entry is an `array_cache` entry `<name>-<hash>/` (written atomically, its arrays
+  checked against their manifest's shapes, dtypes and checksums before use); an entry
+  that fails is named in one warning, moved aside and recomputed. With `cache_dir=None`
   this just calls `compute_fn`.
 
   compute_fn must return an np.ndarray, a TokenEmbeddings or a tuple of arrays; the same
@@ -221,22 +220,15 @@ def cached(cache_dir: Union[str, os.PathLike, None], key_parts: Mapping[str, Any
   """
   if cache_dir is None:
     return compute_fn()
-  cache_dir = os.fspath(cache_dir)
-  stem = os.path.join(cache_dir, f"{name}-{cache_key(key_parts)}")
-  manifest_path = stem + ".json"
-  if os.path.exists(manifest_path):
-    try:
-      with open(manifest_path, encoding="utf-8") as f:
-        manifest = json.load(f)
-      arrays = tuple(np.load(f"{stem}.{i}.npy", mmap_mode="r" if mmap else None,
-                             allow_pickle=False) for i in range(manifest["num_arrays"]))
-      kind = manifest["kind"]
-      if kind == "array":
-        return arrays[0]
-      return TokenEmbeddings(*arrays) if kind == "token" else arrays
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-      warnings.warn(f"{manifest_path}: unreadable cache entry ({e}); recomputing",
-                    DataWarning, stacklevel=2)
+  root, key = os.fspath(cache_dir), cache_key(key_parts)
+  hit = array_cache.load(root, name, key, mmap=mmap)
+  if hit is not None:
+    arrays, meta = hit
+    values = tuple(arrays[str(i)] for i in range(len(arrays)))
+    kind = meta.get("kind")
+    if kind == "array":
+      return values[0]
+    return TokenEmbeddings(*values) if kind == "token" else values
   value = compute_fn()
   if isinstance(value, TokenEmbeddings):
     kind, arrays = "token", tuple(value)
@@ -244,14 +236,10 @@ def cached(cache_dir: Union[str, os.PathLike, None], key_parts: Mapping[str, Any
     kind, arrays = "tuple", value
   else:
     kind, arrays = "array", (value,)
-  arrays = tuple(np.asarray(a) for a in arrays)
-  for i, a in enumerate(arrays):
-    save_npy(f"{stem}.{i}.npy", a)
-  write_json(manifest_path, {"kind": kind, "num_arrays": len(arrays),
-                             "shapes": [list(a.shape) for a in arrays],
-                             "dtypes": [str(a.dtype) for a in arrays],
-                             "key_parts": json.loads(fingerprint.canonical_json(dict(key_parts)))})
-  return value if kind != "array" else arrays[0]
+  array_cache.store(root, name, key, {str(i): np.asarray(a) for i, a in enumerate(arrays)},
+                    meta={"kind": kind,
+                          "key_parts": json.loads(fingerprint.canonical_json(dict(key_parts)))})
+  return value
 
 
 # ---------------------------------------------------------------------------

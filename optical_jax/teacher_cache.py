@@ -19,19 +19,16 @@ entry per (host, host count).
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Callable, Optional
 
 import jax
 import ml_dtypes
 import numpy as np
 
+from optical_jax import array_cache, fingerprint
 from optical_jax import encoder as enc
-from optical_jax import fingerprint
 from optical_jax.data.pipeline import BitextBatches, TokenVectors
 from optical_jax.errors import InputError
-from optical_jax.fileio import save_npy
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 FORMAT = 2
@@ -95,31 +92,45 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
 
 def teacher_tokens(teacher, batches: BitextBatches, dtype: str, cache_dir: Optional[str],
                    log: Callable[[str], None] = print) -> TokenVectors:
-  """The cached vectors (computed and stored on first use) and attaches them to `batches`."""
+  """The cached vectors (computed and stored on first use) and attaches them to `batches`.
+
+  Entries are `array_cache` entries (`teacher-<cache_key>/`): checked against their
+  manifest's shapes, dtypes and checksums before use; one that fails is reported, moved
+  aside and recomputed, so a damaged cache never trains a student on wrong targets.
+  """
   if dtype not in DTYPES:
     raise ValueError(f"teacher cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-  vectors = None
-  path = None
-  if cache_dir:
-    path = os.path.join(cache_dir, cache_key(teacher, batches, dtype))
-    if os.path.exists(os.path.join(path, "offsets.npy")):
-      flat = np.load(os.path.join(path, "flat.npy"), mmap_mode="r", allow_pickle=False)
-      if dtype == "bfloat16":   # stored as its raw 16 bits (.npy has no bfloat16)
-        flat = flat.view(ml_dtypes.bfloat16)
-      vectors = TokenVectors(flat, np.load(os.path.join(path, "offsets.npy")))
-      log(f"teacher tokens: from cache ({path})")
-  if vectors is None:
+  key = cache_key(teacher, batches, dtype)
+  computed = []
+
+  def make():
     vectors = compute(teacher, batches, dtype, log=log)
-    if path:
-      tmp = f"{path}.tmp{os.getpid()}"
-      shutil.rmtree(tmp, ignore_errors=True)
-      os.makedirs(tmp)
-      flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat
-      save_npy(os.path.join(tmp, "flat.npy"), np.ascontiguousarray(flat))
-      save_npy(os.path.join(tmp, "offsets.npy"), vectors.offsets)   # written last: complete
-      try:
-        os.replace(tmp, path)
-      except OSError:   # another process stored the same entry first
-        shutil.rmtree(tmp, ignore_errors=True)
+    computed.append(vectors)
+    # .npy has no bfloat16: stored as its raw 16 bits.
+    flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat
+    return {"flat": flat, "offsets": vectors.offsets}
+
+  arrays, hit = array_cache.cached(cache_dir or None, "teacher", key, make, mmap=True,
+                                   meta={"dtype": dtype, "rows": len(batches.tgt)},
+                                   report=lambda m: log(f"warning: {m}"))
+  if hit:
+    flat = arrays["flat"].view(ml_dtypes.bfloat16) if dtype == "bfloat16" else arrays["flat"]
+    vectors = TokenVectors(flat, np.asarray(arrays["offsets"]))
+    _check_layout(vectors, batches, dtype)
+    log(f"teacher tokens: from cache ({array_cache.entry_dir(cache_dir, 'teacher', key)})")
+  else:
+    vectors = computed[0]
   batches.attach_teacher_tokens(vectors)
   return vectors
+
+
+def _check_layout(vectors: TokenVectors, batches: BitextBatches, dtype: str) -> None:
+  """A verified entry still has to fit these batches (its key says it does; this catches
+  a key collision or a cache written by other code): one offset per row, the last equal
+  to the token count, the storage dtype."""
+  want = np.dtype(DTYPES[dtype])
+  if (len(vectors.offsets) != len(batches.tgt) + 1 or int(vectors.offsets[-1]) != len(vectors.flat)
+      or vectors.flat.dtype != want):
+    raise InputError(f"teacher-token cache entry does not fit this bitext ({len(vectors.offsets) - 1} "
+                     f"rows, {len(vectors.flat)} tokens, {vectors.flat.dtype}; expected "
+                     f"{len(batches.tgt)} rows, {want}); delete it")

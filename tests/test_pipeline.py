@@ -87,7 +87,8 @@ def test_token_cache_reused_and_keyed(tmp_path):
   first = pl.tokenize_texts(texts, tok, 8, cache_dir=str(tmp_path))
   assert tok.calls == 1
   files = os.listdir(tmp_path)
-  assert len(files) == 1 and files[0].startswith("tok-") and files[0].endswith(".npz")
+  assert len(files) == 1 and files[0].startswith("tok-")
+  assert sorted(os.listdir(tmp_path / files[0])) == ["0.npy", "1.npy", "manifest.json"]
   again = pl.tokenize_texts(texts, tok, 8, cache_dir=str(tmp_path))
   assert tok.calls == 1  # served from disk
   assert np.array_equal(first.flat, again.flat) and np.array_equal(first.offsets, again.offsets)
@@ -105,9 +106,10 @@ def test_token_cache_corrupt_file_is_rebuilt(tmp_path):
   tok = FakeTokenizer()
   pl.tokenize_texts(["1 a"], tok, 8, cache_dir=str(tmp_path))
   (path,) = [os.path.join(tmp_path, f) for f in os.listdir(tmp_path)]
-  with open(path, "wb") as f:
-    f.write(b"not an npz")
-  r = pl.tokenize_texts(["1 a"], tok, 8, cache_dir=str(tmp_path))
+  with open(os.path.join(path, "0.npy"), "wb") as f:
+    f.write(b"not an npy")
+  with pytest.warns(UserWarning, match="array flat: 10 bytes.*moved to"):
+    r = pl.tokenize_texts(["1 a"], tok, 8, cache_dir=str(tmp_path))
   assert tok.calls == 2 and r.row(0).tolist() == [1, OFFSET + 1, 5000 + zlib.crc32(b"a") % 1000, 2]
   pl.tokenize_texts(["1 a"], tok, 8, cache_dir=str(tmp_path))
   assert tok.calls == 2

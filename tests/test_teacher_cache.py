@@ -88,6 +88,27 @@ def test_cache_is_stored_once_and_reused(setup, tmp_path):
       teacher, batches, "bfloat16")
 
 
+def test_damaged_cache_entry_is_detected_and_recomputed(setup, tmp_path):
+  """Issue 27's silent case: a flat.npy overwritten with finite values of the same shape
+  trained students on garbage. Now the entry fails its checksum, is named in one warning,
+  moved aside and recomputed: the vectors equal a fresh computation."""
+  teacher, student, bt, cfg = setup
+  batches = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  teacher_cache.teacher_tokens(teacher, batches, "float16", str(tmp_path), log=lambda *_: None)
+  entry = next(p for p in tmp_path.iterdir() if p.name.startswith("teacher-"))
+  npy = entry / "0.npy"
+  garbage = np.full_like(np.load(npy), 0.25)
+  np.save(npy, garbage)
+  logs = []
+  batches = pipeline.BitextBatches(bt, student.tokenizer, teacher.tokenizer, cfg)
+  v = teacher_cache.teacher_tokens(teacher, batches, "float16", str(tmp_path), log=logs.append)
+  warned = [m for m in logs if m.startswith("warning:")]
+  assert len(warned) == 1 and "checksum mismatch" in warned[0] and str(entry) in warned[0]
+  assert not any("from cache" in m for m in logs)
+  fresh = teacher_cache.compute(teacher, batches, "float16", log=lambda *_: None)
+  np.testing.assert_array_equal(np.asarray(v.flat), np.asarray(fresh.flat))
+
+
 def test_cache_entry_is_shared_across_seeds_and_students_not_teachers(setup):
   """A study's cells over seeds or students (same teacher, same English rows and lengths)
   share one entry; another teacher, or other English rows, is another entry."""

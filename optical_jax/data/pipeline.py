@@ -10,10 +10,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 
 import numpy as np
 
-from optical_jax import errors, fingerprint
+from optical_jax import array_cache, errors, fingerprint
 from optical_jax.data.bitext import Bitext, Mixture, mix
 from optical_jax.errors import InputError
-from optical_jax.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +98,33 @@ def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: i
                    cache_dir: Optional[str] = None, chunk_size: int = 4096) -> Ragged:
   """Token ids (special tokens included, truncated to `max_length`) for each text, cached.
 
-  With `cache_dir`, the result is stored as `tok-<key>.npz` (written atomically) under a
-  key from the tokenizer fingerprint, the texts' content hash, `max_length` and `prefix`;
-  a later call with the same key loads it without calling the tokenizer.
+  With `cache_dir`, the result is an `array_cache` entry `tok-<key>/` (written
+  atomically, checked against its manifest's checksums before use) under a key from the
+  tokenizer fingerprint, the texts' content hash, `max_length` and `prefix`; a later
+  call with the same key loads it without calling the tokenizer. A damaged entry is
+  named in one warning, moved aside and rebuilt.
   """
   errors.check_int(max_length, "max_length", 2)
   key = fingerprint.digest({"format": CACHE_FORMAT, "tokenizer": tokenizer.fingerprint,
                             "texts": fingerprint.texts(list(texts), n=None),
                             "max_length": max_length, "prefix": prefix}, n=None)
-  path = None
-  if cache_dir is not None:
-    path = os.path.join(os.fspath(cache_dir), f"tok-{key[:32]}.npz")
-    if os.path.exists(path):
-      try:
-        with np.load(path, allow_pickle=False) as z:
-          meta = json.loads(bytes(z["meta"]).decode("utf-8"))
-          if meta.get("key") == key and meta.get("count") == len(texts):
-            return Ragged(z["flat"].astype(np.int32, copy=False), z["offsets"].astype(np.int64, copy=False))
-        log.warning("token cache %s does not match its key; re-tokenising", path)
-      except Exception as e:  # pylint: disable=broad-except  # corrupt cache: rebuild it
-        log.warning("unreadable token cache %s (%s); re-tokenising", path, e)
-  rows: List[List[int]] = []
-  for start in range(0, len(texts), chunk_size):
-    rows.extend(tokenizer.encode_batch(list(texts[start:start + chunk_size]), max_length, prefix))
-  ragged = Ragged.from_lists(rows)
-  if path is not None:
-    meta = json.dumps({"key": key, "count": len(texts), "max_length": max_length, "prefix": prefix,
-                       "tokenizer": tokenizer.fingerprint}).encode("utf-8")
-    with atomic_open(path, "wb") as f:
-      np.savez(f, flat=ragged.flat, offsets=ragged.offsets, meta=np.frombuffer(meta, dtype=np.uint8))
-  return ragged
+
+  def make():
+    rows: List[List[int]] = []
+    for start in range(0, len(texts), chunk_size):
+      rows.extend(tokenizer.encode_batch(list(texts[start:start + chunk_size]), max_length, prefix))
+    ragged = Ragged.from_lists(rows)
+    return {"flat": ragged.flat, "offsets": ragged.offsets}
+
+  arrays, _ = array_cache.cached(
+      None if cache_dir is None else os.fspath(cache_dir), "tok", key[:32], make,
+      meta={"count": len(texts), "max_length": max_length, "prefix": prefix,
+            "tokenizer": tokenizer.fingerprint})
+  if len(arrays["offsets"]) != len(texts) + 1:   # a key collision: never silently used
+    raise InputError(f"token cache entry tok-{key[:32]} holds {len(arrays['offsets']) - 1} rows "
+                     f"for {len(texts)} texts; delete it", cache_dir)
+  return Ragged(arrays["flat"].astype(np.int32, copy=False),
+                arrays["offsets"].astype(np.int64, copy=False))
 
 
 # --- bucketing -----------------------------------------------------------------------------
