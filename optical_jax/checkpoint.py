@@ -12,8 +12,10 @@ restore fails, reporting each failure and moving the failed step aside
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import signal
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from optical_jax.errors import InputError
+from optical_jax.errors import InputError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,26 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: Dict[str, Any], force: bool = True) -> bool:
-    saved = self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
-    self.manager.wait_until_finished()
+    """Saves `step`; a write the file system refuses (a full disk, a read-only
+    directory) raises `StorageError` in one line, the earlier checkpoints intact (Orbax
+    writes into a temporary directory, removed on the next start). Orbax's own error
+    logs for that failure are kept out of the terminal."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)   # its worker threads log each failed write
+    try:
+      saved = self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      problem = storage_problem(e)
+      if problem is None:
+        raise
+      raise StorageError(f"{self.directory}: cannot save the checkpoint of step {step}: "
+                         f"{problem}; the last complete checkpoint is kept: make room and "
+                         "rerun the same command to resume") from None
+    finally:
+      absl_logger.setLevel(level)
     return saved
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
@@ -55,21 +74,28 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], dict(out["meta"])
 
-  def restore_latest(self, abstract_state: Any, report: Callable[[str], None] = log.warning
+  def restore_latest(self, abstract_state: Any, report: Callable[[str], None] = log.warning,
+                     check_meta: Optional[Callable[[int, Dict[str, Any]], None]] = None
                      ) -> Optional[Tuple[int, Any, Dict[str, Any]]]:
     """The newest checkpoint that restores; None when there is none.
 
-    A step that fails to restore is reported, moved aside to `STEP.corrupt` (or
-    `STEP.corrupt.N` when that exists; kept for inspection, never deleted) and the
-    previous one is tried. Moving it aside is what lets the run save that step again
-    when it gets there: Orbax refuses to overwrite an existing step.
+    A step that fails to restore (its state, or its meta: `check_meta(step, meta)`
+    raising ValueError, e.g. a data position that is not one) is reported, moved aside
+    to `STEP.corrupt` (or `STEP.corrupt.N` when that exists; kept for inspection, never
+    deleted) and the previous one is tried. Moving it aside is what lets the run save
+    that step again when it gets there: Orbax refuses to overwrite an existing step.
+    Other errors of `check_meta` (InputError: the run's data changed) propagate.
     """
     moved = False
     try:
       for step in reversed(self.all_steps()):
         try:
           state, meta = self.restore(step, abstract_state)
+          if check_meta is not None:
+            check_meta(step, meta)
           return step, state, meta
+        except InputError:
+          raise
         except Exception as e:  # pylint: disable=broad-except
           where = os.path.join(self.directory, str(step))
           first = str(e).splitlines()[0] if str(e) else ""
@@ -106,6 +132,24 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+_STORAGE_MESSAGES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                     errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+
+
+def storage_problem(e: BaseException) -> Optional[str]:
+  """What the file system refused, for an error raised while writing (OSError, or
+  tensorstore's ValueError carrying `[os_error_code='N']`); None for anything else."""
+  seen: Optional[BaseException] = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in _STORAGE_MESSAGES:
+      return _STORAGE_MESSAGES[seen.errno]
+    code = re.search(r"os_error_code='(\d+)'", str(seen))
+    if code and int(code.group(1)) in _STORAGE_MESSAGES:
+      return _STORAGE_MESSAGES[int(code.group(1))]
+    seen = seen.__cause__ or seen.__context__
+  return None
 
 
 def corrupt_name(path: str) -> str:

@@ -24,6 +24,7 @@ from absl import flags
 
 EXIT_INPUT = 2       # bad input: config, flags or data
 EXIT_NONFINITE = 3   # training stopped on a NaN/inf loss or gradient
+EXIT_STORAGE = 4     # the machine refused a write (disk full, read-only, quota)
 EXIT_SIGNAL = 128    # + the signal's number: stopped by SIGTERM (143) or Ctrl-C (130)
 
 
@@ -64,10 +65,7 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> List[str]:
       _die("cannot load config: " + re.sub(r"^[\w.]*(Error|Exception): ", "", last))
     _die(f"bad command line: {text}")
   except (AttributeError, KeyError) as e:
-    bad = [a for a in argv[1:] if a.startswith("--config.")]
-    key = str(e).strip("\"'")
-    culprit = next((a.split("=")[0] for a in bad if key in a.split("=")[0]), "")
-    _die(f"unknown config key {key!r}" + (f" in {culprit}" if culprit else ""))
+    _die(_unknown_key(e, argv))
   except (TypeError, ValueError) as e:
     _die(f"bad config override: {_one_line(e)}")
   except Exception as e:  # pylint: disable=broad-except  (a config file's get_config() failed)
@@ -78,6 +76,21 @@ def parse_flags(argv: Optional[Sequence[str]] = None) -> List[str]:
     except Exception as e:  # pylint: disable=broad-except
       _die(f"cannot load config: {_one_line(e)}")
   return rest
+
+
+def _unknown_key(e: BaseException, argv: Sequence[str]) -> str:
+  """One line for an unknown `--config.a.b` key: the key, the flag, ml_collections'
+  closest known key (its message is a repr of a repr with the hint on a second line)."""
+  text = str(e)
+  for _ in range(3):   # undo the nested reprs: \\' -> ', \\n -> newline
+    text = text.replace("\\\\", "\\").replace("\\'", "'").replace("\\n", "\n")
+  found = re.findall(r"'([^'\s]+)'", text)
+  key = found[0] if found else text.strip("\"' ")
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  flags_given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  culprit = next((f for f in flags_given if key in f.split(".")[1:]), "")
+  return (f"unknown config key {key!r}" + (f" in {culprit}" if culprit else "")
+          + (f"; did you mean {hint.group(1)!r}?" if hint else ""))
 
 
 def one_line_warnings() -> None:
@@ -94,6 +107,20 @@ def one_line_warnings() -> None:
     else:
       default(message, category, filename, lineno, file, line)
   warnings.showwarning = show
+
+
+def quiet_closed_event_loops() -> None:
+  """Drops the 'Event loop is closed' RuntimeErrors that Orbax's asyncio helpers raise in
+  finalizers after a handled checkpoint fallback (thousands of lines, nothing wrong);
+  every other unraisable exception is reported as before."""
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+      return
+    default(unraisable)
+  sys.unraisablehook = hook
 
 
 def enable_compilation_cache() -> Optional[str]:
@@ -133,13 +160,19 @@ def run(main: Callable[[List[str]], int], argv: Optional[Sequence[str]] = None) 
   one_line_warnings()
   enable_compilation_cache()
   import signal  # pylint: disable=g-import-not-at-top
-  from optical_jax.errors import InputError, Interrupted  # pylint: disable=g-import-not-at-top
+  from optical_jax.errors import InputError, Interrupted, StorageError  # pylint: disable=g-import-not-at-top
   from optical_jax.monitor import CompileCounter  # pylint: disable=g-import-not-at-top
+  quiet_closed_event_loops()
   counter = CompileCounter().start()
   try:
     status = main(args)
   except InputError as e:
     _die(str(e))
+  except StorageError as e:
+    _die(str(e), EXIT_STORAGE)
+  except OSError as e:   # the file system said no where nothing else caught it
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    _die(f"{where}{e.strerror or e}", EXIT_STORAGE)
   except Interrupted as e:
     _die(f"stopped: {e}", EXIT_SIGNAL + e.signum)
   except KeyboardInterrupt:

@@ -60,9 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Code-switching (optical_jax.data.codeswitch): each switchable word of `side`
   # ('foreign' or 'english') is replaced with probability `rate` (0 = off) by a translation
   # from `dictionary` ('word translation' lines, MUSE format; several files joined by
-  # os.pathsep), once, before tokenisation; `seed` -1 = the data seed.
+  # os.pathsep), once, before tokenisation; `seed` -1 = the data seed. A dictionary that
+  # covers under 1% of that side's words (wrong direction, wrong file) stops the run
+  # unless `force`.
   c.data.code_switch = ml_collections.ConfigDict(dict(rate=0.0, side="foreign", dictionary="",
-                                                      seed=-1))
+                                                      seed=-1, force=False))
 
   # Held-out bitext for tuning (distill mode): translation retrieval and cosine between
   # student (foreign) and teacher (English) embeddings, logged as val_* metrics at
@@ -155,7 +157,6 @@ def base_config() -> ml_collections.ConfigDict:
 CHOICES = {
     "mode": ("distill", "teacher"),
     "data.teacher_cache": ("", "float32", "float16", "bfloat16"),
-    "data.code_switch.side": ("foreign", "english"),
 }
 # Integer fields and their least allowed value.
 MINIMUM = {"train.steps": 1, "train.log_every": 1, "train.checkpoint_every": 1,
@@ -176,9 +177,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = flat.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise InputError(f"config.{key}={value!r}: must be an integer >= {least}")
-  rate = flat.get("data.code_switch.rate", 0.0)
-  if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
-    raise InputError(f"config.data.code_switch.rate={rate!r}: must be in [0, 1]")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

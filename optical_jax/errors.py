@@ -34,6 +34,12 @@ class InputError(Exception):
     return f"{where}{self.problem}"
 
 
+class StorageError(Exception):
+  """The machine refused to store something: a full disk, a read-only directory, a quota.
+  The programs print it as one line and exit 4; what was saved before stays valid (a
+  checkpoint is written to a temporary name and renamed only when complete)."""
+
+
 class Interrupted(Exception):
   """Work stopped by a signal after saving what it could (a checkpoint): the programs
   print the message as one line and exit 128 + the signal number (143 for SIGTERM, 130

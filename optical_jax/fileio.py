@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import numpy as np
 
-from optical_jax.errors import InputError
+from optical_jax.errors import InputError, StorageError
 
 try:
   import fcntl
@@ -208,7 +208,12 @@ class DirectoryLock:
                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)),
                  "started_unix": round(now, 3), "what": self.what}
     for _ in range(3):
-      if self._create_lock_file():
+      try:
+        created = self._create_lock_file()
+      except OSError as e:
+        raise StorageError(f"{self.path}: cannot write the {self.what} lock: "
+                           f"{e.strerror or e}") from None
+      if created:
         self._held = True
         return
       holder = _read_lock(self.lock_path)

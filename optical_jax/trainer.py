@@ -331,7 +331,13 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.train.keep_checkpoints))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  restored = ckpt.restore_latest(checkpoint.abstract_like(state, replicated), report=log_fn)
+  def check_meta(step_saved, meta):
+    if meta.get("step") != step_saved:
+      raise ValueError(f"its meta records step {meta.get('step')!r}")
+    batches.check_state(meta.get("data"))
+
+  restored = ckpt.restore_latest(checkpoint.abstract_like(state, replicated), report=log_fn,
+                                 check_meta=check_meta)
   resumed_from = None
   export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
   if restored is not None:

@@ -127,3 +127,47 @@ def test_trainer_resumes_past_a_corrupt_newest_checkpoint(tmp_path, minilm_dir):
   assert ck.all_steps()[-1] == 12
   ck.close()
   jax.clear_caches()
+
+
+def _rewrite_meta(step_dir, meta):
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(step_dir, "meta", "metadata"), "w", encoding="utf-8") as f:
+    json.dump(meta, f)
+
+
+def test_trainer_falls_back_past_a_damaged_meta_and_stops_on_changed_data(tmp_path, minilm_dir):
+  """A checkpoint whose meta is valid JSON with wrong content (a data position that is
+  none, another step) falls back to the previous step like any other damage; a data
+  position saved for another pipeline (the data changed) stops the run and moves nothing."""
+  del minilm_dir
+  from optical_jax import trainer  # pylint: disable=g-import-not-at-top
+  from optical_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  config = tiny(**{"train.devices": 1, "train.checkpoint_every": 4, "train.steps": 8})
+  workdir = str(tmp_path / "run")
+  r1 = trainer.run(config, workdir, log_fn=lambda *_: None)
+  ckdir = os.path.join(workdir, "checkpoints")
+  _rewrite_meta(os.path.join(ckdir, "8"), {"data": {"epoch": -1, "batch": "x"}, "step": 8})
+  os.rename(r1.export_dir, r1.export_dir + ".first")
+  logged = []
+  r2 = trainer.run(config, workdir, log_fn=logged.append)
+  assert r2.resumed_from == 4 and r2.finished
+  assert any("8.corrupt" in m and "bad data iterator state" in m for m in logged), logged
+  _rewrite_meta(os.path.join(ckdir, "8"), {"data": {"epoch": 0, "batch": 8, "fingerprint": "other"},
+                                           "step": 8})
+  os.rename(r2.export_dir, r2.export_dir + ".second")
+  with pytest.raises(InputError, match="saved for another pipeline"):
+    trainer.run(config, workdir, log_fn=lambda *_: None)
+  assert {"4", "8"} <= set(os.listdir(ckdir))
+  jax.clear_caches()
+
+
+def test_storage_problem_reads_tensorstore_and_os_errors():
+  import errno  # pylint: disable=g-import-not-at-top
+  ts = ValueError('RESOURCE_EXHAUSTED: Error writing "x" ... Failed to write 872449 bytes to '
+                  "file 20: No space left on device [os_error_code='28']")
+  assert checkpoint.storage_problem(ts) == "no space left on device"
+  assert checkpoint.storage_problem(OSError(errno.EROFS, "ro")) == "read-only file system"
+  wrapped = RuntimeError("outer")
+  wrapped.__cause__ = OSError(errno.EDQUOT, "quota")
+  assert checkpoint.storage_problem(wrapped) == "disk quota exceeded"
+  assert checkpoint.storage_problem(ValueError("shape mismatch")) is None

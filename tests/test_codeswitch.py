@@ -92,6 +92,25 @@ def test_side_choice_switches_only_that_side(tmp_path):
   assert f.ratios == mixture.ratios and f.seed == mixture.seed
 
 
+def test_a_dictionary_that_switches_almost_nothing_is_refused_unless_forced(tmp_path):
+  """Issue 27's silent case: a dictionary of the wrong direction (or NUL bytes, another
+  language) switched 0 words and trained exactly as without it. Under 1% of the side's
+  words covered now stops with one line naming the file, unless forced."""
+  lex = tmp_path / "en-sw.txt"
+  lex.write_text("house nyumba\nwater maji\n", encoding="utf-8")   # English -> Swahili
+  mixture = bt.mix([bt.Bitext("s", ["nyumba yangu ni kubwa"] * 30, ["my house is big"] * 30)])
+  with pytest.raises(InputError) as err:   # used on the foreign side: wrong direction
+    cs.switch_mixture(mixture, dict(rate=0.5, side="foreign", dictionary=str(lex)), data_seed=0)
+  text = str(err.value)
+  assert str(lex) in text and "covers 0 of the 120 foreign words" in text and "\n" not in text
+  forced = cs.switch_mixture(mixture, dict(rate=0.5, side="foreign", dictionary=str(lex),
+                                           force=True), data_seed=0)
+  assert forced.sources[0].stats["switched_words"] == 0
+  right = cs.switch_mixture(mixture, dict(rate=1.0, side="english", dictionary=str(lex)),
+                            data_seed=0)
+  assert right.sources[0].stats["switched_words"] == 30
+
+
 def test_switched_bitext_gets_its_own_pipeline_fingerprint_and_resumes(tmp_path):
   texts, _ = _corpus(640)
   lex = tmp_path / "lex.txt"

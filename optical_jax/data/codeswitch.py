@@ -143,18 +143,23 @@ class CodeSwitchConfig:
   off). `side`: 'foreign' (foreign words -> English: a foreign->English lexicon such as
   MUSE's `X-en`) or 'english' (English words -> foreign: `en-X`). `dictionary`: the
   lexicon file, or several joined by `os.pathsep`. `seed`: -1 = the data seed.
+  `force`: train even when the lexicon covers under `MIN_COVERAGE` of the side's words
+  (otherwise an InputError: a dictionary of the wrong direction or language would
+  switch nothing and train exactly as without it).
   """
 
   rate: float = 0.0
   side: str = "foreign"
   dictionary: str = ""
   seed: int = -1
+  force: bool = False
 
   def __post_init__(self):
     problems = errors.field_problems(self, [
         ("rate", "number", dict(low=0.0, high=1.0)),
         ("side", "choice", dict(choices=SIDES)),
         ("seed", "int", dict(low=-1)),
+        ("force", "bool", {}),
     ])
     if not isinstance(self.dictionary, str):
       problems.append(f"dictionary must be a path (several joined by {os.pathsep!r}), "
@@ -221,6 +226,9 @@ def code_switch(texts: Sequence[str], lexicon: Mapping[str, Sequence[str]], rate
   return out, total, done
 
 
+MIN_COVERAGE = 0.01   # below this share of the side's words in the lexicon: refused unless forced
+
+
 def switch_mixture(mixture: Mixture, config: Union[CodeSwitchConfig, Mapping[str, Any]],
                    data_seed: int) -> Mixture:
   """The mixture with `config.side` of every source code-switched (source k is stream k).
@@ -234,12 +242,22 @@ def switch_mixture(mixture: Mixture, config: Union[CodeSwitchConfig, Mapping[str
   lexicon = read_lexicon(cfg.paths)
   seed = data_seed if cfg.seed < 0 else cfg.seed
   sources = []
+  words = covered = 0
   for k, s in enumerate(mixture.sources):
     side = s.foreign if cfg.side == "foreign" else s.english
     new, switchable, switched = code_switch(side, lexicon, cfg.rate, seed, stream=k)
+    words += sum(len(_TOKEN.findall(t)) for t in side)
+    covered += switchable
     stats = dict(s.stats, switchable_words=switchable, switched_words=switched)
     foreign, english = (new, s.english) if cfg.side == "foreign" else (s.foreign, new)
     sources.append(Bitext(s.name, foreign, english, stats))
+  if words and covered < MIN_COVERAGE * words and not cfg.force:
+    raise InputError(f"data.code_switch: the dictionary covers {covered} of the {words} "
+                     f"{cfg.side} words ({covered / words:.2%} < {MIN_COVERAGE:.0%}), so "
+                     "code-switching would change almost nothing: is it the "
+                     f"{'foreign->English' if cfg.side == 'foreign' else 'English->foreign'} "
+                     "direction, of this language? Set data.code_switch.force=True to train "
+                     "anyway", cfg.paths[0])
   return Mixture(sources, list(mixture.ratios), mixture.seed)
 
 

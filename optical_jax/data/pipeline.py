@@ -412,12 +412,14 @@ class BatchIterator:
     """Position of the next batch: `{'epoch': int, 'batch': int, 'fingerprint': str}`."""
     return {"epoch": self._epoch, "batch": self._batch, "fingerprint": self.fingerprint}
 
-  def restore(self, state: Mapping[str, Any]) -> None:
-    """Continues from a saved `state` (from this iterator or one built the same way)."""
+  def check_state(self, state: Any) -> None:
+    """Raises ValueError for a malformed or out-of-range saved `state` (a damaged
+    checkpoint: the trainer falls back to an older one), InputError for a state saved
+    for another pipeline (the data or its settings changed: no checkpoint will do)."""
     if not isinstance(state, Mapping) or not all(
         isinstance(state.get(k), int) and not isinstance(state.get(k), bool) and state.get(k) >= 0
         for k in ("epoch", "batch")):
-      raise InputError(f"bad data iterator state {state!r}: need non-negative integers 'epoch' and 'batch'")
+      raise ValueError(f"bad data iterator state {state!r}: need non-negative integers 'epoch' and 'batch'")
     fp = state.get("fingerprint")
     if fp is not None and fp != self.fingerprint:
       raise InputError(f"data iterator state was saved for another pipeline (fingerprint {fp}, "
@@ -426,7 +428,16 @@ class BatchIterator:
     epoch, batch = state["epoch"], state["batch"]
     n = len(self.plan(epoch))
     if batch > n:
-      raise InputError(f"data iterator state points at batch {batch} of epoch {epoch}, which has {n}")
+      raise ValueError(f"data iterator state points at batch {batch} of epoch {epoch}, which has {n}")
+
+  def restore(self, state: Mapping[str, Any]) -> None:
+    """Continues from a saved `state` (from this iterator or one built the same way)."""
+    try:
+      self.check_state(state)
+    except ValueError as e:
+      raise InputError(str(e)) from None
+    epoch, batch = state["epoch"], state["batch"]
+    n = len(self.plan(epoch))
     self._epoch, self._batch = (epoch + 1, 0) if batch == n else (epoch, batch)
 
   def __iter__(self) -> "BatchIterator":
