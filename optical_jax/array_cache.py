@@ -19,8 +19,8 @@ header's shape and dtype, the sha256 of the whole file) before it is used. An en
 that fails (a file missing, truncated, overwritten, of another shape; a manifest missing
 or unreadable; a half entry of an older writer) is named in one warning with the
 problem, moved aside to `ROOT/.broken/` (kept for inspection) and recomputed by
-`cached`. sha256 runs at about 1.8 GB/s here; the cost is measured against the work an
-entry saves in `benchmarks/` (see docs/performance.md).
+`cached`. What the contract costs against the work an entry saves is measured by
+`benchmarks/caches.py` (results in `benchmarks/results/caches.json`).
 """
 
 from __future__ import annotations
