@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -142,6 +142,7 @@ def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> M
   else:
     if spec.weights == "export":
       saved = read_export_spec(path)
+      verify_export(path, saved)
       over = {**saved["encoder"], **over}
     state = weights.read_state_dict(path)
     head = state.pop("head.weight", None)
@@ -164,8 +165,40 @@ def read_export_spec(path: str) -> Dict[str, Any]:
   p = os.path.join(path, SPEC_FILE)
   if not os.path.exists(p):
     raise InputError(f"not an exported model (no {SPEC_FILE})", path)
-  with open(p, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(p, encoding="utf-8") as f:
+      return json.load(f)
+  except ValueError as e:
+    raise InputError(f"unreadable {SPEC_FILE} ({e})", p) from None
+
+
+# Files of an export that its checksums do not cover: the settings file that holds them
+# and the model card (rewritten with evaluation results).
+_UNCHECKED = (SPEC_FILE, "README.md")
+
+
+def _checksums(directory: str) -> Dict[str, str]:
+  """sha256 of every file of an export directory but `_UNCHECKED`, by relative path."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in sorted(files):
+      rel = os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+      if rel not in _UNCHECKED:
+        out[rel] = fingerprint.file(os.path.join(root, name), n=None)
+  return dict(sorted(out.items()))
+
+
+def verify_export(path: str, saved: Mapping[str, Any]) -> None:
+  """InputError naming the first file of an export that is missing or differs from the
+  checksum recorded at export (exports from before checksums have none to check)."""
+  for rel, digest in (saved.get("files") or {}).items():
+    file = os.path.join(path, *rel.split("/"))
+    if not os.path.isfile(file):
+      raise InputError(f"exported model file {rel} is missing; export the model again", path)
+    if fingerprint.file(file, n=None) != digest:
+      raise InputError(f"exported model file {rel} does not match the checksum recorded in "
+                       f"{SPEC_FILE} (changed or damaged after export); export the model again",
+                       path)
 
 
 ST_FORMAT_VERSION = "3.0.0"  # the oldest sentence-transformers whose files these match
@@ -220,6 +253,7 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   if spec.scoring == "dense":
     _write_sentence_transformers(tmp, cfg, spec, head, max_len,
                                  params.get("pooler") if spec.pooling == "pooler" else None)
+  saved["files"] = _checksums(tmp)
   write_json(os.path.join(tmp, SPEC_FILE), saved)
   with atomic_open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
     f.write(model_card(saved))

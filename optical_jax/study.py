@@ -50,6 +50,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
@@ -344,6 +345,15 @@ def cell_status(plan: CellPlan) -> str:
   done = fileio.read_json(os.path.join(plan.directory, DONE))
   if not done:
     return "todo"
+  problem = _damaged(plan.directory, done)
+  if problem:
+    aside = os.path.join(os.path.dirname(plan.directory), ".broken",
+                         f"{plan.cell.key}.{time.time_ns()}")
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.replace(plan.directory, aside)
+    warnings.warn(f"study cell {plan.directory}: {problem}; moved to {aside}, it reruns",
+                  CellWarning, stacklevel=2)
+    return "todo"
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
   saved = fileio.read_json(os.path.join(plan.directory, cell_archive.CELL)) or {}
@@ -352,6 +362,29 @@ def cell_status(plan: CellPlan) -> str:
     return "done"
   raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
                    f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+
+
+class CellWarning(UserWarning):
+  """A finished study cell failed its check and was moved aside (it reruns)."""
+
+
+def _metrics_checksums(directory: str, datasets: Mapping[str, Mapping[str, str]]) -> Dict[str, str]:
+  """Content digests (`fingerprint.digest` of the JSON, so a record restored by
+  `cell_archive` with other whitespace still matches) of a cell's metrics files."""
+  return {rel: fingerprint.digest(fileio.read_json(os.path.join(directory, rel)), n=None)
+          for systems in datasets.values() for rel in systems.values()}
+
+
+def _damaged(directory: str, done: Mapping[str, Any]) -> str:
+  """Why a finished cell's metrics cannot be used ('' when they verify; cells finished
+  before checksums were recorded are taken as they are)."""
+  for rel, digest in (done.get("checksums") or {}).items():
+    value = fileio.read_json(os.path.join(directory, rel))
+    if value is None:
+      return f"{rel} is missing or unreadable"
+    if fingerprint.digest(value, n=None) != digest:
+      return f"{rel} does not match the checksum in {DONE}"
+  return ""
 
 
 def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
@@ -432,6 +465,7 @@ def run_cell(config, plan: CellPlan, log: Log = _stderr) -> Dict[str, Any]:
       datasets[name] = {s: os.path.join("eval", name, "metrics", f"{s}.json") for s in systems}
     done = {"key": key, "values": plan.cell.values, "reference": plan.cell.reference,
             "fingerprint": plan.fingerprint(), "datasets": datasets,
+            "checksums": _metrics_checksums(plan.directory, datasets),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
     write_json(os.path.join(plan.directory, DONE), done)
     return done
@@ -792,9 +826,9 @@ def collect(config, workdir: str) -> Collected:
   for cell in cells:
     directory = os.path.join(workdir, "cells", cell.key)
     done = fileio.read_json(os.path.join(directory, DONE))
-    if not done:
+    # cell_status stops if it finished with other configs, reruns it if damaged.
+    if not done or cell_status(plan_cell(config, cell, workdir)) != "done":
       continue
-    cell_status(plan_cell(config, cell, workdir))  # stops if it finished with other configs
     finished.append(cell.key)
     results = {}
     for dataset, systems in done["datasets"].items():

@@ -203,3 +203,28 @@ def test_maxsim_export_has_no_sentence_transformers_modules(tmp_path, minilm_dir
   with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
     assert "late interaction" in f.read()
   assert models.export_spec(out).scoring == "maxsim"
+
+
+def test_export_records_checksums_and_a_changed_file_is_refused(tmp_path, minilm_dir):
+  """An export's files are checksummed in optical_jax.json at export; loading it checks
+  them, so a changed weight file stops with one line naming it instead of evaluating
+  another model (the card may still be rewritten with results)."""
+  from optical_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  spec = _tiny_spec(os.path.join(minilm_dir, "tokenizer.json"))
+  m = models.load_model(spec)
+  out = str(tmp_path / "student")
+  models.export_model(out, m.cfg, m.params, m.spec, m.tokenizer, extra=EXTRA)
+  files = models.read_export_spec(out)["files"]
+  assert {"model.safetensors", "config.json", "tokenizer.json", "modules.json"} <= set(files)
+  assert "README.md" not in files and models.SPEC_FILE not in files
+  models.write_model_card(out, eval={"optical": {"AP": 0.4}})
+  models.load_model(models.export_spec(out))
+  weights_file = os.path.join(out, "model.safetensors")
+  with open(weights_file, "r+b") as f:
+    f.seek(os.path.getsize(weights_file) - 8)
+    f.write(b"\x00" * 8)
+  with pytest.raises(InputError, match="model.safetensors does not match the checksum"):
+    models.load_model(models.export_spec(out))
+  os.remove(weights_file)
+  with pytest.raises(InputError, match="model.safetensors is missing"):
+    models.load_model(models.export_spec(out))

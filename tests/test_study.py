@@ -196,6 +196,17 @@ def test_archive_carries_finished_cells_to_new_workdirs(tmp_path, cache):
   assert len(seen) == 1 and "train.train.steps: 4 -> 5" in seen[0] and "reruns" in seen[0]
   assert study.restore_cells(c, [plan], str(arch), _quiet) == [key]
   assert study.cell_status(plan) == "done"
+  # A finished cell whose metrics changed after it finished is moved aside and reruns.
+  metrics_path = os.path.join(plan.directory, metrics_file)
+  changed_metrics = json.loads(open(metrics_path).read())
+  changed_metrics["aggregate"]["nDCG@10"] = 0.0
+  with open(metrics_path, "w") as f:
+    json.dump(changed_metrics, f)
+  with pytest.warns(study.CellWarning, match="does not match the checksum"):
+    assert study.cell_status(plan) == "todo"
+  assert not os.path.exists(plan.directory)
+  assert len(os.listdir(tmp_path / "d" / "cells" / ".broken")) == 1
+  assert study.restore_cells(c, [plan], str(arch), _quiet) == [key]
   # A cell another process finished after this one planned it is not redone.
   seen.clear()
   done = study.run_cell(c, plan, seen.append)
