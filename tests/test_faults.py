@@ -65,6 +65,18 @@ def test_bad_config_values_stop_before_anything_is_written(tmp_path, over, expec
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("every,kept", [(1, "last checkpoint (step 1) kept in"),
+                                         (100, "no checkpoint was saved yet")])
+def test_non_finite_training_names_a_checkpoint_that_exists_or_none(tmp_path, every, kept):
+  out = _run(_train(tmp_path / "w", "--config.optim.lr=1e38", "--config.optim.warmup_steps=0",
+                    f"--config.train.checkpoint_every={every}"))
+  assert out.returncode == 3
+  line = _one_error_line(out)
+  assert "non-finite loss or gradients at step 2" in line and kept in line
+  if every == 1:
+    assert os.path.isdir(tmp_path / "w" / "checkpoints" / "1")
+
+
 def test_aggregating_a_study_with_no_finished_cell_is_an_error(tmp_path):
   (tmp_path / "w").mkdir()
   out = _run([sys.executable, os.path.join(ROOT, "study.py"), "--config",
