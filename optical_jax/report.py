@@ -32,6 +32,7 @@ import csv
 import gzip
 import io
 import math
+import os
 import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -479,7 +480,7 @@ QUESTIONS = (
     ("loss=ranking", "loss=sentence", "the ranking term alone over sentence-level distillation"),
     ("loss=ot-ranking", "loss=sentence", "OT + ranking over sentence-level distillation"),
 )
-USAGE = ("usage: python -m optical_jax.report [--check] DIR... | --readme [--check] README.md"
+USAGE = ("usage: python -m optical_jax.report [--check] DIR... | --readme [--check] PAGE.md..."
          " | --demo OUT --settings 'e5 ...' --lang L --seconds N")
 
 
@@ -526,9 +527,9 @@ def write_demo(out: str, settings: Sequence[str], lang: str, seconds: int) -> st
   return text
 
 
-def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
-  """The README's answer block: for each of `QUESTIONS`, every study that tests it in its
-  primary family, and how many of them the corrected run-level test holds in."""
+def _answers(study_dirs: Sequence[str], names: Sequence[str]):
+  """For each of `QUESTIONS`: the primary tests of every study that asks it, and how many
+  the corrected run-level test holds in (rows: (question index, study, context, test))."""
   rows, count = [], {q[:2]: [0, 0, 0] for q in QUESTIONS}   # above, tested, below
   for directory, name in zip(study_dirs, names):
     data = load(directory)
@@ -543,6 +544,13 @@ def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
       ctx = ",".join(f"{k}={v}" for k, v in c["context"].items())
       rows.append((QUESTIONS.index(next(q for q in QUESTIONS if q[:2] == key)), name, ctx, c))
   rows.sort(key=lambda r: r[0])
+  return rows, count
+
+
+def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
+  """The README's answer block: for each of `QUESTIONS`, how many of the studies' primary
+  tests of it the corrected run-level test holds in."""
+  rows, count = _answers(study_dirs, names)
   lines = []
   for a, b, text in QUESTIONS:
     held, total, below = count[(a, b)]
@@ -554,14 +562,21 @@ def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
                    + (f"; significantly below in {below}" if below else "")
                    + (f"; {untested} more with one run per arm cannot be tested" if untested
                       else "") + ".")
-  lines += ["", "| question | study | dataset | setting | measure | mean A − B | runs | "
-            "run t p | run p, adjusted | A above B |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
-  for i, name, ctx, c in rows:
-    lines.append(f"| {c['a']} vs {c['b']} | [{name}](docs/studies/{name}/summary.md) | "
+  return "\n".join(lines)
+
+
+def answer_table_markdown(study_dirs: Sequence[str], names: Sequence[str],
+                          link_base: str = "docs/studies") -> str:
+  """Every primary test behind the answer block, one row each, linking the study pages
+  (`link_base`: the studies folder relative to the page holding the table)."""
+  rows, _ = _answers(study_dirs, names)
+  lines = ["| question | study | dataset | setting | measure | mean A − B | runs | "
+           "run t p | run p, adjusted | A above B |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
+  for _, name, ctx, c in rows:
+    lines.append(f"| {c['a']} vs {c['b']} | [{name}]({link_base}/{name}/summary.md) | "
                  f"{c['dataset']} | {ctx} | {c['measure']} | {c['mean_diff']:+.3f} | {c['runs']} | "
                  f"{stats.format_p(c['run_t_p'])} | {stats.format_p(c['run_t_p_adj'])} | "
                  f"{_verdict(c)} |")
-    del i
   return "\n".join(lines)
 
 
@@ -574,34 +589,50 @@ def _verdict(c: Mapping[str, Any]) -> str:
   return "yes" if c["mean_diff"] > 0 else "below"
 
 
-def _blocks(root: str) -> Dict[str, str]:
-  """The README's generated blocks, rendered from the committed data under `root`."""
+def _blocks(root: str, page_dir: str) -> Dict[str, str]:
+  """The generated blocks, rendered from the committed data under the repository `root`
+  for a page in `page_dir` (links relative to it)."""
   import glob as glob_lib  # pylint: disable=g-import-not-at-top
   dirs = sorted(d.rstrip("/") for d in glob_lib.glob(_join(root, "docs/studies/*/"))
                 if fileio.read_json(_join(d, META)))
   names = [d.rsplit("/", 1)[-1] for d in dirs]
-  out = {"answer": answer_markdown(dirs, names)}
+  link_base = os.path.relpath(_join(root, "docs/studies"), page_dir).replace(os.sep, "/")
+  out = {"answer": answer_markdown(dirs, names),
+         "answer-table": answer_table_markdown(dirs, names, link_base)}
   demo = fileio.read_json(_join(root, f"docs/demo/{DEMO_JSON}"))
   out["demo"] = (demo_markdown(demo, level=3) if demo else
                  f"(No demo run is committed: `docs/demo/{DEMO_JSON}` is missing.)")
   return out
 
 
-_BLOCK = re.compile(r"(<!-- generated: (\w+) \(python -m optical_jax.report --readme README.md\) -->\n)"
+_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) \(python -m optical_jax.report --readme [^)\s]+\) -->\n)"
                     r"(.*?)(<!-- end generated: \2 -->)", re.S)
 
 
+def _repo_root(page_dir: str) -> str:
+  """The nearest folder at or above `page_dir` holding `docs/studies` (else `page_dir`)."""
+  d = os.path.abspath(page_dir)
+  while True:
+    if os.path.isdir(os.path.join(d, "docs", "studies")):
+      return d
+    parent = os.path.dirname(d)
+    if parent == d:
+      return os.path.abspath(page_dir)
+    d = parent
+
+
 def render_readme(path: str) -> str:
-  """The README with each generated block rendered anew from the committed data."""
+  """The page `path` (the README, or a docs page) with each generated block rendered anew
+  from the committed data."""
   text = fileio.read_text(path)
   if text is None:
-    raise InputError("cannot read the README", path)
-  root = path.rsplit("/", 1)[0] if "/" in path else "."
-  blocks = _blocks(root)
+    raise InputError("cannot read the page", path)
+  page_dir = os.path.dirname(os.path.abspath(path))
+  blocks = _blocks(_repo_root(page_dir), page_dir)
 
   def sub(m):
     if m.group(2) not in blocks:
-      raise InputError(f"README block {m.group(2)!r}: no data to render it from", path)
+      raise InputError(f"generated block {m.group(2)!r}: no data to render it from", path)
     return m.group(1) + blocks[m.group(2)].rstrip("\n") + "\n" + m.group(4)
   return _BLOCK.sub(sub, text)
 
@@ -618,18 +649,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        int(opts.get("--seconds", 0))), end="")
       return 0
     if args[:1] == ["--readme"]:
-      rest = [a for a in args[1:] if a != "--check"]
-      path = rest[0] if rest else "README.md"
-      new = render_readme(path)
-      if "--check" in args:
-        if new != fileio.read_text(path):
-          print(f"{path}: a generated block differs from what the committed data renders "
-                f"(python -m optical_jax.report --readme {path})", file=sys.stderr)
-          return 1
-        return 0
-      fileio.write_text(path, new)
-      print(f"{path}: generated blocks rendered")
-      return 0
+      paths = [a for a in args[1:] if a != "--check"] or ["README.md"]
+      differ = 0
+      for path in paths:
+        new = render_readme(path)
+        if "--check" in args:
+          if new != fileio.read_text(path):
+            differ += 1
+            print(f"{path}: a generated block differs from what the committed data renders "
+                  f"(python -m optical_jax.report --readme {path})", file=sys.stderr)
+          continue
+        fileio.write_text(path, new)
+        print(f"{path}: generated blocks rendered")
+      return 1 if differ else 0
   except (InputError, IndexError, ValueError) as e:
     print(f"error: {e}" if not isinstance(e, IndexError) else USAGE, file=sys.stderr)
     return 2

@@ -153,6 +153,11 @@ def test_readme_blocks_are_what_the_committed_data_renders():
   text = open(readme, encoding="utf-8").read()
   assert "<!-- generated: answer " in text and "<!-- generated: demo " in text
   assert report.render_readme(readme) == text, "python -m optical_jax.report --readme README.md"
+  results = os.path.join(ROOT, "docs", "results.md")
+  text = open(results, encoding="utf-8").read()
+  assert "<!-- generated: answer-table " in text and "](studies/ot_variants_cpu/summary.md)" in text
+  assert report.render_readme(results) == text, ("python -m optical_jax.report --readme "
+                                                 "docs/results.md")
   demo = os.path.join(ROOT, "docs", "demo")
   with open(os.path.join(demo, "demo.json"), encoding="utf-8") as f:
     want = report.demo_markdown(json.load(f))
@@ -160,17 +165,42 @@ def test_readme_blocks_are_what_the_committed_data_renders():
     assert f.read() == want
 
 
-def test_relative_links_in_readme_and_docs_resolve():
+def test_readme_is_the_front_door():
+  """Issue 26: the README stays short (what it is, install, the main job, the tests, the
+  headline results, a how-do-I list); manuals live in docs/."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  assert len(lines) <= 200, f"README.md has {len(lines)} lines (at most 200: move detail to docs/)"
+
+
+def _anchors(path):
+  """GitHub's heading anchors of a Markdown page (outside code fences)."""
   import re  # pylint: disable=g-import-not-at-top
-  pages = [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
-                                                        recursive=True)
+  out, fence = set(), False
+  for line in open(path, encoding="utf-8"):
+    if line.startswith("```"):
+      fence = not fence
+    elif not fence and line.startswith("#"):
+      title = line.lstrip("#").strip().lower()
+      out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+  return out
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+  """Every relative link of the README, the changelog and docs/ names a file that exists,
+  and a #anchor into a Markdown page names one of its headings."""
+  import re  # pylint: disable=g-import-not-at-top
+  pages = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "CHANGELOG.md")] + glob.glob(
+      os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
   for page in pages:
     text = open(page, encoding="utf-8").read()
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
-      if "://" in target:
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+      if "://" in target or (not target and not anchor):
         continue
-      path = os.path.normpath(os.path.join(os.path.dirname(page), target))
+      path = os.path.normpath(os.path.join(os.path.dirname(page), target)) if target else page
       assert os.path.exists(path), f"{page}: link to {target} does not resolve"
+      if anchor and path.endswith(".md"):
+        assert anchor in _anchors(path), f"{page}: no heading #{anchor} in {target or 'itself'}"
 
 
 def test_demo_tables_render_from_demo_json(tmp_path):
