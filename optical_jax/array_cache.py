@@ -26,7 +26,6 @@ problem, moved aside to `ROOT/.broken/` (kept for inspection) and recomputed by
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -40,7 +39,7 @@ import numpy as np
 
 from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
-from optical_jax import plain, stats
+from optical_jax import monitor, plain, stats
 from optical_jax.data import beir, xtreme
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -59,8 +58,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 Log = Callable[[str], None]
 
 
-def _stderr(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -261,8 +258,8 @@ def _plan_systems(config) -> List[SystemPlan]:
     if not isinstance(field, str) or not field:
       raise InputError(f"{where}.query_field must be a non-empty string")
     plan = SystemPlan(name, q, d, field)
-    plan.query_fp = fingerprint.model(q, "query")
-    plan.doc_fp = fingerprint.model(d, "doc")
+    plan.query_fp = models.model_fingerprint(q, "query")
+    plan.doc_fp = models.model_fingerprint(d, "doc")
     plans.append(plan)
   return plans
 
@@ -444,7 +441,7 @@ class _Encoders:
                  f"{time.perf_counter() - t0:.1f} s")
       m = base
       if _spec_key(base.spec) != key:
-        m = dataclasses.replace(base, spec=spec, fingerprint=fingerprint.model(spec))
+        m = dataclasses.replace(base, spec=spec, fingerprint=models.model_fingerprint(spec))
       self._models[key] = (m, m.embed_fn(self.mesh))
     return self._models[key]
 
@@ -558,7 +555,7 @@ def _doc_rows(data: Dataset, depth: int) -> List[int]:
   return sorted(rows)
 
 
-def run(config, out_dir: str, *, log: Log = _stderr) -> EvalResult:
+def run(config, out_dir: str, *, log: Log = monitor.stderr_line) -> EvalResult:
   """Evaluates every system of `config` into `out_dir` (see the module docstring).
 
   Raises InputError (one line) for bad config or input files before anything is

@@ -128,28 +128,3 @@ def files_stat(path: PathLike, suffixes: Sequence[str] = MODEL_SUFFIXES) -> List
     st = os.stat(f)
     out.append(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns}")
   return out
-
-
-def model(spec: Any, side: Optional[str] = None, n: Optional[int] = 16) -> str:
-  """Identifies a model's embeddings: its spec fields plus its weights and tokenizer files
-  (`files_stat` of `path` and `tokenizer`, `asset:` names resolved).
-
-  `side='query'` leaves out `doc_prefix`/`doc_max_len` and `side='doc'` leaves out
-  `query_prefix`/`query_max_len`, so a change on one side keeps the other side's
-  embedding cache; `side=None` keeps every field (the model as a whole).
-  """
-  from optical_jax import assets  # pylint: disable=g-import-not-at-top  # assets hashes files with `file`
-  fields = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
-  if side is not None:
-    if side not in SIDES:
-      raise ValueError(f"side must be one of {SIDES} or None, got {side!r}")
-    drop = DOC_FIELDS if side == "query" else QUERY_FIELDS
-    fields = {k: v for k, v in fields.items() if k not in drop}
-  h = hashlib.sha256(canonical_json(fields).encode("utf-8"))
-  for p in (fields.get("path"), fields.get("tokenizer")):
-    if p:
-      for s in files_stat(assets.resolve(p)):
-        h.update(s.encode())
-        h.update(b"\x1e")
-    h.update(b"\x1f")
-  return _hex(h, n)

@@ -14,6 +14,7 @@ which `load_model` reads back with `weights='export'`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -122,6 +123,33 @@ def _arch_overrides(spec) -> Dict[str, Any]:
   return over
 
 
+def model_fingerprint(spec: Any, side: Optional[str] = None, n: Optional[int] = 16) -> str:
+  """Identifies a model's embeddings: its spec fields plus its weights and tokenizer files
+  (`fingerprint.files_stat` of `path` and `tokenizer`, `asset:` names resolved). Built from
+  `optical_jax.fingerprint`'s primitives here, where assets are resolved (fingerprint
+  itself imports nothing of the project); the byte stream is the one embedding-cache keys
+  were made with, so it must not change.
+
+  `side='query'` leaves out `doc_prefix`/`doc_max_len` and `side='doc'` leaves out
+  `query_prefix`/`query_max_len`, so a change on one side keeps the other side's
+  embedding cache; `side=None` keeps every field (the model as a whole).
+  """
+  fields = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+  if side is not None:
+    if side not in fingerprint.SIDES:
+      raise ValueError(f"side must be one of {fingerprint.SIDES} or None, got {side!r}")
+    drop = fingerprint.DOC_FIELDS if side == "query" else fingerprint.QUERY_FIELDS
+    fields = {k: v for k, v in fields.items() if k not in drop}
+  h = hashlib.sha256(fingerprint.canonical_json(fields).encode("utf-8"))
+  for p in (fields.get("path"), fields.get("tokenizer")):
+    if p:
+      for s in fingerprint.files_stat(assets.resolve(p)):
+        h.update(s.encode())
+        h.update(b"\x1e")
+    h.update(b"\x1f")
+  return h.hexdigest() if n is None else h.hexdigest()[:n]
+
+
 def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> Model:
   """Loads weights and tokenizer for a model spec (see `model_spec`)."""
   validate_spec(spec, where)
@@ -155,7 +183,7 @@ def load_model(spec, rng: Optional[jax.Array] = None, where: str = "model") -> M
       params = weights.add_head(params, cfg, jax.random.fold_in(rng, 1))
   tokenizer = Tokenizer(tok_path)
   return Model(spec=spec, cfg=cfg, params=params, tokenizer=tokenizer,
-               fingerprint=fingerprint.model(spec))
+               fingerprint=model_fingerprint(spec))
 
 
 # --------------------------------------------------------------------------------------

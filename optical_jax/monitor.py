@@ -62,6 +62,11 @@ class MetricWriter:
       self._tb.close()
 
 
+def stderr_line(msg: str) -> None:
+  """The programs' default log: one line on stderr, flushed (progress and status lines)."""
+  print(msg, file=sys.stderr, flush=True)
+
+
 def format_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
     return "?"

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -56,7 +55,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
-from optical_jax import cell_archive, fileio, fingerprint, metrics, plain, report, stats
+from optical_jax import cell_archive, fileio, fingerprint, metrics, monitor, plain, report, stats
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 
@@ -68,8 +67,6 @@ CSV_COLUMNS_BEFORE = ("study", "cell", "kind")
 CSV_COLUMNS_AFTER = ("system", "dataset", "metric", "value", "num_queries")
 
 
-def _stderr(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -433,7 +430,7 @@ def _student_system(train_workdir: str, train_config):
   return evaluator.system(models.export_spec(export), query_field="text_en")
 
 
-def run_cell(config, plan: CellPlan, log: Log = _stderr) -> Dict[str, Any]:
+def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str, Any]:
   """Trains and evaluates one cell (held by this process); writes its done.json last."""
   from optical_jax import evaluator, trainer  # pylint: disable=g-import-not-at-top
   key = plan.cell.key
@@ -492,7 +489,7 @@ def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
                         for c in cells]})
 
 
-def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = _stderr,
+def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = monitor.stderr_line,
         aggregate_after: Optional[bool] = None, select_only: bool = False,
         archive: str = "") -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
@@ -715,7 +712,7 @@ def _finished_keys(config, workdir: str) -> List[str]:
           if fileio.read_json(os.path.join(workdir, "cells", c.key, DONE))]
 
 
-def choose(config, workdir: str, *, log: Log = _stderr) -> Dict[str, Any]:
+def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str, Any]:
   """The selection stage's choice, from its finished cells alone; writes
   `WORKDIR/selection.json` (candidates, their scores and per-cell evidence, the files
   read, as their folder/name) and `selection.md`. InputError while a selection cell is unfinished."""
@@ -1097,7 +1094,7 @@ class Aggregate:
   rows: int
 
 
-def aggregate(config, workdir: str, *, log: Log = _stderr, archive: str = "") -> Aggregate:
+def aggregate(config, workdir: str, *, log: Log = monitor.stderr_line, archive: str = "") -> Aggregate:
   """Writes results.csv, summary.md (+ summary.json) and plots/*.png from finished cells.
 
   Unfinished cells are left out with a warning line (the summary says how many).

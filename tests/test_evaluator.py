@@ -15,13 +15,12 @@ import pytest
 
 from optical_jax import evaluator, models, plain, retrieval
 from optical_jax.data import beir
+from configs import tiny as tiny_config
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-TINY_ARCH = dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
-                 intermediate_size=64, max_position_embeddings=512, hidden_dropout=0.0,
-                 attention_dropout=0.0)
+TINY_ARCH = dict(tiny_config.TINY_ARCH, max_position_embeddings=512)   # passages up to 512
 WORDS = ("river lake mountain city village school music football election president "
          "language history river bank market farm rain forest island ocean bridge king "
          "queen army church mosque hospital doctor teacher student book radio").split()

@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from optical_jax import fingerprint
+from optical_jax import fingerprint, models
 
 
 def test_texts_is_stable_and_boundary_and_order_sensitive():
@@ -106,34 +106,34 @@ def test_model_fingerprint_follows_files_and_sub_second_mtime(tmp_path):
   d, tok = _model_dir(tmp_path)
   w = d / "model.safetensors"
   os.utime(w, ns=(1, 1_000_000_000))
-  base = {side: fingerprint.model(_spec(d, tok), side) for side in (None, "query", "doc")}
+  base = {side: models.model_fingerprint(_spec(d, tok), side) for side in (None, "query", "doc")}
   assert len(set(base.values())) == 3
   os.utime(w, ns=(1, 1_000_000_500))  # the same second: only mtime_ns sees it
-  touched = {side: fingerprint.model(_spec(d, tok), side) for side in (None, "query", "doc")}
+  touched = {side: models.model_fingerprint(_spec(d, tok), side) for side in (None, "query", "doc")}
   assert all(touched[s] != base[s] for s in base)
   w.write_bytes(b"weightz")  # same size, new content and mtime
-  assert fingerprint.model(_spec(d, tok)) not in (base[None], touched[None])
-  before = fingerprint.model(_spec(d, tok), "doc")
+  assert models.model_fingerprint(_spec(d, tok)) not in (base[None], touched[None])
+  before = models.model_fingerprint(_spec(d, tok), "doc")
   (d / "notes.md").write_text("other", encoding="utf-8")  # not a model file
-  assert fingerprint.model(_spec(d, tok), "doc") == before
+  assert models.model_fingerprint(_spec(d, tok), "doc") == before
   tok.write_text('{"v": 2}', encoding="utf-8")  # the tokenizer counts too
-  assert fingerprint.model(_spec(d, tok), "doc") != before
+  assert models.model_fingerprint(_spec(d, tok), "doc") != before
 
 
 def test_side_fingerprints_ignore_the_other_side(tmp_path):
   d, tok = _model_dir(tmp_path)
   spec = _spec(d, tok)
-  q, doc, whole = (fingerprint.model(spec, s) for s in ("query", "doc", None))
+  q, doc, whole = (models.model_fingerprint(spec, s) for s in ("query", "doc", None))
   other_doc = _spec(d, tok, doc_prefix="passage: ", doc_max_len=256)
-  assert fingerprint.model(other_doc, "query") == q
-  assert fingerprint.model(other_doc, "doc") != doc and fingerprint.model(other_doc) != whole
+  assert models.model_fingerprint(other_doc, "query") == q
+  assert models.model_fingerprint(other_doc, "doc") != doc and models.model_fingerprint(other_doc) != whole
   other_query = _spec(d, tok, query_prefix="query: ", query_max_len=64)
-  assert fingerprint.model(other_query, "doc") == doc
-  assert fingerprint.model(other_query, "query") != q and fingerprint.model(other_query) != whole
+  assert models.model_fingerprint(other_query, "doc") == doc
+  assert models.model_fingerprint(other_query, "query") != q and models.model_fingerprint(other_query) != whole
   shared = _spec(d, tok, pooling="cls")  # a field both sides depend on
-  assert fingerprint.model(shared, "query") != q and fingerprint.model(shared, "doc") != doc
+  assert models.model_fingerprint(shared, "query") != q and models.model_fingerprint(shared, "doc") != doc
   with pytest.raises(ValueError, match="side must be one of"):
-    fingerprint.model(spec, "passage")
+    models.model_fingerprint(spec, "passage")
 
 
 def test_model_fingerprint_of_a_config_dict(tmp_path):
@@ -141,4 +141,4 @@ def test_model_fingerprint_of_a_config_dict(tmp_path):
   d, tok = _model_dir(tmp_path)
   spec = _spec(d, tok, arch={"dtype": "float32"})
   cd = ml_collections.ConfigDict(spec)
-  assert fingerprint.model(cd, "doc") == fingerprint.model(spec, "doc")
+  assert models.model_fingerprint(cd, "doc") == models.model_fingerprint(spec, "doc")

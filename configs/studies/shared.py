@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import ml_collections
 
 from configs import common
+from configs.tiny import TINY_ARCH  # the tiny random encoder of smoke scales
 from optical_jax import evaluator
 
 # What every study evaluation computes (ir_measures names); the summary shows a subset.
@@ -23,10 +24,6 @@ SCALES = ("smoke", "cpu", "full")
 LAREQA_CODES = {"ell": "el", "hin": "hi", "tur": "tr", "tha": "th", "ara": "ar", "deu": "de",
                 "spa": "es", "rus": "ru", "vie": "vi", "zho": "zh"}
 MLQA_LANGS = ("ar", "de", "es", "hi", "vi", "zh")
-
-TINY_ARCH = dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
-                 intermediate_size=64, max_position_embeddings=64, hidden_dropout=0.0,
-                 attention_dropout=0.0)
 
 
 def check_scale(scale: str) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
@@ -14,7 +12,6 @@ from optical_jax import array_cache, errors, fingerprint
 from optical_jax.data.bitext import Bitext, Mixture, mix
 from optical_jax.errors import InputError
 
-log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 Batch = Dict[str, np.ndarray]

@@ -43,7 +43,6 @@ from optical_jax.data.beir import Corpus, DataWarning, Qrels, Queries
 from optical_jax.errors import InputError
 
 KINDS = ("beir", "lareqa", "bitext")
-FIELDS = ("text", "text_en")
 
 
 @dataclasses.dataclass
