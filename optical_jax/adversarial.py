@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from optical_jax import encoder as enc
-from optical_jax import losses
+from optical_jax import norms
 from optical_jax.errors import InputError, build, field_problems
 
 SCHEDULES = ("constant", "dann")
@@ -144,7 +144,7 @@ def reversal_scale(cfg: AdversarialConfig, step: jnp.ndarray) -> jnp.ndarray:
 def _pooled(tokens: jnp.ndarray, mask: jnp.ndarray, cfg: AdversarialConfig) -> jnp.ndarray:
   """[B, L, D] -> [B, D]; normalised with a finite gradient for an empty (all-padding) row."""
   pooled = enc.pool(tokens, mask, cfg.pooling, False)
-  return losses.enc_l2(pooled) if cfg.normalize else pooled
+  return norms.unit_rows(pooled) if cfg.normalize else pooled
 
 
 def _bce(logits: jnp.ndarray, label: float) -> jnp.ndarray:

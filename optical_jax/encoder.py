@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from optical_jax import norms
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -323,11 +325,6 @@ def pooler_pool(tokens: jnp.ndarray, mask: jnp.ndarray, pooler: Optional[Dict[st
                   + jnp.asarray(pooler["bias"], jnp.float32))
 
 
-def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
-  """x / max(||x||, eps), as torch.nn.functional.normalize."""
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
-
 
 POOLING = {"mean": lambda tokens, mask, pooler: mean_pool(tokens, mask),
            "cls": lambda tokens, mask, pooler: cls_pool(tokens, mask),
@@ -343,4 +340,4 @@ def pool(tokens: jnp.ndarray, mask: jnp.ndarray, pooling: str, normalize: bool,
   if pooling not in POOLING:
     raise ValueError(f"pooling must be one of {sorted(POOLING)}, got {pooling!r}")
   out = POOLING[pooling](tokens, mask, pooler)
-  return l2_normalize(out) if normalize else out
+  return norms.unit(out) if normalize else out

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from optical_jax import ot as ot_lib
 from optical_jax import scoring as scoring_lib
 from optical_jax import encoder as enc
+from optical_jax import norms
 from optical_jax.encoder import masked_mean, mean_pool
 from optical_jax.errors import InputError, build, field_problems
 
@@ -178,13 +179,6 @@ def _pair_valid(s_mask: jnp.ndarray, t_mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.any(s_mask > 0, axis=-1) & jnp.any(t_mask > 0, axis=-1)
 
 
-def _cosine(u: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-  """Row-wise cosine [B, D], [B, D] -> [B]; 0 (with a finite gradient) for a zero vector."""
-  floor = 1e-12
-  dot = jnp.sum(u * v, axis=-1)
-  return dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(u * u, axis=-1), floor)) * jax.lax.rsqrt(
-      jnp.maximum(jnp.sum(v * v, axis=-1), floor))
-
 
 # ----------------------------------------------------------------------------- sentence level
 
@@ -210,7 +204,7 @@ def sentence_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_toke
   s, t = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
                                               mean_pool(teacher_tokens, t_mask))
   valid = _pair_valid(s_mask, t_mask)
-  cos = _cosine(s, t)
+  cos = norms.cosine_rows(s, t)
   if distance == "mse":
     per_pair = jnp.mean(jnp.square(s - t), axis=-1)
   elif distance == "cosine":
@@ -285,7 +279,7 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
   """
   s, e = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
                                               mean_pool(teacher_tokens, t_mask))
-  s, e = enc_l2(s), jax.lax.stop_gradient(enc_l2(e))
+  s, e = norms.unit_rows(s), jax.lax.stop_gradient(norms.unit_rows(e))
   valid = _pair_valid(s_mask, t_mask)
   e_all, valid_all = e, valid
   own = jnp.arange(s.shape[0])
@@ -302,11 +296,6 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
   best = jnp.argmax(jax.lax.stop_gradient(logits_s), axis=-1)
   return masked_mean(kl, valid), masked_mean((best == own).astype(jnp.float32), valid)
 
-
-def enc_l2(x: jnp.ndarray) -> jnp.ndarray:
-  """Row-wise L2 normalisation with a finite gradient at 0."""
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 # ----------------------------------------------------------------------------- dispatcher

@@ -58,6 +58,7 @@ from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
 
+from optical_jax import norms
 from optical_jax.encoder import masked_mean
 from optical_jax.errors import InputError, build, field_problems
 
@@ -66,7 +67,6 @@ GRAD_MODES = ("envelope", "implicit", "unroll")
 SOLVERS = ("ott", "batched")
 RELATIVE_TO = ("std", "mean")
 CENTER_SOURCES = ("batch", "bitext")
-_NORM_FLOOR = 1e-12  # squared norm below which a vector counts as zero (cosine cost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,8 +311,7 @@ def cost_matrix(x: jnp.ndarray, y: jnp.ndarray, cost: str = "cosine") -> jnp.nda
   x = x.astype(dtype)
   y = y.astype(dtype)
   if cost == "cosine":
-    xn = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _NORM_FLOOR))
-    yn = y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), _NORM_FLOOR))
+    xn, yn = norms.unit_rows(x), norms.unit_rows(y)
     return 1.0 - jnp.einsum("...nd,...md->...nm", xn, yn,
                             precision=jax.lax.Precision.HIGHEST)
   if cost == "sqeuclidean":
@@ -927,16 +926,9 @@ def barycentric_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
   if distance == "mse":
     per_token = jnp.mean(jnp.square(xs - targets), axis=-1)
   else:
-    per_token = 1.0 - cosine_rows(xs, targets)
+    per_token = 1.0 - norms.cosine_rows(xs, targets)
   share = mass / jnp.maximum(jnp.sum(mass, axis=1, keepdims=True), 1e-30)
   per_pair = jnp.sum(jnp.where(keep, share * per_token, 0.0), axis=1)
   loss = masked_mean(per_pair, res.valid)
   diagnostics = _diagnostics(res, x_weights, y_weights)
   return loss, {k: v.astype(loss.dtype) for k, v in diagnostics.items()}
-
-
-def cosine_rows(u: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-  """Cosine along the last axis; 0 (with a finite gradient) where either vector is 0."""
-  dot = jnp.sum(u * v, axis=-1)
-  return dot * jax.lax.rsqrt(jnp.maximum(jnp.sum(u * u, axis=-1), _NORM_FLOOR)) * jax.lax.rsqrt(
-      jnp.maximum(jnp.sum(v * v, axis=-1), _NORM_FLOOR))

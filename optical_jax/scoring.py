@@ -11,6 +11,7 @@ from typing import Optional, Type
 import jax.numpy as jnp
 
 from optical_jax import encoder as enc
+from optical_jax import norms
 
 SCORINGS = ("dense", "maxsim")
 
@@ -75,5 +76,5 @@ def embed(tokens: jnp.ndarray, mask: jnp.ndarray, scoring: str, pooling: str,
   """
   check(scoring)
   if scoring == "maxsim":
-    return enc.l2_normalize(tokens) if normalize else tokens
+    return norms.unit(tokens) if normalize else tokens
   return enc.pool(tokens, mask, pooling, normalize, pooler)
