@@ -36,7 +36,7 @@ documents (in-batch and hard negatives), with dense or ColBERT MaxSim scores.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -301,6 +301,85 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
 # ----------------------------------------------------------------------------- dispatcher
 
 
+# ----------------------------------------------------------------------------- the terms
+# A distillation loss is a sum of named terms (`LOSSES`: 'ot', 'ot+ranking', ...): the
+# first with weight 1, each later one with its weight field. Each term is a function of
+# the batch's inputs and the config returning (value, metrics); `distillation_loss` sums
+# them. A new term is one entry in `TERMS` (and, to combine it, `TERM_WEIGHTS`).
+
+
+@dataclasses.dataclass(frozen=True)
+class TermInputs:
+  """What the terms read: the token vectors the token-level terms compare (x, y: the
+  outputs or `cfg.layers`) with their marginal weights, the output tokens and masks, the
+  pooled embeddings, the sentence term (computed once: it gives `sentence_cosine`), the
+  OT solve's extra arguments and the mapped device axis."""
+
+  x: jnp.ndarray
+  s_weights: jnp.ndarray
+  y: jnp.ndarray
+  t_weights: jnp.ndarray
+  student_tokens: jnp.ndarray
+  s_mask: jnp.ndarray
+  teacher_tokens: jnp.ndarray
+  t_mask: jnp.ndarray
+  pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]]
+  sentence: jnp.ndarray
+  ot_kw: Dict[str, Any]
+  axis_name: Optional[str]
+
+
+def _sg(v: jnp.ndarray) -> jnp.ndarray:
+  return jax.lax.stop_gradient(v)
+
+
+def _ot_term(i: TermInputs, cfg: DistillConfig):
+  value, diagnostics = ot_lib.ot_loss(i.x, i.s_weights, i.y, i.t_weights, cfg.ot, **i.ot_kw)
+  return value, {**diagnostics, "ot_loss": _sg(value)}
+
+
+def _divergence_term(i: TermInputs, cfg: DistillConfig):
+  value, diagnostics = ot_lib.divergence_loss(i.x, i.s_weights, i.y, i.t_weights, cfg.ot,
+                                              **i.ot_kw)
+  return value, {**diagnostics, "divergence_loss": _sg(value)}
+
+
+def _barycentric_term(i: TermInputs, cfg: DistillConfig):
+  value, diagnostics = ot_lib.barycentric_loss(i.x, i.s_weights, i.y, i.t_weights, cfg.ot,
+                                               distance=cfg.token_distance, **i.ot_kw)
+  return value, {**diagnostics, "barycentric_loss": _sg(value)}
+
+
+def _hard_term(i: TermInputs, cfg: DistillConfig):
+  value = hard_alignment_loss(i.x, i.s_weights, i.y, i.t_weights, cfg.ot.cost,
+                              symmetric=cfg.hard_symmetric, scale_cost=cfg.ot.scale_cost)
+  return value, {"hard_loss": _sg(value)}
+
+
+def _sentence_term(i: TermInputs, cfg: DistillConfig):
+  del cfg
+  return i.sentence, {"sentence_loss": _sg(i.sentence)}
+
+
+def _ranking_term(i: TermInputs, cfg: DistillConfig):
+  rank, acc = ranking_loss(i.student_tokens, i.s_mask, i.teacher_tokens, i.t_mask,
+                           cfg.ranking_temperature, i.axis_name, i.pooled)
+  return rank, {"ranking_loss": _sg(rank), "ranking_accuracy": acc}
+
+
+TERMS: Dict[str, Callable[[TermInputs, DistillConfig], Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]]] = {
+    "ot": _ot_term, "divergence": _divergence_term, "barycentric": _barycentric_term,
+    "hard": _hard_term, "sentence": _sentence_term, "ranking": _ranking_term}
+# The weight of a term that follows the first one.
+TERM_WEIGHTS: Dict[str, Callable[[DistillConfig], float]] = {
+    "sentence": lambda cfg: cfg.sentence_weight, "ranking": lambda cfg: cfg.ranking_weight}
+
+
+def loss_terms(loss: str) -> Tuple[str, ...]:
+  """The terms a loss name sums, in order: 'ot+ranking' -> ('ot', 'ranking')."""
+  return tuple(loss.split("+"))
+
+
 def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weights: jnp.ndarray,
                       teacher_tokens: jnp.ndarray, t_mask: jnp.ndarray, t_weights: jnp.ndarray,
                       cfg: DistillConfig = DistillConfig(), *,
@@ -349,36 +428,16 @@ def distillation_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, s_weight
     pooled = (pooled[0], jax.lax.stop_gradient(pooled[1]))
   sent, cos = sentence_loss(student_tokens, s_mask, teacher_tokens, t_mask, distance, pooled)
   metrics["sentence_cosine"] = jax.lax.stop_gradient(cos)
-  ot_kw = dict(epsilon=epsilon, x_center=x_center, y_center=y_center)
-  term = cfg.token_term
-  loss = jnp.zeros((), jnp.float32)
-  if cfg.loss == "sentence":
-    loss = sent
-    metrics["sentence_loss"] = jax.lax.stop_gradient(sent)
-  elif term == "hard":
-    loss = hard_alignment_loss(x, s_weights, y, t_weights, cfg.ot.cost,
-                               symmetric=cfg.hard_symmetric, scale_cost=cfg.ot.scale_cost)
-    metrics["hard_loss"] = jax.lax.stop_gradient(loss)
-  elif term is not None:
-    if term == "ot":
-      value, diagnostics = ot_lib.ot_loss(x, s_weights, y, t_weights, cfg.ot, **ot_kw)
-    elif term == "divergence":
-      value, diagnostics = ot_lib.divergence_loss(x, s_weights, y, t_weights, cfg.ot, **ot_kw)
-    else:
-      value, diagnostics = ot_lib.barycentric_loss(x, s_weights, y, t_weights, cfg.ot,
-                                                   distance=cfg.token_distance, **ot_kw)
-    metrics.update(diagnostics)
-    metrics[f"{term}_loss"] = jax.lax.stop_gradient(value)
-    loss = value
-  if cfg.loss == "ot+sentence":
-    metrics["sentence_loss"] = jax.lax.stop_gradient(sent)
-    loss = loss + cfg.sentence_weight * sent
-  if cfg.loss.endswith("ranking"):
-    rank, acc = ranking_loss(student_tokens, s_mask, teacher_tokens, t_mask,
-                             cfg.ranking_temperature, axis_name, pooled)
-    metrics["ranking_loss"] = jax.lax.stop_gradient(rank)
-    metrics["ranking_accuracy"] = acc
-    loss = rank if cfg.loss == "ranking" else loss + cfg.ranking_weight * rank
+  inputs = TermInputs(x=x, s_weights=s_weights, y=y, t_weights=t_weights,
+                      student_tokens=student_tokens, s_mask=s_mask,
+                      teacher_tokens=teacher_tokens, t_mask=t_mask, pooled=pooled, sentence=sent,
+                      ot_kw=dict(epsilon=epsilon, x_center=x_center, y_center=y_center),
+                      axis_name=axis_name)
+  loss = None
+  for i, name in enumerate(loss_terms(cfg.loss)):
+    value, term_metrics = TERMS[name](inputs, cfg)
+    metrics.update(term_metrics)
+    loss = value if i == 0 else loss + TERM_WEIGHTS[name](cfg) * value
   loss = loss.astype(jnp.float32)
   return loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
