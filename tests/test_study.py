@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from optical_jax import study
+from optical_jax.study import rows as study_rows
 from optical_jax.errors import InputError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -379,7 +380,7 @@ def test_derived_dataset_is_the_per_query_difference(tmp_path):
   c.derived = (("gap", "a", "b"),)
   results = {("a", "s"): {"per_query": {"P@1": {"q1": 1.0, "q2": 0.0, "q3": 1.0}}},
              ("b", "s"): {"per_query": {"P@1": {"q1": 0.0, "q2": 0.0}}}}
-  got = study._derived(c, results)  # pylint: disable=protected-access
+  got = study_rows._derived(c, results)  # pylint: disable=protected-access
   assert got == {("gap", "s"): {"per_query": {"P@1": {"q1": 1.0, "q2": 0.0}},
                                 "aggregate": {"P@1": 0.5}, "num_queries": 2}}
   c.derived = (("gap", "a"),)

@@ -1,0 +1,180 @@
+"""Running a study: its shard of the grid (with a selection stage first when declared),
+progress lines, and aggregation into the files its page is rendered from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import List, Optional, Sequence, Tuple
+
+
+from optical_jax import cell_archive, fileio, monitor, report
+from optical_jax.errors import InputError
+from optical_jax.fileio import write_json, write_text
+from optical_jax.study.spec import Cell, Log, axes, grid, shard_cells
+from optical_jax.study.cells import cell_status, plan_cell, restore_cells, run_cell
+from optical_jax.study.selection import SELECT_DIR, choose, selection_stage, test_stage, _finished_keys
+from optical_jax.study.rows import _csv_text, _per_query_bytes, collect, report_meta
+from optical_jax.study.plots import plot
+
+
+@dataclasses.dataclass
+class StudyResult:
+  """What `run` did: cells run now, cells already finished, the shard's cells, the grid size."""
+
+  ran: List[str]
+  skipped: List[str]
+  shard_cells: List[str]
+  total: int
+  aggregated: bool
+
+
+def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
+  write_json(os.path.join(workdir, "study.json"),
+             {"name": config.name, "axes": {k: list(v) for k, v in axes(config).items()},
+              "seed_axis": config.seed_axis,
+              "cells": [{"key": c.key, "values": c.values, "reference": c.reference}
+                        for c in cells]})
+
+
+def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = monitor.stderr_line,
+        aggregate_after: Optional[bool] = None, select_only: bool = False,
+        archive: str = "") -> StudyResult:
+  """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
+
+  With a selection stage (`config.select.axis`), its cells run first (in
+  `WORKDIR/select/`, sharded the same way); once all of them have finished, the choice
+  is written to `WORKDIR/selection.json` and `selection.md`, and the test stage runs the
+  chosen and kept values (`select_only`: stop after the choice). A shard that finds the
+  selection stage unfinished stops after its own selection cells (rerun it when every
+  shard has).
+
+  `archive` (a directory, `optical_jax.cell_archive`): this shard's cells missing from
+  the workdir are restored from their records there when their configs match, and every
+  finished cell's record is written there (a selection stage's under `ARCHIVE/select/`).
+
+  Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
+  one InputError line before anything trains.
+  """
+  workdir = os.path.abspath(workdir)
+  stage = selection_stage(config)
+  if stage is None:
+    return _run_grid(config, workdir, shard, log, aggregate_after, archive)
+  sel_dir = os.path.join(workdir, SELECT_DIR)
+  sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1,
+                  os.path.join(archive, SELECT_DIR) if archive else "")
+  left = len(grid(stage)) - len(_finished_keys(stage, sel_dir))
+  if left:
+    log(f"study {config.name}: the selection stage has {left} unfinished cell(s) in other "
+        "shards; rerun this command when every shard has finished")
+    return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, False)
+  chosen = choose(config, workdir, log=log)
+  if select_only:
+    return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, sel.aggregated)
+  result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after,
+                     archive)
+  return StudyResult(sel.ran + result.ran, sel.skipped + result.skipped,
+                     sel.shard_cells + result.shard_cells, sel.total + result.total,
+                     result.aggregated)
+
+
+def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
+              aggregate_after: Optional[bool], archive: str = "") -> StudyResult:
+  """`run` for one grid (no selection stage)."""
+  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
+  cells = grid(config)
+  mine = shard_cells(cells, shard)
+  plans = [plan_cell(config, c, workdir) for c in mine]
+  if archive:
+    restore_cells(config, plans, archive, log)
+  status = {p.cell.key: cell_status(p) for p in plans}
+  os.makedirs(workdir, exist_ok=True)
+  write_grid(config, workdir, cells)
+  todo = [p for p in plans if status[p.cell.key] == "todo"]
+  skipped = [p.cell.key for p in plans if status[p.cell.key] == "done"]
+  where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+  log(f"study {config.name}{where}: {len(plans)} of {len(cells)} cells; {len(skipped)} "
+      f"finished, {len(todo)} to run")
+  ran = []
+  t0 = time.time()
+  for p in todo:
+    log(f"study: cell {p.cell.key}")
+    run_cell(config, p, log)
+    if archive:
+      cell_archive.save(p.directory, archive)
+    ran.append(p.cell.key)
+    # The rate counts only cells run now (finished ones were skipped in no time).
+    per = (time.time() - t0) / len(ran)
+    done = len(skipped) + len(ran)
+    log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
+        f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
+        f" | last {p.cell.key}")
+  if archive:  # cells finished before the archive was named
+    for p in plans:
+      if p.cell.key in skipped:
+        cell_archive.save(p.directory, archive)
+  if aggregate_after is None:
+    aggregate_after = shard[1] == 1
+  if aggregate_after:
+    aggregate(config, workdir, log=log)
+  elif shard[1] > 1:
+    log(f"study: shard {shard[0]}/{shard[1]} finished; when every shard has, run "
+        "study.py with --aggregate")
+  return StudyResult(ran, skipped, [p.cell.key for p in plans], len(cells), aggregate_after)
+
+
+@dataclasses.dataclass
+class Aggregate:
+  csv_path: str
+  summary_path: str
+  plots: List[str]
+  finished: int
+  total: int
+  rows: int
+
+
+def aggregate(config, workdir: str, *, log: Log = monitor.stderr_line, archive: str = "") -> Aggregate:
+  """Writes results.csv, summary.md (+ summary.json) and plots/*.png from finished cells.
+
+  Unfinished cells are left out with a warning line (the summary says how many).
+  `archive`: cells (and selection cells) the workdir lacks are first restored from their
+  records there (`restore_cells`), e.g. a committed study page's `cells/`.
+  """
+  workdir = os.path.abspath(workdir)
+  if archive:
+    stage = selection_stage(config)
+    if stage is not None:
+      sel_dir = os.path.join(workdir, SELECT_DIR)
+      restore_cells(stage, [plan_cell(stage, c, sel_dir) for c in grid(stage)],
+                    os.path.join(archive, SELECT_DIR), log)
+    test = config if stage is None else test_stage(
+        config, choose(config, workdir, log=lambda _: None)["chosen"])
+    restore_cells(test, [plan_cell(test, c, workdir) for c in grid(test)], archive, log)
+  if not os.path.isdir(workdir):
+    raise InputError("study workdir not found (run the study first)", workdir)
+  if config.select.axis:
+    chosen = choose(config, workdir, log=log)
+    aggregate(selection_stage(config), os.path.join(workdir, SELECT_DIR), log=log)
+    config = test_stage(config, chosen["chosen"])
+  col = collect(config, workdir)
+  if not col.finished:
+    raise InputError(f"study {config.name}: none of its {len(col.cells)} cells has finished; "
+                     "nothing to aggregate (run the study first)", workdir)
+  missing = len(col.cells) - len(col.finished)
+  if missing:
+    log(f"warning: {missing} of {len(col.cells)} cells are not finished; aggregating the "
+        f"{len(col.finished)} that are")
+  csv_path = os.path.join(workdir, report.RESULTS)
+  write_text(csv_path, _csv_text(col.columns, col.rows))
+  fileio.write_bytes(os.path.join(workdir, report.PER_QUERY), _per_query_bytes(config, col))
+  write_json(os.path.join(workdir, report.META), report_meta(config, col))
+  markdown = report.write(workdir)
+  summary_path = os.path.join(workdir, report.SUMMARY)
+  primary = report.section(markdown, "### Primary family")
+  if primary:
+    log(primary)
+  plots = plot(config, col, os.path.join(workdir, "plots")) if col.rows else []
+  log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
+      f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")
+  return Aggregate(csv_path, summary_path, plots, len(col.finished), len(col.cells), len(col.rows))
