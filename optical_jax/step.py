@@ -347,4 +347,5 @@ def make_teacher_step(spec: TeacherSpec, tx: optax.GradientTransformation,
 
 
 def host_metrics(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
-  return {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+  """The step's metrics as Python floats, in one transfer from the device."""
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}

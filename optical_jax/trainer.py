@@ -385,19 +385,38 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
 
   if start == 0:
     run_validation(0)
+  # The first non-finite step stays on the device (`watch`) and is read at log steps and
+  # before every checkpoint and validation, never after each step: the host does not wait
+  # for the device between steps (asynchronous dispatch). Nothing after a non-finite
+  # step is saved, so the run stops as it did when it synced every step: naming the
+  # first bad step and the last good checkpoint.
+  watch = None if spec.skip_nonfinite else NonfiniteWatch()
+
+  def check_finite():
+    if watch is None:
+      return
+    bad, loss_at = (int(v) if i == 0 else float(v)
+                    for i, v in enumerate(jax.device_get(watch.state)))
+    if bad:
+      kept = (f"last checkpoint (step {last_saved[0]}) kept in {ckpt.directory}"
+              if last_saved[0] is not None else "no checkpoint was saved yet")
+      raise NonFiniteError(f"non-finite loss or gradients at step {bad} "
+                           f"(loss={loss_at}); {kept}")
+
+  def save_checked(step_now):
+    check_finite()
+    save(step_now)
+
   try:
     while step < end:
       local = next(it)
       local.pop("valid")  # always 1: training drops an epoch's incomplete batches
       state, m = train_step(state, frozen, step_lib.shard_batch(local, mesh))
       step += 1
-      fin = float(np.asarray(jax.device_get(m["finite"])))
-      if fin < 1.0 and not spec.skip_nonfinite:
-        kept = (f"last checkpoint (step {last_saved[0]}) kept in {ckpt.directory}"
-                if last_saved[0] is not None else "no checkpoint was saved yet")
-        raise NonFiniteError(f"non-finite loss or gradients at step {step} "
-                             f"(loss={float(np.asarray(jax.device_get(m['loss'])))}); {kept}")
+      if watch is not None:
+        watch.update(m["finite"], m["loss"], step)
       if step % log_every == 0 or step == end:
+        check_finite()
         metrics = step_lib.host_metrics(m)
         now = time.time()
         metrics["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
@@ -407,16 +426,17 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
         progress.update(step, {k: metrics[k] for k in ("loss", "converged_fraction",
                                                        "sentence_cosine") if k in metrics})
       if step % ckpt_every == 0 and step < end:
-        save(step)
+        save_checked(step)
       if val_every and step % val_every == 0 and step < end:
+        check_finite()
         run_validation(step)
       if guard.should_stop():
-        save(step)
+        save_checked(step)
         log_fn(f"stopped by {guard.signal_name()} at step {step}; checkpoint saved in "
                f"{ckpt.directory}")
         break
     else:
-      save(step)
+      save_checked(step)
       if step >= steps and step > start:
         metrics.update(run_validation(step))
   finally:
@@ -440,6 +460,25 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
                 resumed_from=resumed_from, compilations=compilations,
                 finished=step >= steps, stopped_by=guard.received,
                 checkpoint_dir=ckpt.directory)
+
+
+class NonfiniteWatch:
+  """The first non-finite step of a run and its loss, kept on the device: `update` is a
+  jitted function dispatched asynchronously after each step (no host transfer); the
+  trainer reads `state` only when it checks (log steps, checkpoints)."""
+
+  def __init__(self):
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    self.state = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def update(state, finite, loss, step):
+      bad, loss_at = state
+      first = (bad == 0) & (finite < 1.0)
+      return (jnp.where(first, step, bad), jnp.where(first, loss.astype(jnp.float32), loss_at))
+    self._update = jax.jit(update, donate_argnums=0)
+
+  def update(self, finite, loss, step: int) -> None:
+    self.state = self._update(self.state, finite, loss, np.int32(step))
 
 
 def check_complete(result: Result, config) -> None:

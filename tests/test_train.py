@@ -129,6 +129,25 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tmp_path):
   assert _losses(ref.workdir) == _losses(str(work))
 
 
+def test_the_step_loop_does_not_wait_for_the_device_each_step(tmp_path, monkeypatch):
+  """Issue 25: the finiteness flag stays on the device and is read at log steps and
+  checkpoints only, so the host never blocks on the device between steps: over 12 steps
+  with a log every 6, the trainer fetches from the device at the start, the two log
+  steps, the last checkpoint and the export, not after every step."""
+  calls = []
+  real = trainer.jax.device_get
+
+  def counting(x):
+    calls.append(1)
+    return real(x)
+  monkeypatch.setattr(trainer.jax, "device_get", counting)
+  r = trainer.run(tiny(**{"train.devices": 1, "train.log_every": 6,
+                          "train.checkpoint_every": 100}), str(tmp_path / "w"),
+                  log_fn=lambda *_: None)
+  assert r.finished and r.step == 12
+  assert len(calls) < 12, f"{len(calls)} device_get calls for 12 steps"
+
+
 def _tree_bytes(root):
   out = {}
   for d, _, files in os.walk(root):
