@@ -4,20 +4,21 @@ Step 1 — English teacher: a ColBERT-style late-interaction retriever on XLM-R,
 on MS MARCO triples (query, positive, BM25 negative), in-batch negatives across all
 devices:
 
-    python train.py --config configs/paper_xlmr_msmarco.py:teacher --workdir gs://BUCKET/teacher
+    python train.py --config configs/paper_xlmr_msmarco.py:teacher --workdir /shared/teacher
 
 Step 2 — OPTICAL distillation of a low-resource-language query encoder from bitext
 (TFDS translation datasets, read with `tfds.data_source` from a prepared `data_dir`),
 teacher frozen:
 
-    python train.py --config configs/paper_xlmr_msmarco.py:distill --workdir gs://BUCKET/optical \
-        --config.student.path=gs://BUCKET/teacher/teacher --config.teacher.path=gs://BUCKET/teacher/teacher
+    python train.py --config configs/paper_xlmr_msmarco.py:distill --workdir /shared/optical \
+        --config.student.path=/shared/teacher/teacher --config.teacher.path=/shared/teacher/teacher
 
 Nothing here runs offline: `xlm-roberta-base` comes from the Hugging Face hub, MS MARCO
 triples from a local TSV you download (`triples.train.small.tsv`), and the TFDS datasets
 must be prepared under `data_dir` (`tfds build para_crawl/enmt` etc.). On a pod, set
 `--config.distributed.initialize=True` (TPU VMs fill in the coordinator); each host reads
-its own slice of every global batch. Hyper-parameters follow the paper where it states
+its own slice of every global batch; keep workdirs on a file system every host sees
+(`/shared` above; `gs://` workdirs are not supported yet, issue 25). Hyper-parameters follow the paper where it states
 them and this project's documented defaults elsewhere (`optical_jax/config.py`); the XLM-R
 preset is `configs/common.py`'s `colbert_xlmr`.
 """

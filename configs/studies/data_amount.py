@@ -2,8 +2,8 @@
 
     python study.py --config configs/studies/data_amount.py:smoke --workdir /tmp/da   # < 2 min, tiny models
     python study.py --config configs/studies/data_amount.py:cpu --workdir runs/da     # MiniLM, 2 CPU cores
-    python study.py --config configs/studies/data_amount.py --workdir gs://B/da --shard=$I/$N  # full, then
-    python study.py --config configs/studies/data_amount.py --workdir gs://B/da --aggregate
+    python study.py --config configs/studies/data_amount.py --workdir /shared/da --shard=$I/$N  # full, then
+    python study.py --config configs/studies/data_amount.py --workdir /shared/da --aggregate
 
 Grid: lang x bitext amount x loss {sentence, ot} x seed (run seed by seed). The amount is the first N pairs
 of the language's bitext in a fixed order, query-domain pairs first, then news: AfriQA
