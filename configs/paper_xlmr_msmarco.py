@@ -18,9 +18,9 @@ triples from a local TSV you download (`triples.train.small.tsv`), and the TFDS 
 must be prepared under `data_dir` (`tfds build para_crawl/enmt` etc.). On a pod, set
 `--config.distributed.initialize=True` (TPU VMs fill in the coordinator); each host reads
 its own slice of every global batch; keep workdirs on a file system every host sees
-(`/shared` above; `gs://` workdirs are not supported yet, issue 25). Hyper-parameters follow the paper where it states
-them and this project's documented defaults elsewhere (`optical_jax/config.py`); the XLM-R
-preset is `configs/common.py`'s `colbert_xlmr`.
+(`/shared` above; `gs://` workdirs are not supported yet, issue 25). Hyper-parameters
+follow the paper where it states them and this project's documented defaults elsewhere
+(`optical_jax/config.py`); the XLM-R preset is `configs/common.py`'s `colbert_xlmr`.
 """
 
 import os
