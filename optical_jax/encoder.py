@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from optical_jax import norms
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION = ("einsum", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,11 @@ class EncoderConfig:
       embedding). The token embeddings are the same with or without it; it cannot be
       combined with a head (the pooler maps hidden states).
     dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32.
+    attention: 'einsum' (explicit softmax in float32: attention dropout and the [CLS]
+      attention intermediates; the default, whose outputs every committed result was
+      made with) or 'fused' (`jax.nn.dot_product_attention`, which takes the cuDNN /
+      TPU fused kernels where present; no dropout on attention probabilities, so it
+      needs attention_dropout=0, and no [CLS] attention marginals).
   """
 
   vocab_size: int = 30522
@@ -63,6 +69,7 @@ class EncoderConfig:
   head_dim: Optional[int] = None
   pooler: bool = False
   dtype: str = "float32"
+  attention: str = "einsum"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -73,6 +80,11 @@ class EncoderConfig:
       raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
+    if self.attention not in ATTENTION:
+      raise ValueError(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+    if self.attention == "fused" and self.attention_dropout:
+      raise ValueError("attention='fused' has no dropout on attention probabilities: set "
+                       "attention_dropout=0")
     if self.pooler and self.head_dim:
       raise ValueError("pooler and head_dim cannot be combined (the BERT pooler maps hidden states)")
 
@@ -155,6 +167,12 @@ class SelfAttention(nn.Module):
     # Heads-major [b, h, l, d]: XLA:CPU lowers the two attention matmuls on this layout to
     # fast batched GEMMs (1.45-1.7x faster forward at length 128-256 than on [b, l, h, d];
     # see docs/performance.md); the outputs are the same.
+    if cfg.attention == "fused":   # [b, l, h, d] is dot_product_attention's layout
+      q, k, v = (_dense(cfg.hidden_size, cfg, n)(x).reshape(b, l, h, dh)
+                 for n in ("query", "key", "value"))
+      keep = jnp.broadcast_to(attention_mask[:, None, None, :] > 0, (b, h, l, l))
+      ctx = jax.nn.dot_product_attention(q, k, v, mask=keep)
+      return ctx.reshape(b, l, cfg.hidden_size)
     split = lambda t: t.reshape(b, l, h, dh).transpose(0, 2, 1, 3)
     q = split(_dense(cfg.hidden_size, cfg, "query")(x))
     k = split(_dense(cfg.hidden_size, cfg, "key")(x))
@@ -274,6 +292,9 @@ def apply_with(params, input_ids, attention_mask, *, cfg: EncoderConfig, hidden:
   probabilities from the first token ([CLS] / <s>) to every token, averaged over
   heads (before dropout). With neither asked it is exactly `apply` (and `{}`).
   """
+  if cls_attention and cfg.attention == "fused":
+    raise ValueError("[CLS] attention marginals need attention='einsum' (the fused kernel "
+                     "does not return attention probabilities)")
   if not (hidden or cls_attention):
     return apply(params, input_ids, attention_mask, cfg=cfg, deterministic=deterministic,
                  rng=rng, token_type_ids=token_type_ids), {}

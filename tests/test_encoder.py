@@ -110,3 +110,32 @@ def test_pooling():
   np.testing.assert_allclose(encoder.pool(tokens, mask, "mean", True), [[2 ** -0.5, 2 ** -0.5]], rtol=1e-6)
   with pytest.raises(ValueError):
     encoder.pool(tokens, mask, "max", False)
+
+
+@pytest.mark.parametrize("dtype,atol", [("float32", 2e-5), ("bfloat16", 6e-2)])
+def test_fused_attention_matches_the_einsum_path(dtype, atol):
+  """attention='fused' (jax.nn.dot_product_attention, the cuDNN / TPU kernels where
+  present) against the default explicit softmax, with padded rows, outputs and gradients;
+  the stated tolerances are the CPU's (float32: rounding; bfloat16: its 8-bit mantissa)."""
+  cfg = _tiny_cfg(attention_dropout=0.0, dtype=dtype)
+  params = encoder.init_params(cfg, jax.random.key(0))
+  ids, mask = _batch(0, np.random.default_rng(3), vocab=50)
+  fused = cfg.replace(attention="fused")
+  out = encoder.apply(params, ids, mask, cfg=cfg)
+  np.testing.assert_allclose(encoder.apply(params, ids, mask, cfg=fused), out, atol=atol)
+  loss = lambda p, c: jnp.sum(encoder.apply(p, ids, mask, cfg=c) ** 2)
+  g, gf = jax.grad(loss)(params, cfg), jax.grad(loss)(params, fused)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gf)):
+    np.testing.assert_allclose(b, a, atol=atol * 20, rtol=atol * 20)
+
+
+def test_fused_attention_refuses_what_it_cannot_do():
+  with pytest.raises(ValueError, match="attention_dropout=0"):
+    _tiny_cfg(attention="fused", attention_dropout=0.1)
+  cfg = _tiny_cfg(attention="fused", attention_dropout=0.0)
+  params = encoder.init_params(cfg, jax.random.key(0))
+  ids, mask = _batch(0, np.random.default_rng(3), vocab=50)
+  with pytest.raises(ValueError, match="attention='einsum'"):
+    encoder.apply_with(params, ids, mask, cfg=cfg, cls_attention=True)
+  with pytest.raises(ValueError, match="attention must be one of"):
+    _tiny_cfg(attention="flash")
