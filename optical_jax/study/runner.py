@@ -96,6 +96,10 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
   where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
   log(f"study {config.name}{where}: {len(plans)} of {len(cells)} cells; {len(skipped)} "
       f"finished, {len(todo)} to run")
+  if archive:  # cells finished before the archive was named: recorded first, so a run
+    for p in plans:  # stopped later still leaves every finished cell in the archive
+      if p.cell.key in skipped:
+        cell_archive.save(p.directory, archive)
   ran = []
   t0 = time.time()
   for p in todo:
@@ -110,10 +114,6 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
     log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
         f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
         f" | last {p.cell.key}")
-  if archive:  # cells finished before the archive was named
-    for p in plans:
-      if p.cell.key in skipped:
-        cell_archive.save(p.directory, archive)
   if aggregate_after is None:
     aggregate_after = shard[1] == 1
   if aggregate_after:
