@@ -129,25 +129,6 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tmp_path):
   assert _losses(ref.workdir) == _losses(str(work))
 
 
-def test_the_step_loop_does_not_wait_for_the_device_each_step(tmp_path, monkeypatch):
-  """Issue 25: the finiteness flag stays on the device and is read at log steps and
-  checkpoints only, so the host never blocks on the device between steps: over 12 steps
-  with a log every 6, the trainer fetches from the device at the start, the two log
-  steps, the last checkpoint and the export, not after every step."""
-  calls = []
-  real = trainer.jax.device_get
-
-  def counting(x):
-    calls.append(1)
-    return real(x)
-  monkeypatch.setattr(trainer.jax, "device_get", counting)
-  r = trainer.run(tiny(**{"train.devices": 1, "train.log_every": 6,
-                          "train.checkpoint_every": 100}), str(tmp_path / "w"),
-                  log_fn=lambda *_: None)
-  assert r.finished and r.step == 12
-  assert len(calls) < 12, f"{len(calls)} device_get calls for 12 steps"
-
-
 def _tree_bytes(root):
   out = {}
   for d, _, files in os.walk(root):
@@ -158,14 +139,28 @@ def _tree_bytes(root):
   return out
 
 
-def test_rerun_of_a_finished_run_rewrites_nothing(tmp_path):
-  """The same command again after a finished run: 'already finished', every file of the
-  workdir byte-identical (final_metrics.json kept, no new TensorBoard file)."""
-  first = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "w"), log_fn=lambda *_: None)
-  assert first.finished and first.stopped_by is None
+def test_no_per_step_host_sync_and_a_rerun_rewrites_nothing(tmp_path, monkeypatch):
+  """Issue 25: the finiteness flag stays on the device and is read at log steps and
+  checkpoints only, so the host never blocks on the device between steps: over 12 steps
+  with a log every 6, the trainer fetches from the device at the start, the two log
+  steps, the last checkpoint and the export, not after every step. Issue 27: the same
+  command again after a finished run says 'already finished' and leaves every file of
+  the workdir byte-identical (final_metrics.json kept, no new TensorBoard file)."""
+  calls = []
+  real = trainer.jax.device_get
+
+  def counting(x):
+    calls.append(1)
+    return real(x)
+  monkeypatch.setattr(trainer.jax, "device_get", counting)
+  config = tiny(**{"train.devices": 1, "train.log_every": 6, "train.checkpoint_every": 100})
+  first = trainer.run(config, str(tmp_path / "w"), log_fn=lambda *_: None)
+  assert first.finished and first.stopped_by is None and first.step == 12
+  assert len(calls) < 12, f"{len(calls)} device_get calls for 12 steps"
+  monkeypatch.setattr(trainer.jax, "device_get", real)
   before = _tree_bytes(tmp_path / "w")
   seen = []
-  again = trainer.run(tiny(**{"train.devices": 1}), str(tmp_path / "w"), log_fn=seen.append)
+  again = trainer.run(config, str(tmp_path / "w"), log_fn=seen.append)
   assert again.finished and again.step == first.step and again.last_metrics == first.last_metrics
   assert any(m.startswith("already finished at step 12") for m in seen)
   assert _tree_bytes(tmp_path / "w") == before
