@@ -38,9 +38,11 @@ class TokenizerLike(Protocol):
 
 @dataclasses.dataclass
 class Ragged:
-  """Variable-length token id lists stored flat: row i is `flat[offsets[i]:offsets[i+1]]`."""
+  """Variable-length rows stored flat: row i is `flat[offsets[i]:offsets[i+1]]`. The one
+  ragged storage of the project: token ids (flat int32 [total]) here, token vectors (flat
+  [total, D], `TokenVectors`) for the teacher-token cache."""
 
-  flat: np.ndarray  # int32 [total]
+  flat: np.ndarray  # [total] int32 ids, or [total, D] vectors
   offsets: np.ndarray  # int64 [n + 1]
 
   def __len__(self) -> int:
@@ -78,17 +80,20 @@ class Ragged:
     return self.flat[self.offsets[i]:self.offsets[i + 1]]
 
   def gather(self, idx: np.ndarray, length: int, pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Rows `idx` padded (or cut) to `length`: (ids int32 [len(idx), length], mask int32)."""
+    """Rows `idx` padded with `pad_id` (or cut) to `length`: (values [len(idx), length, ...]
+    in the stored dtype, mask int32 [len(idx), length])."""
     idx = np.asarray(idx, dtype=np.int64)
     starts = self.offsets[idx]
     lens = np.minimum(self.offsets[idx + 1] - starts, length)
     pos = np.arange(length, dtype=np.int64)
     mask = pos[None, :] < lens[:, None]
+    shape = mask.shape + self.flat.shape[1:]
     if len(self.flat) == 0:
-      return np.full(mask.shape, pad_id, np.int32), mask.astype(np.int32)
+      return np.full(shape, pad_id, self.flat.dtype), mask.astype(np.int32)
     src = np.where(mask, starts[:, None] + pos[None, :], 0)
-    ids = np.where(mask, self.flat[src], pad_id).astype(np.int32)
-    return ids, mask.astype(np.int32)
+    keep = mask.reshape(mask.shape + (1,) * (self.flat.ndim - 1))
+    values = np.where(keep, self.flat[src], np.asarray(pad_id, self.flat.dtype))
+    return values.astype(self.flat.dtype, copy=False), mask.astype(np.int32)
 
 
 def tokenize_texts(texts: Sequence[str], tokenizer: TokenizerLike, max_length: int, prefix: str = "",
@@ -500,31 +505,20 @@ class PipelineConfig:
 
 
 @dataclasses.dataclass
-class TokenVectors:
-  """Per-row token vectors stored flat: row i is `flat[offsets[i]:offsets[i + 1]]` [n_i, D].
+class TokenVectors(Ragged):
+  """Per-row token vectors (`Ragged` with flat [total tokens, D], float16 / bfloat16 /
+  float32): a frozen model's outputs for every row of a tokenised side (the teacher's
+  token embeddings of the English sentences), usually memory-mapped from the cache."""
 
-  Holds a frozen model's outputs for every row of a tokenised side (e.g. the teacher's
-  token embeddings of the English sentences), usually memory-mapped from the cache.
-  """
-
-  flat: np.ndarray     # [total tokens, D], float16 / bfloat16 / float32
-  offsets: np.ndarray  # int64 [n + 1]
-
-  def __len__(self) -> int:
-    return len(self.offsets) - 1
-
-  def gather(self, idx: np.ndarray, length: int) -> np.ndarray:
+  def gather(self, idx: np.ndarray, length: int) -> np.ndarray:  # pylint: disable=arguments-differ
     """Rows `idx` as [len(idx), length, D] in the stored dtype, zeros past each row's end.
     Rows stored empty are outside this host's share (`host_shards`): asking for one is an error."""
     idx = np.asarray(idx, dtype=np.int64)
-    out = np.zeros((len(idx), length, self.flat.shape[-1]), self.flat.dtype)
-    for r, i in enumerate(idx):
-      a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-      if a == b:
-        raise ValueError(f"row {i} has no stored vectors: not in this host's shard")
-      n = min(b - a, length)
-      out[r, :n] = self.flat[a:a + n]
-    return out
+    empty = self.offsets[idx + 1] == self.offsets[idx]
+    if empty.any():
+      raise ValueError(f"row {int(idx[np.argmax(empty)])} has no stored vectors: not in this "
+                       "host's shard")
+    return super().gather(idx, length, 0)[0]
 
 
 class BitextBatches(BatchIterator):
