@@ -533,15 +533,6 @@ def model_card(saved: Dict[str, Any]) -> str:
   return "\n".join(out)
 
 
-def write_model_card(path: str, **fields) -> None:
-  """Rewrites an export's README.md, adding `fields` (e.g. eval=...) to its optical_jax.json."""
-  saved = read_export_spec(path)
-  if fields:
-    saved.update(fields)
-    write_json(os.path.join(path, SPEC_FILE), saved)
-  with atomic_open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
-    f.write(model_card(saved))
-
 
 def export_spec(path: str, **overrides) -> ml_collections.ConfigDict:
   """A model spec that loads an exported directory with its saved text settings."""

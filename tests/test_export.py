@@ -185,8 +185,11 @@ def test_model_card(tmp_path, minilm_dir):
                  "prompt_name='query'", "'q: '", "- sw\n- en\n"):
     assert needle in card, needle
   assert "## Evaluation" not in card
-  models.write_model_card(out, eval={"optical": {"AP": 0.4123, "nDCG@10": 0.5},
-                                     "zero-shot": {"AP": 0.124}})
+  scored = str(tmp_path / "scored")
+  models.export_model(scored, m.cfg, m.params, m.spec, m.tokenizer,
+                      extra=dict(EXTRA, eval={"optical": {"AP": 0.4123, "nDCG@10": 0.5},
+                                              "zero-shot": {"AP": 0.124}}))
+  out = scored
   with open(os.path.join(out, "README.md"), encoding="utf-8") as f:
     card = f.read()
   assert "| system | AP | nDCG@10 |\n|---|---:|---:|\n| optical | 0.4123 | 0.5 |\n" \
@@ -217,7 +220,8 @@ def test_export_records_checksums_and_a_changed_file_is_refused(tmp_path, minilm
   files = models.read_export_spec(out)["files"]
   assert {"model.safetensors", "config.json", "tokenizer.json", "modules.json"} <= set(files)
   assert "README.md" not in files and models.SPEC_FILE not in files
-  models.write_model_card(out, eval={"optical": {"AP": 0.4}})
+  with open(os.path.join(out, "README.md"), "a", encoding="utf-8") as f:
+    f.write("\nA note added to the card after export.\n")   # the card is not checksummed
   models.load_model(models.export_spec(out))
   weights_file = os.path.join(out, "model.safetensors")
   with open(weights_file, "r+b") as f:
