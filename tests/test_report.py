@@ -228,3 +228,16 @@ def test_demo_tables_render_from_demo_json(tmp_path):
   assert report.demo_markdown(data) == (tmp_path / "results.md").read_text()
   with pytest.raises(Exception, match="no finished evaluation"):
     report.demo_data(str(tmp_path), ["minilm"], "swa", 1)
+
+
+def test_cost_sheet_is_what_its_data_renders():
+  """docs/cost.md is rendered from benchmarks/results/cost.json (`benchmarks/cost.py
+  --render`): no typed number."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cost", os.path.join(ROOT, "benchmarks", "cost.py"))
+  cost = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cost)
+  with open(cost.RESULTS, encoding="utf-8") as f:
+    data = json.load(f)
+  with open(cost.PAGE, encoding="utf-8") as f:
+    assert f.read() == cost.render(data, data["mfu"]), "python benchmarks/cost.py --render"
