@@ -580,7 +580,8 @@ def run(config, out_dir: str, *, log: Log = monitor.stderr_line) -> EvalResult:
 
 def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequence[str],
               data: Dataset, log: Log) -> EvalResult:
-  """The body of `run`: encode, search, score and compare (out directory held)."""
+  """The body of `run`: per system, reuse its up-to-date run or encode, search and score
+  (`_reuse`, `_search`), then compare the systems (`_compare`) (out directory held)."""
   cache_dir = _cache_dir(config)
   primary = jax.process_index() == 0
   if primary:
@@ -612,79 +613,17 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     run_key = fingerprint.digest(_run_key(plan, config, data, title_sep), n=24)
     metrics_key = fingerprint.digest({"run": run_key, "qrels": qrels_fp, "measures": measures}, n=24)
     old = entries.get(plan.name) or {}
-    fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
-             and old.get("run_sha256") == fingerprint.file(run_path))
-    if jax.process_count() > 1:   # every host takes process 0's decision
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      fresh = bool(multihost_utils.broadcast_one_to_all(np.asarray(fresh)))
-    if fresh:
-      saved = fileio.read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
-      if saved and all(m in saved.get("aggregate", {}) for m in measures):
-        results[plan.name] = saved
-        log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")
-      else:
-        res = metrics.evaluate(beir.load_run(run_path), data.qrels, measures)
-        if primary:
-          write_json(metrics_path, {"system": plan.name, **res})
-        results[plan.name] = res
-        log(f"{plan.name}: reused the run, recomputed metrics")
+    res = _reuse(plan, old, run_key, metrics_key, run_path, metrics_path, data, measures,
+                 out_dir, primary, log)
+    if res is not None:
+      results[plan.name] = res
       reused.append(plan.name)
       entries[plan.name] = {**old, "metrics_key": metrics_key}
       timings[plan.name] = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
       if primary:
         _write_manifest(manifest_path, entries)
       continue
-
-    t = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
-    queries = data.queries[plan.query_field]
-    q_where = f"systems['{plan.name}'].query_model"
-    d_where = (f"systems['{plan.name}'].doc_model" if _spec_key(plan.doc_spec) !=
-               _spec_key(plan.query_spec) else f"systems['{plan.name}'] (doc side)")
-    if config.mode == "full":
-      d_texts = data.passages
-      d_subset = None
-    else:
-      d_texts = [data.passages[i] for i in doc_rows]
-      d_subset = fingerprint.texts([data.corpus.ids[i] for i in doc_rows])
-    d_key = {"kind": "doc", "model": plan.doc_fp, "corpus": data.corpus.fingerprint(),
-             "subset": d_subset, "max_len": int(plan.doc_spec.doc_max_len),
-             "prefix": plan.doc_spec.doc_prefix, "title_sep": title_sep}
-    # Several hosts: each encodes and searches its share of the corpus (full search).
-    sharded = config.mode == "full" and jax.process_count() > 1
-    d_emb, t["doc_encode_s"] = enc.encode(plan.doc_spec, d_where, "doc", d_texts, d_key,
-                                          "passages", shard=sharded)
-    d_rows = None
-    if sharded:
-      d_rows, d_emb = d_emb
-    q_key = {"kind": "query", "model": plan.query_fp, "queries": queries.fingerprint(),
-             "field": plan.query_field, "max_len": int(plan.query_spec.query_max_len),
-             "prefix": plan.query_spec.query_prefix}
-    q_emb, t["query_encode_s"] = enc.encode(plan.query_spec, q_where, "query", queries.texts,
-                                            q_key, f"queries ({plan.query_field})")
-    q_arr, q_mask = _split(q_emb)
-    d_arr, d_mask = _split(d_emb)
-    if len(d_arr) and q_arr.shape[-1] != d_arr.shape[-1]:
-      raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
-                       f"dimensions but passage embeddings {d_arr.shape[-1]}")
-    t0 = time.perf_counter()
-    how = plan.query_spec.scoring
-    if sharded:
-      result_run = _sharded_search(queries.ids, q_arr, q_mask, data.corpus.ids, d_rows, d_arr,
-                                   d_mask, int(config.top_k), how)
-    elif config.mode == "full":
-      result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
-                                    int(config.top_k), scoring=how, q_mask=q_mask,
-                                    d_mask=d_mask)
-    else:
-      result_run = retrieval.rerank(data.rerank_run, queries.index, q_arr,
-                                    [data.corpus.ids[i] for i in doc_rows], d_arr,
-                                    scoring=how, q_mask=q_mask, d_mask=d_mask,
-                                    depth=int(config.depth) or None,
-                                    batch_size=int(config.batch_size))
-      # Score what gets written (the top_k of each query), so the metrics of a run read
-      # back from its file on a later rerun are the same.
-      result_run = {q: dict(beir.ranked(d)[:int(config.top_k)]) for q, d in result_run.items()}
-    t["search_s"] = time.perf_counter() - t0
+    result_run, t = _search(plan, config, data, enc, doc_rows, title_sep)
     res = metrics.evaluate(result_run, data.qrels, measures)
     results[plan.name] = res
     computed.append(plan.name)
@@ -698,7 +637,95 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       _write_manifest(manifest_path, entries)
     agg = results[plan.name]["aggregate"]
     log(f"{plan.name}: " + ", ".join(f"{m} {agg[m]:.4f}" for m in measures))
+  markdown, comparison = _compare(config, out_dir, results, baselines, measures, data, primary)
+  return EvalResult(out_dir, results, markdown, comparison, computed, reused, timings)
 
+
+def _reuse(plan: SystemPlan, old: Mapping[str, Any], run_key: str, metrics_key: str,
+           run_path: str, metrics_path: str, data: Dataset, measures: Sequence[str],
+           out_dir: str, primary: bool, log: Log) -> Optional[Dict[str, Any]]:
+  """The metrics of a system whose run file is up to date (its key and checksum match the
+  manifest; every host takes process 0's decision), recomputed from the run when the
+  qrels or measures changed; None when the run must be computed."""
+  fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
+           and old.get("run_sha256") == fingerprint.file(run_path))
+  if jax.process_count() > 1:   # every host takes process 0's decision
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    fresh = bool(multihost_utils.broadcast_one_to_all(np.asarray(fresh)))
+  if not fresh:
+    return None
+  saved = fileio.read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
+  if saved and all(m in saved.get("aggregate", {}) for m in measures):
+    log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")
+    return saved
+  res = metrics.evaluate(beir.load_run(run_path), data.qrels, measures)
+  if primary:
+    write_json(metrics_path, {"system": plan.name, **res})
+  log(f"{plan.name}: reused the run, recomputed metrics")
+  return res
+
+
+def _search(plan: SystemPlan, config, data: Dataset, enc: "_Encoders",
+            doc_rows: Optional[List[int]], title_sep) -> Tuple[beir.Run, Dict[str, float]]:
+  """One system's run: its passages and queries encoded (cached), then full search
+  (sharded over hosts when there are several) or reranking; with the seconds spent."""
+  t = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
+  queries = data.queries[plan.query_field]
+  q_where = f"systems['{plan.name}'].query_model"
+  d_where = (f"systems['{plan.name}'].doc_model" if _spec_key(plan.doc_spec) !=
+             _spec_key(plan.query_spec) else f"systems['{plan.name}'] (doc side)")
+  if config.mode == "full":
+    d_texts = data.passages
+    d_subset = None
+  else:
+    d_texts = [data.passages[i] for i in doc_rows]
+    d_subset = fingerprint.texts([data.corpus.ids[i] for i in doc_rows])
+  d_key = {"kind": "doc", "model": plan.doc_fp, "corpus": data.corpus.fingerprint(),
+           "subset": d_subset, "max_len": int(plan.doc_spec.doc_max_len),
+           "prefix": plan.doc_spec.doc_prefix, "title_sep": title_sep}
+  # Several hosts: each encodes and searches its share of the corpus (full search).
+  sharded = config.mode == "full" and jax.process_count() > 1
+  d_emb, t["doc_encode_s"] = enc.encode(plan.doc_spec, d_where, "doc", d_texts, d_key,
+                                        "passages", shard=sharded)
+  d_rows = None
+  if sharded:
+    d_rows, d_emb = d_emb
+  q_key = {"kind": "query", "model": plan.query_fp, "queries": queries.fingerprint(),
+           "field": plan.query_field, "max_len": int(plan.query_spec.query_max_len),
+           "prefix": plan.query_spec.query_prefix}
+  q_emb, t["query_encode_s"] = enc.encode(plan.query_spec, q_where, "query", queries.texts,
+                                          q_key, f"queries ({plan.query_field})")
+  q_arr, q_mask = _split(q_emb)
+  d_arr, d_mask = _split(d_emb)
+  if len(d_arr) and q_arr.shape[-1] != d_arr.shape[-1]:
+    raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
+                     f"dimensions but passage embeddings {d_arr.shape[-1]}")
+  t0 = time.perf_counter()
+  how = plan.query_spec.scoring
+  if sharded:
+    result_run = _sharded_search(queries.ids, q_arr, q_mask, data.corpus.ids, d_rows, d_arr,
+                                 d_mask, int(config.top_k), how)
+  elif config.mode == "full":
+    result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
+                                  int(config.top_k), scoring=how, q_mask=q_mask,
+                                  d_mask=d_mask)
+  else:
+    result_run = retrieval.rerank(data.rerank_run, queries.index, q_arr,
+                                  [data.corpus.ids[i] for i in doc_rows], d_arr,
+                                  scoring=how, q_mask=q_mask, d_mask=d_mask,
+                                  depth=int(config.depth) or None,
+                                  batch_size=int(config.batch_size))
+    # Score what gets written (the top_k of each query), so the metrics of a run read
+    # back from its file on a later rerun are the same.
+    result_run = {q: dict(beir.ranked(d)[:int(config.top_k)]) for q, d in result_run.items()}
+  t["search_s"] = time.perf_counter() - t0
+  return result_run, t
+
+
+def _compare(config, out_dir: str, results, baselines: Sequence[str], measures: Sequence[str],
+             data: Dataset, primary: bool) -> Tuple[str, Dict[str, Any]]:
+  """The comparison table of the systems against the baselines (paired tests, adjusted),
+  written by process 0 as comparison.md / .json / .png; returns (markdown, data)."""
   markdown, comparison = metrics.comparison_table(
       results, baselines, measures, test=config.test, alpha=float(config.alpha),
       correction=config.correction, n_permutations=int(config.n_permutations),
@@ -713,7 +740,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     write_json(os.path.join(out_dir, "comparison.json"), comparison)
     metrics.bar_chart(results, measures, os.path.join(out_dir, "comparison.png"),
                       title=os.path.basename(data.paths["queries"]))
-  return EvalResult(out_dir, results, markdown, comparison, computed, reused, timings)
+  return markdown, comparison
 
 
 def _write_manifest(path: str, entries: Dict[str, Any]) -> None:
