@@ -27,7 +27,6 @@ system reuses them too.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -37,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, fileio, fingerprint, metrics, models, retrieval, scoring
+from optical_jax import assets, embedder, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
 from optical_jax import monitor, plain, stats
 from optical_jax.data import beir, xtreme
@@ -48,7 +47,7 @@ from optical_jax.fileio import write_json, write_text
 MODES = ("full", "rerank")
 TESTS = ("t-test", "permutation")
 CORRECTIONS = tuple(stats.CORRECTIONS) + ("none",)
-EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
+EMBEDDING_DTYPES = embedder.EMBEDDING_DTYPES
 SYSTEM_FIELDS = ("query_model", "doc_model", "query_field")
 MANIFEST = "manifest.json"
 # Bumped when the way runs are produced changes, so old manifests stop matching.
@@ -56,8 +55,6 @@ RUN_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 Log = Callable[[str], None]
-
-
 
 
 # ---------------------------------------------------------------------------
@@ -383,150 +380,6 @@ def _cache_dir(config) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------
-# Encoding.
-
-
-def _buckets(buckets: Sequence[int], max_len: int) -> Tuple[int, ...]:
-  return tuple(sorted({int(b) for b in buckets if int(b) < max_len} | {int(max_len)}))
-
-
-def make_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:
-  """The `data` mesh over this host's devices when batch_size splits evenly over them,
-  else None. (Every host encodes its own batches: see `encode_shard`.)"""
-  n = jax.local_device_count()
-  if n > 1 and batch_size % n == 0:
-    return mesh_lib.make_mesh(jax.local_devices())
-  return None
-
-
-def _spec_key(spec) -> str:
-  return json.dumps(spec.to_dict(), sort_keys=True, default=str)
-
-
-_WEIGHT_FIELDS = ("weights", "path", "tokenizer", "arch", "head_dim", "dtype")
-
-
-def _weights_key(spec) -> str:
-  d = spec.to_dict()
-  return json.dumps({k: d[k] for k in _WEIGHT_FIELDS}, sort_keys=True, default=str)
-
-
-class _Encoders:
-  """Loads each distinct model once and memoises embeddings within one `run`."""
-
-  def __init__(self, config, cache_dir: Optional[str], log: Log):
-    self.config = config
-    self.cache_dir = cache_dir
-    self.log = log
-    self.mesh = make_mesh(int(config.batch_size))
-    self._models: Dict[str, Tuple[models.Model, Callable]] = {}
-    self._weights: Dict[str, models.Model] = {}
-    self._emb: Dict[str, Any] = {}
-    self.seconds: Dict[str, float] = {}
-
-  def model(self, spec, where: str) -> Tuple[models.Model, Callable]:
-    """The loaded model of `spec` and its embed function.
-
-    Weights are loaded once per (weights, path, tokenizer, arch, head, dtype); specs that
-    differ only in text settings (prefixes, lengths, pooling, normalisation) share them.
-    """
-    key = _spec_key(spec)
-    if key not in self._models:
-      wkey = _weights_key(spec)
-      base = self._weights.get(wkey)
-      if base is None:
-        t0 = time.perf_counter()
-        base = self._weights[wkey] = models.load_model(spec, where=where)
-        self.log(f"loaded {where} ({spec.weights}: {spec.path or 'random'}) in "
-                 f"{time.perf_counter() - t0:.1f} s")
-      m = base
-      if _spec_key(base.spec) != key:
-        m = dataclasses.replace(base, spec=spec, fingerprint=models.model_fingerprint(spec))
-      self._models[key] = (m, m.embed_fn(self.mesh))
-    return self._models[key]
-
-  def encode(self, spec, where: str, side: str, texts: Sequence[str],
-             key_parts: Dict[str, Any], what: str, shard: bool = False) -> Tuple[Any, float]:
-    """Embeddings of `texts` (cached on disk under `key_parts`); returns (emb, seconds spent).
-
-    With `shard`, this host encodes only its share (`retrieval.encode_shard` over
-    `jax.process_count()` hosts) and emb is (rows, embeddings of those rows).
-    """
-    index, count = (jax.process_index(), jax.process_count()) if shard else (0, 1)
-    if shard:
-      key_parts = {**key_parts, "shard": [index, count]}
-    if self.config.embedding_dtype != "float32":   # float32 entries keep their keys
-      key_parts = {**key_parts, "dtype": self.config.embedding_dtype}
-    ck = retrieval.cache_key(key_parts)
-    if ck in self._emb:
-      return self._emb[ck], 0.0
-    spent = [0.0, False]
-
-    def compute():
-      model, embed = self.model(spec, where)
-      max_len = model.max_len(side)
-      buckets = _buckets(self.config.length_buckets[side], max_len)
-      self.log(f"encoding {len(texts)} {what} with {where} (max length {max_len}, "
-               f"batch {self.config.batch_size}, "
-               f"{'%d devices' % self.mesh.size if self.mesh else '1 device'})")
-      t0 = time.perf_counter()
-      settings = dict(batch_size=int(self.config.batch_size), length_buckets=buckets,
-                      max_tokens=int(self.config.max_tokens) or None,
-                      row_multiple=self.mesh.size if self.mesh else 1,
-                      pad_id=model.tokenizer.pad_id, progress=bool(self.config.progress),
-                      dtype=EMBEDDING_DTYPES[self.config.embedding_dtype],
-                      desc=f"{what} ({where})")
-      if shard:
-        rows, emb = retrieval.encode_shard(texts, model.tokenize_fn(side), embed, index=index,
-                                           count=count, **settings)
-      else:
-        emb = retrieval.encode_texts(texts, model.tokenize_fn(side), embed, **settings)
-        rows = texts
-      spent[0], spent[1] = time.perf_counter() - t0, True
-      self.log(f"encoded {len(rows)} {what} in {spent[0]:.1f} s "
-               f"({len(rows) / max(spent[0], 1e-9):.1f}/s)"
-               + (f", shard {index + 1} of {count}" if count > 1 else ""))
-      if not shard:
-        return emb
-      return (rows,) + ((emb.emb, emb.mask) if isinstance(emb, retrieval.TokenEmbeddings)
-                        else (emb,))
-
-    emb = retrieval.cached(self.cache_dir, key_parts, compute, name=side)
-    if not spent[1]:
-      self.log(f"{what} embeddings for {where}: from cache")
-    if shard:   # (rows, emb) or (rows, emb, mask) as stored
-      emb = (emb[0], emb[1] if len(emb) == 2 else retrieval.TokenEmbeddings(emb[1], emb[2]))
-    self._emb[ck] = emb
-    return emb, spent[0]
-
-
-def _sharded_search(qids, q_arr, q_mask, doc_ids, rows, d_arr, d_mask, top_k: int,
-                    how: str) -> beir.Run:
-  """Exact top-k over a corpus split over hosts: each host searches its rows, then the
-  per-host top-k lists are all-gathered and merged (ties to the lower corpus row, as in
-  one process)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  k = min(top_k, len(doc_ids))
-  scores = np.full((len(qids), k), -np.inf, np.float32)
-  index = np.full((len(qids), k), -1, np.int64)
-  if len(rows):
-    s, i = retrieval.exact_search(q_arr, d_arr, k, scoring=how, q_mask=q_mask, d_mask=d_mask)
-    s = retrieval.rescore_top_k(q_arr, d_arr, i, scoring=how, q_mask=q_mask, d_mask=d_mask)
-    scores[:, :s.shape[1]] = s
-    index[:, :i.shape[1]] = np.where(i >= 0, np.asarray(rows)[np.maximum(i, 0)], -1)
-  all_s = multihost_utils.process_allgather(scores)
-  all_i = multihost_utils.process_allgather(index)
-  s, i = retrieval.merge_top_k(list(all_s), list(all_i), k)
-  return retrieval.to_run(qids, doc_ids, s, i)
-
-
-def _split(emb) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-  if isinstance(emb, retrieval.TokenEmbeddings):
-    return emb.emb, emb.mask
-  return emb, None
-
-
-# ---------------------------------------------------------------------------
 # The run.
 
 
@@ -599,7 +452,7 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
       + ", ".join(f"{len(q)} queries ({f})" for f, q in data.queries.items())
       + f", {len(data.qrels)} judged; {len(plans)} systems; mode {config.mode}")
 
-  enc = _Encoders(config, cache_dir, log)
+  enc = embedder.Embedder(config, cache_dir, log)
   results: Dict[str, Dict[str, Any]] = {}
   computed, reused = [], []
   timings: Dict[str, Dict[str, float]] = {}
@@ -665,15 +518,15 @@ def _reuse(plan: SystemPlan, old: Mapping[str, Any], run_key: str, metrics_key: 
   return res
 
 
-def _search(plan: SystemPlan, config, data: Dataset, enc: "_Encoders",
+def _search(plan: SystemPlan, config, data: Dataset, enc: embedder.Embedder,
             doc_rows: Optional[List[int]], title_sep) -> Tuple[beir.Run, Dict[str, float]]:
   """One system's run: its passages and queries encoded (cached), then full search
   (sharded over hosts when there are several) or reranking; with the seconds spent."""
   t = {"query_encode_s": 0.0, "doc_encode_s": 0.0, "search_s": 0.0}
   queries = data.queries[plan.query_field]
   q_where = f"systems['{plan.name}'].query_model"
-  d_where = (f"systems['{plan.name}'].doc_model" if _spec_key(plan.doc_spec) !=
-             _spec_key(plan.query_spec) else f"systems['{plan.name}'] (doc side)")
+  d_where = (f"systems['{plan.name}'].doc_model" if embedder.spec_key(plan.doc_spec) !=
+             embedder.spec_key(plan.query_spec) else f"systems['{plan.name}'] (doc side)")
   if config.mode == "full":
     d_texts = data.passages
     d_subset = None
@@ -695,15 +548,15 @@ def _search(plan: SystemPlan, config, data: Dataset, enc: "_Encoders",
            "prefix": plan.query_spec.query_prefix}
   q_emb, t["query_encode_s"] = enc.encode(plan.query_spec, q_where, "query", queries.texts,
                                           q_key, f"queries ({plan.query_field})")
-  q_arr, q_mask = _split(q_emb)
-  d_arr, d_mask = _split(d_emb)
+  q_arr, q_mask = embedder.split(q_emb)
+  d_arr, d_mask = embedder.split(d_emb)
   if len(d_arr) and q_arr.shape[-1] != d_arr.shape[-1]:
     raise InputError(f"systems['{plan.name}']: query embeddings have {q_arr.shape[-1]} "
                      f"dimensions but passage embeddings {d_arr.shape[-1]}")
   t0 = time.perf_counter()
   how = plan.query_spec.scoring
   if sharded:
-    result_run = _sharded_search(queries.ids, q_arr, q_mask, data.corpus.ids, d_rows, d_arr,
+    result_run = embedder.sharded_search(queries.ids, q_arr, q_mask, data.corpus.ids, d_rows, d_arr,
                                  d_mask, int(config.top_k), how)
   elif config.mode == "full":
     result_run = retrieval.search(queries.ids, q_arr, data.corpus.ids, d_arr,
