@@ -1,5 +1,9 @@
 """Training losses: OPTICAL distillation (OT, sentence, hard alignment), teacher contrastive loss.
 
+One concept, the loss a training step minimises, in one module of about 600 lines: the
+distillation config, its named terms and their sum, the batch plumbing that feeds them,
+and the contrastive loss of teacher mode; the OT machinery itself is `optical_jax.ot`.
+
 Distillation compares, for each parallel sentence pair, the student's token
 embeddings of the foreign sentence with the frozen teacher's token embeddings of
 its English translation:
@@ -296,9 +300,6 @@ def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_token
   best = jnp.argmax(jax.lax.stop_gradient(logits_s), axis=-1)
   return masked_mean(kl, valid), masked_mean((best == own).astype(jnp.float32), valid)
 
-
-
-# ----------------------------------------------------------------------------- dispatcher
 
 
 # ----------------------------------------------------------------------------- the terms

@@ -1,5 +1,9 @@
 """Study pages rendered from a study's data files, and only from them.
 
+One concept, over 600 lines: every page of results this project publishes is rendered
+here from committed data (study pages, selection pages, the demo's table, the generated
+blocks of the README and docs/results.md), so that no number is typed by hand.
+
 A study's results directory (a study workdir after `study.aggregate`, or its committed
 copy under `docs/studies/NAME/`) holds:
 
