@@ -331,6 +331,7 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.train.keep_checkpoints))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
   def check_meta(step_saved, meta):
     if meta.get("step") != step_saved:
       raise ValueError(f"its meta records step {meta.get('step')!r}")
