@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -311,7 +311,7 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   """The training loop of `run` (workdir held, config written)."""
   primary = jax.process_index() == 0
   mode = config.mode
-  model, spec, batches, validate = setup.model, setup.spec, setup.batches, setup.validate
+  model, spec, batches = setup.model, setup.spec, setup.batches
   log_fn(f"{mode}: {jax.device_count()} device(s) on {jax.process_count()} process(es); "
          f"{batches.batches_per_epoch(0)} batches/epoch of {config.data.global_batch}; "
          f"data {batches.stats().get('sources', '')}")
@@ -354,105 +354,22 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
     log_fn(f"resumed from step {resumed_from} ({ckpt.directory})")
   writer = MetricWriter(workdir, enabled=primary)
   writer.truncate_after(int(resumed_from or 0))
-  train_step = setup.make_step(spec, tx, mesh, **aux)
   guard = checkpoint.PreemptionGuard(signals=(signal.SIGTERM, signal.SIGINT))
   compiles = CompileCounter().start()
-
   start = int(np.asarray(jax.device_get(state.step)))
   end = steps if max_steps is None else min(steps, start + max_steps)
   progress = Progress(steps, start, enabled=bool(config.train.progress) and primary, desc=mode)
-  log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
-  it = iter(batches)
-  metrics: Dict[str, float] = {}
-  step = start
-  t_last, step_last = time.time(), start
-
-  last_saved = [resumed_from]
-
-  def save(step_now):
-    if last_saved[0] != step_now:
-      ckpt.save(step_now, state, {"data": batches.state, "step": step_now})
-      last_saved[0] = step_now
-
-  val_every = int(config.validation.every)
-
-  def run_validation(step_now):
-    if validate is not None and primary:
-      val = validate(jax.device_get(state.params))
-      writer.write(step_now, val)
-      log_fn(f"validation at step {step_now}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
-      return val
-    return {}
-
-  if start == 0:
-    run_validation(0)
-  # The first non-finite step stays on the device (`watch`) and is read at log steps and
-  # before every checkpoint and validation, never after each step: the host does not wait
-  # for the device between steps (asynchronous dispatch). Nothing after a non-finite
-  # step is saved, so the run stops as it did when it synced every step: naming the
-  # first bad step and the last good checkpoint.
-  watch = None if spec.skip_nonfinite else NonfiniteWatch()
-
-  def check_finite():
-    if watch is None:
-      return
-    bad, loss_at = (int(v) if i == 0 else float(v)
-                    for i, v in enumerate(jax.device_get(watch.state)))
-    if bad:
-      kept = (f"last checkpoint (step {last_saved[0]}) kept in {ckpt.directory}"
-              if last_saved[0] is not None else "no checkpoint was saved yet")
-      raise NonFiniteError(f"non-finite loss or gradients at step {bad} "
-                           f"(loss={loss_at}); {kept}")
-
-  def save_checked(step_now):
-    check_finite()
-    save(step_now)
-
+  loop = _Loop(config, setup, mesh, state, frozen, setup.make_step(spec, tx, mesh, **aux), ckpt,
+               writer, progress, resumed_from, log_fn)
   try:
-    while step < end:
-      local = next(it)
-      local.pop("valid")  # always 1: training drops an epoch's incomplete batches
-      state, m = train_step(state, frozen, step_lib.shard_batch(local, mesh))
-      step += 1
-      if watch is not None:
-        watch.update(m["finite"], m["loss"], step)
-      if step % log_every == 0 or step == end:
-        check_finite()
-        metrics = step_lib.host_metrics(m)
-        now = time.time()
-        metrics["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        metrics["lr"] = float(step_lib.make_schedule(o.lr, steps, o.warmup_steps)(step - 1))
-        writer.write(step, metrics)
-        progress.update(step, {k: metrics[k] for k in ("loss", "converged_fraction",
-                                                       "sentence_cosine") if k in metrics})
-      if step % ckpt_every == 0 and step < end:
-        save_checked(step)
-      if val_every and step % val_every == 0 and step < end:
-        check_finite()
-        run_validation(step)
-      if guard.should_stop():
-        save_checked(step)
-        log_fn(f"stopped by {guard.signal_name()} at step {step}; checkpoint saved in "
-               f"{ckpt.directory}")
-        break
-    else:
-      save_checked(step)
-      if step >= steps and step > start:
-        metrics.update(run_validation(step))
+    step, metrics = loop.run(start, end, guard)
   finally:
     guard.restore()
     writer.close()
     compiles.stop()
   progress.close(step)
   if step >= steps and primary:
-    params = jax.device_get(state.params)
-    models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
-                        extra={"mode": mode, "step": step, "lang": config.lang,
-                               "teacher": config.teacher.to_dict() if mode == "distill" else None,
-                               "loss": config.loss.to_dict() if mode == "distill" else None,
-                               "bitext": list(config.data.bitext.sources) if mode == "distill" else None})
-    write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
+    _export(config, workdir, export_dir, model, loop.state, step, metrics)
   ckpt.close()
   # The train step's compilations in this invocation (from disk or not): once per bucket.
   step_name = "distill_step_local" if mode == "distill" else "teacher_step_local"
@@ -461,6 +378,110 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
                 resumed_from=resumed_from, compilations=compilations,
                 finished=step >= steps, stopped_by=guard.received,
                 checkpoint_dir=ckpt.directory)
+
+
+def _export(config, workdir: str, export_dir: str, model, state, step: int,
+            metrics: Dict[str, float]) -> None:
+  """The trained model's export (with its provenance) and `final_metrics.json`."""
+  mode = config.mode
+  distill = mode == "distill"
+  params = jax.device_get(state.params)
+  models.export_model(export_dir, model.cfg, params, model.spec, model.tokenizer,
+                      extra={"mode": mode, "step": step, "lang": config.lang,
+                             "teacher": config.teacher.to_dict() if distill else None,
+                             "loss": config.loss.to_dict() if distill else None,
+                             "bitext": list(config.data.bitext.sources) if distill else None})
+  write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
+
+
+class _Loop:
+  """The step loop of `_train` and the state it carries: the train state, the last
+  checkpointed step, and the non-finite watch.
+
+  The first non-finite step stays on the device (`NonfiniteWatch`) and is read at log
+  steps and before every checkpoint and validation, never after each step: the host does
+  not wait for the device between steps (asynchronous dispatch). Nothing after a
+  non-finite step is saved, so the run stops as it did when it synced every step: naming
+  the first bad step and the last good checkpoint.
+  """
+
+  def __init__(self, config, setup: Setup, mesh, state, frozen, train_step, ckpt, writer,
+               progress, resumed_from: Optional[int], log_fn):
+    self.config, self.setup, self.mesh = config, setup, mesh
+    self.state, self.frozen, self.train_step = state, frozen, train_step
+    self.ckpt, self.writer, self.progress, self.log_fn = ckpt, writer, progress, log_fn
+    self.last_saved = resumed_from
+    self.primary = jax.process_index() == 0
+    self.watch = None if setup.spec.skip_nonfinite else NonfiniteWatch()
+
+  def save(self, step: int) -> None:
+    self.check_finite()
+    if self.last_saved != step:
+      self.ckpt.save(step, self.state, {"data": self.setup.batches.state, "step": step})
+      self.last_saved = step
+
+  def validate(self, step: int) -> Dict[str, float]:
+    if self.setup.validate is None or not self.primary:
+      return {}
+    val = self.setup.validate(jax.device_get(self.state.params))
+    self.writer.write(step, val)
+    self.log_fn(f"validation at step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+    return val
+
+  def check_finite(self) -> None:
+    if self.watch is None:
+      return
+    bad, loss_at = (int(v) if i == 0 else float(v)
+                    for i, v in enumerate(jax.device_get(self.watch.state)))
+    if bad:
+      kept = (f"last checkpoint (step {self.last_saved}) kept in {self.ckpt.directory}"
+              if self.last_saved is not None else "no checkpoint was saved yet")
+      raise NonFiniteError(f"non-finite loss or gradients at step {bad} "
+                           f"(loss={loss_at}); {kept}")
+
+  def run(self, start: int, end: int, guard) -> Tuple[int, Dict[str, float]]:
+    """Steps `start` to `end` (or to a signal); returns (the step reached, its metrics)."""
+    c = self.config
+    steps, o = int(c.train.steps), c.optim
+    log_every, ckpt_every = int(c.train.log_every), int(c.train.checkpoint_every)
+    val_every = int(c.validation.every)
+    it = iter(self.setup.batches)
+    metrics: Dict[str, float] = {}
+    step = start
+    t_last, step_last = time.time(), start
+    if start == 0:
+      self.validate(0)
+    while step < end:
+      local = next(it)
+      local.pop("valid")  # always 1: training drops an epoch's incomplete batches
+      self.state, m = self.train_step(self.state, self.frozen, step_lib.shard_batch(local, self.mesh))
+      step += 1
+      if self.watch is not None:
+        self.watch.update(m["finite"], m["loss"], step)
+      if step % log_every == 0 or step == end:
+        self.check_finite()
+        metrics = step_lib.host_metrics(m)
+        now = time.time()
+        metrics["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        metrics["lr"] = float(step_lib.make_schedule(o.lr, steps, o.warmup_steps)(step - 1))
+        self.writer.write(step, metrics)
+        self.progress.update(step, {k: metrics[k] for k in ("loss", "converged_fraction",
+                                                            "sentence_cosine") if k in metrics})
+      if step % ckpt_every == 0 and step < end:
+        self.save(step)
+      if val_every and step % val_every == 0 and step < end:
+        self.check_finite()
+        self.validate(step)
+      if guard.should_stop():
+        self.save(step)
+        self.log_fn(f"stopped by {guard.signal_name()} at step {step}; checkpoint saved in "
+                    f"{self.ckpt.directory}")
+        return step, metrics
+    self.save(step)
+    if step >= steps and step > start:
+      metrics.update(self.validate(step))
+    return step, metrics
 
 
 class NonfiniteWatch:
