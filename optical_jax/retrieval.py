@@ -72,6 +72,47 @@ def encode_texts(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
   return emb
 
 
+def _tokenized(texts: Sequence[str], tokenize_fn: TokenizeFn, length_buckets: Sequence[int]
+               ) -> Tuple[List[List[int]], np.ndarray, List[int]]:
+  """(token ids, their lengths int64, the sorted buckets) of `texts`, checked."""
+  buckets = sorted({int(b) for b in length_buckets})
+  if not buckets or buckets[0] < 1:
+    raise ValueError(f"length_buckets must be positive lengths, got {list(length_buckets)}")
+  ids = tokenize_fn(texts)
+  if len(ids) != len(texts):
+    raise ValueError(f"tokenize_fn returned {len(ids)} sequences for {len(texts)} texts")
+  lengths = np.array([len(s) for s in ids], dtype=np.int64)
+  for i in np.flatnonzero(lengths > buckets[-1])[:1]:
+    raise ValueError(f"text {i} has {lengths[i]} tokens, more than the largest length "
+                     f"bucket {buckets[-1]}; tokenize_fn must truncate")
+  return ids, lengths, buckets
+
+
+def _length_batches(lengths: np.ndarray, buckets: Sequence[int], batch_size: int,
+                    max_tokens: Optional[int], row_multiple: int) -> List[np.ndarray]:
+  """Row indices of every batch, longest texts first; each batch as many rows as its
+  bucket allows (`batch_rows`)."""
+  order = np.argsort(-lengths, kind="stable")
+  batches, start = [], 0
+  while start < len(order):
+    rows = batch_rows(_bucket(int(lengths[order[start]]), buckets), batch_size, max_tokens,
+                      row_multiple)
+    batches.append(order[start:start + rows])
+    start += rows
+  return batches
+
+
+def _padded(ids: Sequence[Sequence[int]], lengths: np.ndarray, rows: np.ndarray, size: int,
+            width: int, pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The batch of `rows` as (ids int32 [size, width], mask int32), padding rows after them."""
+  tok = np.full((size, width), pad_id, dtype=np.int32)
+  mask = np.zeros((size, width), dtype=np.int32)
+  for r, i in enumerate(rows):
+    tok[r, :lengths[i]] = ids[i]
+    mask[r, :lengths[i]] = 1
+  return tok, mask
+
+
 def encode_shard(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedFn, *,
                  batch_size: int, length_buckets: Sequence[int], pad_id: int = 0,
                  dtype: Any = np.float32, token_dtype: Any = np.float16,
@@ -119,28 +160,12 @@ def encode_shard(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
     raise ValueError("encode_texts got no texts")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  buckets = sorted({int(b) for b in length_buckets})
-  if not buckets or buckets[0] < 1:
-    raise ValueError(f"length_buckets must be positive lengths, got {list(length_buckets)}")
-  ids = tokenize_fn(texts)
-  if len(ids) != len(texts):
-    raise ValueError(f"tokenize_fn returned {len(ids)} sequences for {len(texts)} texts")
-  lengths = np.array([len(s) for s in ids], dtype=np.int64)
-  for i in np.flatnonzero(lengths > buckets[-1])[:1]:
-    raise ValueError(f"text {i} has {lengths[i]} tokens, more than the largest length "
-                     f"bucket {buckets[-1]}; tokenize_fn must truncate")
+  ids, lengths, buckets = _tokenized(texts, tokenize_fn, length_buckets)
   if not 0 <= index < count:
     raise ValueError(f"shard index {index} is not in [0, {count})")
   if row_multiple < 1 or batch_size % row_multiple:
     raise ValueError(f"row_multiple {row_multiple} does not divide batch_size {batch_size}")
-  order = np.argsort(-lengths, kind="stable")
-  batches, start = [], 0
-  while start < len(order):
-    rows = batch_rows(_bucket(int(lengths[order[start]]), buckets), batch_size, max_tokens,
-                      row_multiple)
-    batches.append(order[start:start + rows])
-    start += rows
-  batches = batches[index::count]
+  batches = _length_batches(lengths, buckets, batch_size, max_tokens, row_multiple)[index::count]
   shard_rows = np.sort(np.concatenate(batches)) if batches else np.zeros((0,), np.int64)
   where = np.zeros(len(texts), np.int64)
   where[shard_rows] = np.arange(len(shard_rows))
@@ -152,11 +177,7 @@ def encode_shard(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
     for rows in batches:
       width = _bucket(int(lengths[rows].max()), buckets)
       size = batch_rows(width, batch_size, max_tokens, row_multiple)
-      tok = np.full((size, width), pad_id, dtype=np.int32)
-      mask = np.zeros((size, width), dtype=np.int32)
-      for r, i in enumerate(rows):
-        tok[r, :lengths[i]] = ids[i]
-        mask[r, :lengths[i]] = 1
+      tok, mask = _padded(ids, lengths, rows, size, width, pad_id)
       result = embed_fn(tok, mask)
       emb_mask = None
       if isinstance(result, tuple):
