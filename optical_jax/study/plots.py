@@ -23,31 +23,49 @@ def _x_axis(config, ax) -> Optional[str]:
 
 def plot(config, col: Collected, out_dir: str) -> List[str]:
   """Curves over the x axis (categorical positions, in axis order) with CI bands; the
-  references as dashed lines. Returns the PNG paths written."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  references as dashed lines: a figure per measure with a curve per dataset
+  (`plot.by='dataset'`), else a figure per dataset with a panel per measure. Returns the
+  PNG paths written."""
   ax_all = axes(config)
   x_axis = _x_axis(config, ax_all)
   if x_axis is None:
     return []
-  xs = list(ax_all[x_axis])
-  line_axes = [a for a in ax_all if a not in (x_axis, config.seed_axis) and len(ax_all[a]) > 1]
-  all_arms = arms(config, col)
-  groups: Dict[str, Dict[str, Arm]] = {}
-  for arm in all_arms:
-    label = ",".join(f"{a}={arm.values[a]}" for a in line_axes) or config.system
-    groups.setdefault(label, {})[str(arm.values[x_axis])] = arm
-  measures = list(config.measures)
   os.makedirs(out_dir, exist_ok=True)
-  written = []
+  p = _Plotter(config, col, x_axis)
+  if config.plot.by == "dataset":
+    return [p.by_dataset(measure, out_dir) for measure in config.measures]
+  return [p.by_measure(dataset, out_dir) for dataset in col.datasets]
 
-  def curve(axis, label, dataset, measure, name=None):
+
+class _Plotter:
+  """What `plot`'s figures share: the x positions, one curve per group of arms, and the
+  drawing of curves, reference lines and axes."""
+
+  def __init__(self, config, col: Collected, x_axis: str):
+    ax_all = axes(config)
+    self.config, self.col, self.x_axis = config, col, x_axis
+    self.xs = list(ax_all[x_axis])
+    line_axes = [a for a in ax_all if a not in (x_axis, config.seed_axis) and len(ax_all[a]) > 1]
+    self.groups: Dict[str, Dict[str, Arm]] = {}
+    for arm in arms(config, col):
+      label = ",".join(f"{a}={arm.values[a]}" for a in line_axes) or config.system
+      self.groups.setdefault(label, {})[str(arm.values[x_axis])] = arm
+
+  @staticmethod
+  def _figure(size):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+  def curve(self, axis, label, dataset, measure, name=None):
     pos, mean, lo, hi = [], [], [], []
-    for i, x in enumerate(xs):
-      arm = groups[label].get(str(x))
+    for i, x in enumerate(self.xs):
+      arm = self.groups[label].get(str(x))
       if arm is None:
         continue
-      (m, l, h), n = _arm_stats(config, col, arm, dataset, measure)
+      (m, l, h), n = _arm_stats(self.config, self.col, arm, dataset, measure)
       if n == 0:
         continue
       pos.append(i)
@@ -60,13 +78,13 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
       return line.get_color()
     return None
 
-  def refs(axis, dataset, measure):
+  def refs(self, axis, dataset, measure):
     # References far off the curves' scale (an oracle at 1.0) are named, not drawn, so
     # the curves stay readable.
     lo, hi = axis.get_ylim()
     span = max(hi - lo, 1e-3)
     off = []
-    for (_, ds, system), agg in col.references.items():
+    for (_, ds, system), agg in self.col.references.items():
       if ds != dataset or measure not in agg:
         continue
       v = agg[measure]
@@ -80,63 +98,65 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
       axis.annotate("off scale: " + ", ".join(off), (0.01, 0.99), xycoords="axes fraction",
                     fontsize=6, color="grey", va="top")
 
-  def finish(fig, axis_list, title):
-    labels = [str(x) for x in xs]
+  def finish(self, fig, axis_list, title):
+    labels = [str(x) for x in self.xs]
     crowded = sum(len(x) for x in labels) > 24   # e.g. loss names side by side: slant them
     for a in axis_list:
-      a.set_xticks(range(len(xs)))
+      a.set_xticks(range(len(self.xs)))
       if crowded:
         a.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
       else:
         a.set_xticklabels(labels)
-      a.set_xlabel(x_axis)
+      a.set_xlabel(self.x_axis)
       a.grid(alpha=0.3)
     axis_list[0].legend(fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
 
-  if config.plot.by == "dataset":
-    for measure in measures:
-      fig = Figure(figsize=(5.5, 3.8))
-      FigureCanvasAgg(fig)
-      axis = fig.add_subplot(1, 1, 1)
-      drawn_refs = False
-      for dataset in col.datasets:
-        color = None
-        for label in groups:
-          color = curve(axis, label, dataset, measure,
-                        name=dataset if label == config.system else f"{dataset} {label}") or color
-        for (_, ds, _), agg in col.references.items():  # dashed, in the dataset's colour
-          if ds == dataset and measure in agg and color is not None:
-            axis.axhline(agg[measure], linestyle="--", linewidth=0.8, color=color)
-            drawn_refs = True
-      if drawn_refs:
-        names = sorted({system for (_, _, system) in col.references})
-        axis.annotate("dashed: " + ", ".join(names), (0.01, 0.01), xycoords="axes fraction",
-                      fontsize=6, color="grey", va="bottom")
-      axis.set_ylabel(measure)
-      finish(fig, [axis], f"{config.name}: {measure} ({100 * float(config.confidence):g}% CI over seeds)")
-      path = os.path.join(out_dir, f"{_safe(measure)}.png")
-      _save(fig, path)
-      written.append(path)
-  else:
+  def by_dataset(self, measure: str, out_dir: str) -> str:
+    """One figure for `measure`: a curve per dataset (and group), its references dashed
+    in its colour."""
+    config, col = self.config, self.col
+    fig = self._figure((5.5, 3.8))
+    axis = fig.add_subplot(1, 1, 1)
+    drawn_refs = False
     for dataset in col.datasets:
-      fig = Figure(figsize=(3.4 * len(measures) + 0.6, 3.4))
-      FigureCanvasAgg(fig)
-      axis_list = []
-      for j, measure in enumerate(measures):
-        axis = fig.add_subplot(1, len(measures), j + 1)
-        for label in groups:
-          curve(axis, label, dataset, measure)
-        refs(axis, dataset, measure)
-        axis.set_ylabel(measure)
-        axis_list.append(axis)
-      finish(fig, axis_list, f"{config.name}: {dataset} "
-             f"({100 * float(config.confidence):g}% CI over seeds)")
-      path = os.path.join(out_dir, f"{_safe(dataset)}.png")
-      _save(fig, path)
-      written.append(path)
-  return written
+      color = None
+      for label in self.groups:
+        color = self.curve(axis, label, dataset, measure,
+                           name=dataset if label == config.system else f"{dataset} {label}") or color
+      for (_, ds, _), agg in col.references.items():  # dashed, in the dataset's colour
+        if ds == dataset and measure in agg and color is not None:
+          axis.axhline(agg[measure], linestyle="--", linewidth=0.8, color=color)
+          drawn_refs = True
+    if drawn_refs:
+      names = sorted({system for (_, _, system) in col.references})
+      axis.annotate("dashed: " + ", ".join(names), (0.01, 0.01), xycoords="axes fraction",
+                    fontsize=6, color="grey", va="bottom")
+    axis.set_ylabel(measure)
+    self.finish(fig, [axis], f"{config.name}: {measure} ({100 * float(config.confidence):g}% CI over seeds)")
+    path = os.path.join(out_dir, f"{_safe(measure)}.png")
+    _save(fig, path)
+    return path
+
+  def by_measure(self, dataset: str, out_dir: str) -> str:
+    """One figure for `dataset`: a panel per measure, a curve per group, the references."""
+    config = self.config
+    measures = list(config.measures)
+    fig = self._figure((3.4 * len(measures) + 0.6, 3.4))
+    axis_list = []
+    for j, measure in enumerate(measures):
+      axis = fig.add_subplot(1, len(measures), j + 1)
+      for label in self.groups:
+        self.curve(axis, label, dataset, measure)
+      self.refs(axis, dataset, measure)
+      axis.set_ylabel(measure)
+      axis_list.append(axis)
+    self.finish(fig, axis_list, f"{config.name}: {dataset} "
+                f"({100 * float(config.confidence):g}% CI over seeds)")
+    path = os.path.join(out_dir, f"{_safe(dataset)}.png")
+    _save(fig, path)
+    return path
 
 
 def _save(fig, path: str, dpi: int = 130) -> None:
