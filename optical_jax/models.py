@@ -445,6 +445,7 @@ def _eval_table(ev: Any) -> str:
   return "\n".join(lines)
 
 
+# Long by design: one page template (the model card), section after section.
 def model_card(saved: Dict[str, Any]) -> str:
   """A Hugging Face model card (README.md) for an export, from its `optical_jax.json` dict."""
   text, encoder_cfg = saved.get("text", {}), saved.get("encoder", {})
