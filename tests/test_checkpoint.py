@@ -135,6 +135,7 @@ def _rewrite_meta(step_dir, meta):
     json.dump(meta, f)
 
 
+@pytest.mark.slow
 def test_trainer_falls_back_past_a_damaged_meta_and_stops_on_changed_data(tmp_path, minilm_dir):
   """A checkpoint whose meta is valid JSON with wrong content (a data position that is
   none, another step) falls back to the previous step like any other damage; a data

@@ -53,7 +53,8 @@ def _one_error_line(out) -> str:
 
 @pytest.mark.parametrize("over,expected", [
     (["--config.train.steps=0"], "config.train.steps=0: must be an integer >= 1"),
-    (["--config.train.steps=-5"], "config.train.steps=-5: must be an integer >= 1"),
+    pytest.param(["--config.train.steps=-5"], "config.train.steps=-5: must be an integer >= 1",
+                 marks=pytest.mark.slow),
     (["--config.data.teacher_cache=float64"], "config.data.teacher_cache='float64': use one of"),
     (["--config.train.stepz=3"], "unknown config key 'stepz' in --config.train.stepz; did you "
                                  "mean 'steps'?"),
@@ -65,8 +66,9 @@ def test_bad_config_values_stop_before_anything_is_written(tmp_path, over, expec
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("every,kept", [(1, "last checkpoint (step 1) kept in"),
-                                         (100, "no checkpoint was saved yet")])
+@pytest.mark.parametrize("every,kept", [
+    (1, "last checkpoint (step 1) kept in"),
+    pytest.param(100, "no checkpoint was saved yet", marks=pytest.mark.slow)])
 def test_non_finite_training_names_a_checkpoint_that_exists_or_none(tmp_path, every, kept):
   out = _run(_train(tmp_path / "w", "--config.optim.lr=1e38", "--config.optim.warmup_steps=0",
                     f"--config.train.checkpoint_every={every}"))
