@@ -172,10 +172,12 @@ def _clean_leftovers(root: str) -> None:
   for n in names:
     if not n.startswith(".") or ".tmp." not in n:
       continue
-    parts = n.rsplit(".", 3)   # [.name-key.tmp, HOST, PID, N]
-    if len(parts) != 4 or parts[1] != host or not parts[2].isdigit():
+    # .NAME-KEY.tmp.HOST.PID.N: HOST may hold dots, PID and N do not.
+    head, _, rest = n.partition(".tmp.")
+    parts = rest.rsplit(".", 2)
+    if not head or len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
       continue
-    if not fileio.pid_alive(int(parts[2])):
+    if not fileio.pid_alive(int(parts[1])):
       shutil.rmtree(os.path.join(root, n), ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import flags
 
+EXIT_FAILURE = 1     # another failure (an operating-system error that is not storage)
 EXIT_INPUT = 2       # bad input: config, flags or data
 EXIT_NONFINITE = 3   # training stopped on a NaN/inf loss or gradient
 EXIT_STORAGE = 4     # the machine refused a write (disk full, read-only, quota)
@@ -170,9 +171,10 @@ def run(main: Callable[[List[str]], int], argv: Optional[Sequence[str]] = None) 
     _die(str(e))
   except StorageError as e:
     _die(str(e), EXIT_STORAGE)
-  except OSError as e:   # the file system said no where nothing else caught it
+  except OSError as e:   # the operating system said no where nothing else caught it
+    from optical_jax.checkpoint import storage_problem  # pylint: disable=g-import-not-at-top
     where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-    _die(f"{where}{e.strerror or e}", EXIT_STORAGE)
+    _die(f"{where}{e.strerror or e}", EXIT_STORAGE if storage_problem(e) else EXIT_FAILURE)
   except Interrupted as e:
     _die(f"stopped: {e}", EXIT_SIGNAL + e.signum)
   except KeyboardInterrupt:

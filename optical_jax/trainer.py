@@ -473,7 +473,9 @@ class _Loop:
       if val_every and step % val_every == 0 and step < end:
         self.check_finite()
         self.validate(step)
-      if guard.should_stop():
+      # Several processes agree on a stop with a collective: only at log steps, so that
+      # they do not wait for each other after every step.
+      if (jax.process_count() == 1 or step % log_every == 0) and guard.should_stop():
         self.save(step)
         self.log_fn(f"stopped by {guard.signal_name()} at step {step}; checkpoint saved in "
                     f"{self.ckpt.directory}")
@@ -521,6 +523,10 @@ def _finished(workdir: str, export_dir: str, step: int, steps: int) -> Optional[
   if step < steps or not os.path.isfile(os.path.join(export_dir, models.SPEC_FILE)):
     return None
   final = fileio.read_json(os.path.join(workdir, "final_metrics.json"))
-  if not isinstance(final, dict):
+  exported = fileio.read_json(os.path.join(export_dir, models.SPEC_FILE))
+  # Both must be of this step: a run resumed to more steps whose export then failed
+  # still has the shorter run's export and metrics, which are not this run's.
+  if not isinstance(final, dict) or final.get("step") != step or not isinstance(
+      exported, dict) or exported.get("step") != step:
     return None
   return {k: v for k, v in final.items() if k != "step"}

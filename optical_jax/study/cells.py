@@ -4,6 +4,8 @@ fingerprints, config drift, damaged metrics), running it (`run_cell`: train, eva
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import os
@@ -72,19 +74,16 @@ def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
 
 
 def cell_status(plan: CellPlan) -> str:
-  """'done' (finished with these configs), 'todo', or raises InputError when the cell
-  finished with other configs."""
+  """'done' (finished with these configs), 'todo' (unfinished, or finished with metrics
+  that changed since: a warning, and `run_cell` redoes it under the cell's lock), or
+  raises InputError when the cell finished with other configs. Reads only."""
   done = fileio.read_json(os.path.join(plan.directory, DONE))
   if not done:
     return "todo"
   problem = _damaged(plan.directory, done)
   if problem:
-    aside = os.path.join(os.path.dirname(plan.directory), ".broken",
-                         f"{plan.cell.key}.{time.time_ns()}")
-    os.makedirs(os.path.dirname(aside), exist_ok=True)
-    os.replace(plan.directory, aside)
-    warnings.warn(f"study cell {plan.directory}: {problem}; moved to {aside}, it reruns",
-                  CellWarning, stacklevel=2)
+    warnings.warn(f"study cell {plan.directory}: {problem}; it is redone", CellWarning,
+                  stacklevel=2)
     return "todo"
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
@@ -117,6 +116,20 @@ def _damaged(directory: str, done: Mapping[str, Any]) -> str:
     if fingerprint.digest(value, n=None) != digest:
       return f"{rel} does not match the checksum in {DONE}"
   return ""
+
+
+def _forget_metrics(directory: str) -> None:
+  """Before a cell is (re)run under its lock: a done.json whose metrics no longer verify
+  and those metrics files go, so the evaluation recomputes them (from its checked run
+  files) instead of reusing them."""
+  done = fileio.read_json(os.path.join(directory, DONE))
+  if not done or not _damaged(directory, done):
+    return
+  for rel in (done.get("checksums") or {}):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(directory, rel))
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(directory, DONE))
 
 
 def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
@@ -175,6 +188,7 @@ def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str
     if cell_status(plan) == "done":   # another process finished it while this one waited
       log(f"[{key}] finished by another process; not redone")
       return fileio.read_json(os.path.join(plan.directory, DONE))
+    _forget_metrics(plan.directory)
     write_json(os.path.join(plan.directory, "cell.json"),
                {"fingerprint": plan.fingerprint(), "resolved": plan.resolved()})
     systems: Dict[str, Any] = dict(plan.references)
@@ -212,7 +226,8 @@ def restore_cells(config, plans: Sequence[CellPlan], archive: str, log: Log) -> 
   reported and left: the cell reruns."""
   restored = []
   for plan in plans:
-    if fileio.read_json(os.path.join(plan.directory, DONE)):
+    done = fileio.read_json(os.path.join(plan.directory, DONE))
+    if done and not _damaged(plan.directory, done):
       continue
     record = cell_archive.load(archive, plan.cell.key, log)
     if record is None:
