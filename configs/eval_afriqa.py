@@ -33,7 +33,7 @@ and other out directories reuse them). Cold, on an idle 2-core CPU, MiniLM's pas
 import os
 
 from configs import common
-from optical_jax import evaluator, models
+from optical_jax import evaluator, models, paths
 
 # Baseline families: the retrievers as evaluated (e5 reads queries up to 512 tokens).
 FAMILIES = {"minilm": common.minilm, "e5": lambda: common.e5(query_max_len=512)}
@@ -47,9 +47,9 @@ def student_system(workdir, teacher=None):
   encodes the English translations (`text_en`) and the passages, to compare with the
   `*-oracle` row of the model it was trained from.
   """
-  export = os.path.join(workdir, "student")
-  trained_teacher = os.path.join(workdir, "teacher")
-  if not os.path.isdir(export) and os.path.isdir(trained_teacher):
+  export = paths.join(workdir, "student")
+  trained_teacher = paths.join(workdir, "teacher")
+  if not paths.isdir(export) and paths.isdir(trained_teacher):
     return evaluator.system(models.export_spec(trained_teacher), query_field="text_en")
   if teacher is None:
     teacher = models.export_teacher_spec(export) or common.minilm()

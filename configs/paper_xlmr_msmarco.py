@@ -17,8 +17,9 @@ Nothing here runs offline: `xlm-roberta-base` comes from the Hugging Face hub, M
 triples from a local TSV you download (`triples.train.small.tsv`), and the TFDS datasets
 must be prepared under `data_dir` (`tfds build para_crawl/enmt` etc.). On a pod, set
 `--config.distributed.initialize=True` (TPU VMs fill in the coordinator); each host reads
-its own slice of every global batch; keep workdirs on a file system every host sees
-(`/shared` above; `gs://` workdirs are not supported yet, issue 25). Hyper-parameters
+its own slice of every global batch; keep workdirs where every host sees them: a bucket
+(`--workdir gs://BUCKET/optical`, docs/distributed.md) or a shared file system (`/shared`
+above). Hyper-parameters
 follow the paper where it states them and this project's documented defaults elsewhere
 (`optical_jax/config.py`); the XLM-R preset is `configs/common.py`'s `colbert_xlmr`.
 """

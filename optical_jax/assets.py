@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
-from optical_jax import fingerprint
+from optical_jax import fingerprint, paths
 from optical_jax.errors import InputError
 
 
@@ -78,8 +78,9 @@ ALIASES = {"minilm": "all-minilm-l6-v2", "e5": "multilingual-e5-small"}
 
 
 def cache_dir(override: Optional[str] = None) -> str:
-  return os.path.abspath(os.path.expanduser(
-      override or os.environ.get("OPTICAL_JAX_CACHE") or "~/.cache/optical_jax"))
+  root = override or os.environ.get("OPTICAL_JAX_CACHE") or "~/.cache/optical_jax"
+  paths.require_local(root, "the cache ($OPTICAL_JAX_CACHE)")
+  return os.path.abspath(os.path.expanduser(root))
 
 
 def asset_dir(name: str, root: Optional[str] = None) -> str:
@@ -90,7 +91,14 @@ def asset_dir(name: str, root: Optional[str] = None) -> str:
 
 
 def resolve(path: str, root: Optional[str] = None) -> str:
-  """`asset:NAME[/FILE]` -> a path in the cache; any other string is returned expanded."""
+  """`asset:NAME[/FILE]` -> a path in the cache; a URL (`gs://...`: an exported model, a
+  tokenizer) -> a local copy of its directory in the cache (`paths.local_copy`, fetched
+  again when the objects change); any other string is returned expanded."""
+  if isinstance(path, str) and paths.is_url(path):
+    try:
+      return paths.local_copy(path, cache_dir(root))
+    except FileNotFoundError:
+      raise InputError("not found", path) from None
   if not isinstance(path, str) or not path.startswith("asset:"):
     return os.path.expanduser(path) if isinstance(path, str) else path
   rest = path[len("asset:"):]

@@ -31,7 +31,7 @@ import os
 import posixpath
 from typing import Any, Callable, Dict, Optional
 
-from optical_jax import fileio, fingerprint
+from optical_jax import fileio, fingerprint, paths
 
 FORMAT = "optical_jax.study-cell/1"
 SUFFIX = ".json.gz"
@@ -42,20 +42,20 @@ Log = Callable[[str], None]
 
 
 def path_of(archive: str, key: str) -> str:
-  return os.path.join(archive, key + SUFFIX)
+  return paths.join(archive, key + SUFFIX)
 
 
 def make(directory: str) -> Optional[Dict[str, Any]]:
   """The record of the finished cell in `directory` (None while it is unfinished or one
   of its files is unreadable)."""
-  done = fileio.read_json(os.path.join(directory, DONE))
-  cell = fileio.read_json(os.path.join(directory, CELL))
+  done = fileio.read_json(paths.join(directory, DONE))
+  cell = fileio.read_json(paths.join(directory, CELL))
   if not isinstance(done, dict) or not isinstance(cell, dict):
     return None
   files: Dict[str, Any] = {CELL: cell, DONE: done}
   for systems in done.get("datasets", {}).values():
     for rel in systems.values():
-      obj = fileio.read_json(os.path.join(directory, rel))
+      obj = fileio.read_json(paths.join(directory, rel))
       if obj is None:
         return None
       files[rel.replace(os.sep, "/")] = obj
@@ -126,5 +126,5 @@ def restore(record: Dict[str, Any], directory: str) -> None:
   files = record["files"]
   for rel in sorted(files):
     if rel != DONE:
-      fileio.write_json(os.path.join(directory, *rel.split("/")), files[rel])
-  fileio.write_json(os.path.join(directory, DONE), files[DONE])
+      fileio.write_json(paths.join(directory, *rel.split("/")), files[rel])
+  fileio.write_json(paths.join(directory, DONE), files[DONE])

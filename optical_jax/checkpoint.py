@@ -4,7 +4,8 @@ A checkpoint holds two items: `state` (the `TrainState` pytree: student params,
 optimizer state, step, rng, skipped-update count) and `meta` (JSON: the data
 iterator's position and anything else the trainer wants back). The teacher is
 never saved. Orbax writes each step into a temporary directory and renames it when
-complete, so a killed run never leaves a half checkpoint that looks finished; on
+complete (on an object store, where there is no rename, it writes `commit_success.txt`
+last), so a killed run never leaves a half checkpoint that looks finished; on
 start `restore_latest` tries the newest step and falls back to older ones if a
 restore fails, reporting each failure and moving the failed step aside
 (`checkpoints/STEP.corrupt`) so that the run can write that step again.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import signal
 import threading
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from optical_jax import paths
 from optical_jax.errors import InputError, StorageError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with the items this project saves."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True)
@@ -97,7 +98,7 @@ class Checkpointer:
         except InputError:
           raise
         except Exception as e:  # pylint: disable=broad-except
-          where = os.path.join(self.directory, str(step))
+          where = paths.join(self.directory, str(step))
           first = str(e).splitlines()[0] if str(e) else ""
           if len(first) > 300:
             first = first[:300] + "..."
@@ -112,11 +113,11 @@ class Checkpointer:
 
   def _move_aside(self, step: int) -> str:
     """Renames a step directory to `STEP.corrupt[.N]` (process 0 only); returns the new path."""
-    src = os.path.join(self.directory, str(step))
+    src = paths.join(self.directory, str(step))
     dst = corrupt_name(src)
     if jax.process_index() == 0:
       try:
-        os.replace(src, dst)
+        paths.replace(src, dst)
       except OSError as e:
         raise InputError(f"checkpoint failed to restore and cannot be moved aside to {dst}: "
                          f"{e.strerror or e}; move or delete it", src) from e
@@ -156,7 +157,7 @@ def corrupt_name(path: str) -> str:
   """`PATH.corrupt`, or the first free `PATH.corrupt.N` (N = 1, 2, ...)."""
   dst = f"{path}.corrupt"
   n = 0
-  while os.path.exists(dst):
+  while paths.exists(dst):
     n += 1
     dst = f"{path}.corrupt.{n}"
   return dst

@@ -22,6 +22,8 @@ from typing import Callable, List, Optional, Sequence
 
 from absl import flags
 
+from optical_jax import paths
+
 EXIT_FAILURE = 1     # another failure (an operating-system error that is not storage)
 EXIT_INPUT = 2       # bad input: config, flags or data
 EXIT_NONFINITE = 3   # training stopped on a NaN/inf loss or gradient
@@ -266,7 +268,7 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
         _die("--aggregate merges every shard: give it without --shard")
       result = study.aggregate(config.value, workdir.value, archive=archive.value or "")
       print(f"done: {result.finished}/{result.total} cells, {result.rows} rows; outputs in "
-            f"{os.path.abspath(workdir.value)}")
+            f"{paths.resolve(workdir.value)}")
       return 0
     parts = study.parse_shard(shard.value or "0/1")
     result = study.run(config.value, workdir.value, shard=parts, select_only=select_only.value,

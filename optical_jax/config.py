@@ -18,7 +18,7 @@ import json
 
 import ml_collections
 
-from optical_jax import plain
+from optical_jax import paths, plain
 from optical_jax.errors import InputError
 from optical_jax.mesh import distributed_config
 from optical_jax.models import model_spec
@@ -179,6 +179,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = flat.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise InputError(f"config.{key}={value!r}: must be an integer >= {least}")
+  paths.require_local(flat.get("data.cache_dir"), "config.data.cache_dir")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 
 from optical_jax import assets, embedder, fileio, fingerprint, metrics, models, retrieval, scoring
 from optical_jax import mesh as mesh_lib
-from optical_jax import monitor, plain, stats
+from optical_jax import monitor, paths, plain, stats
 from optical_jax.data import beir, xtreme
 from optical_jax.data.beir import passage_text
 from optical_jax.errors import InputError
@@ -300,25 +300,25 @@ def _check_settings(config, plans: Sequence[SystemPlan]) -> List[str]:
 
 
 def dataset_paths(ds) -> Dict[str, str]:
-  """corpus / queries / qrels paths from dataset.path (BEIR dir or irds id) and overrides."""
+  """corpus / queries / qrels files from dataset.path (BEIR dir or irds id) and overrides."""
   base = ds.path or ""
-  paths = {"corpus": "", "queries": "", "qrels": ""}
+  files = {"corpus": "", "queries": "", "qrels": ""}
   if base.startswith(beir.IRDS_PREFIX):
-    paths = {k: base for k in paths}
+    files = {k: base for k in files}
   elif base:
     base = assets.resolve(base)
     if not os.path.isdir(base):
       raise InputError("dataset.path is not a directory (a BEIR dataset) or irds: id", base)
-    paths = {"corpus": os.path.join(base, "corpus.jsonl"),
+    files = {"corpus": os.path.join(base, "corpus.jsonl"),
              "queries": os.path.join(base, "queries.jsonl"),
              "qrels": os.path.join(base, "qrels", f"{ds.split}.tsv")}
-  for k in paths:
+  for k in files:
     if ds[k]:
-      paths[k] = ds[k] if ds[k].startswith(beir.IRDS_PREFIX) else assets.resolve(ds[k])
-    if not paths[k]:
+      files[k] = ds[k] if ds[k].startswith(beir.IRDS_PREFIX) else assets.resolve(ds[k])
+    if not files[k]:
       raise InputError(f"dataset.{k} is empty (set dataset.path to a BEIR directory, or "
                        f"dataset.{k})")
-  return paths
+  return files
 
 
 def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
@@ -329,25 +329,25 @@ def _load_dataset(config, plans: Sequence[SystemPlan]) -> Dataset:
     loaded = xtreme.load(ds.kind, path=assets.resolve(ds.path) if ds.path else "", lang=ds.lang,
                          queries=assets.resolve(ds.queries) if ds.queries else "",
                          corpus=assets.resolve(ds.corpus) if ds.corpus else "")
-    corpus, qrels, paths = loaded.corpus, loaded.qrels, loaded.paths
+    corpus, qrels, files = loaded.corpus, loaded.qrels, loaded.paths
     queries = {f: loaded.field(f) for f in dict.fromkeys(fields)}
   else:
-    paths = dataset_paths(ds)
-    corpus = beir.load_corpus(paths["corpus"])
+    files = dataset_paths(ds)
+    corpus = beir.load_corpus(files["corpus"])
     for f in dict.fromkeys(fields):
-      queries[f] = beir.load_queries(paths["queries"], f)
+      queries[f] = beir.load_queries(files["queries"], f)
     all_ids = set().union(*(q.ids for q in queries.values()))
-    qrels = beir.load_qrels(paths["qrels"], query_ids=all_ids, doc_ids=corpus.ids)
+    qrels = beir.load_qrels(files["qrels"], query_ids=all_ids, doc_ids=corpus.ids)
   sep = ds.title_sep if ds.titles else None
   passages = [passage_text(t, x, sep) for t, x in zip(corpus.titles, corpus.texts)]
   if not qrels:
     raise InputError("no judgements left after dropping unknown queries and documents",
-                     paths["qrels"])
+                     files["qrels"])
   if ds.judged_only:
     queries = {f: beir.Queries([i for i in q.ids if i in qrels],
                                [t for i, t in q.items() if i in qrels])
                for f, q in queries.items()}
-  data = Dataset(corpus, passages, queries, qrels, paths)
+  data = Dataset(corpus, passages, queries, qrels, files)
   if config.mode == "rerank":
     path = assets.resolve(config.rerank_run)
     data.rerank_run = beir.load_run(path)
@@ -375,6 +375,7 @@ def _cache_dir(config) -> Optional[str]:
   if config.cache_dir == "none":
     return None
   if config.cache_dir:
+    paths.require_local(config.cache_dir, "config.cache_dir")
     return os.path.abspath(os.path.expanduser(config.cache_dir))
   return os.path.join(assets.cache_dir(), "embeddings")
 
@@ -419,7 +420,7 @@ def run(config, out_dir: str, *, log: Log = monitor.stderr_line) -> EvalResult:
   plans = _plan_systems(config)
   baselines = _check_settings(config, plans)
   data = _load_dataset(config, plans)
-  out_dir = os.path.abspath(out_dir)
+  out_dir = paths.resolve(out_dir)
   # Several hosts: process 0 holds the out directory and writes every output; all hosts
   # encode and search their share (the out directory should be on a shared file system).
   hold = (fileio.hold_directory(out_dir, "out directory", report=log)
@@ -438,14 +439,14 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
   cache_dir = _cache_dir(config)
   primary = jax.process_index() == 0
   if primary:
-    os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "metrics"), exist_ok=True)
-    write_json(os.path.join(out_dir, "config.json"),
+    paths.makedirs(paths.join(out_dir, "runs"))
+    paths.makedirs(paths.join(out_dir, "metrics"))
+    write_json(paths.join(out_dir, "config.json"),
                resolved_config(config, plans, baselines, data, cache_dir))
   title_sep = config.dataset.title_sep if config.dataset.titles else None
   measures = list(config.measures)
   qrels_fp = fingerprint.digest(data.qrels, n=24)
-  manifest_path = os.path.join(out_dir, MANIFEST)
+  manifest_path = paths.join(out_dir, MANIFEST)
   manifest = fileio.read_json(manifest_path) or {}
   entries = manifest.get("systems", {}) if isinstance(manifest.get("systems"), dict) else {}
   log(f"dataset: {len(data.corpus)} passages, "
@@ -461,8 +462,8 @@ def _evaluate(config, out_dir: str, plans: Sequence[SystemPlan], baselines: Sequ
     raise InputError("none of the documents in the run to rerank are in the corpus",
                      config.rerank_run)
   for plan in plans:
-    run_path = os.path.join(out_dir, "runs", f"{plan.name}.trec")
-    metrics_path = os.path.join(out_dir, "metrics", f"{plan.name}.json")
+    run_path = paths.join(out_dir, "runs", f"{plan.name}.trec")
+    metrics_path = paths.join(out_dir, "metrics", f"{plan.name}.json")
     run_key = fingerprint.digest(_run_key(plan, config, data, title_sep), n=24)
     metrics_key = fingerprint.digest({"run": run_key, "qrels": qrels_fp, "measures": measures}, n=24)
     old = entries.get(plan.name) or {}
@@ -500,7 +501,7 @@ def _reuse(plan: SystemPlan, old: Mapping[str, Any], run_key: str, metrics_key: 
   """The metrics of a system whose run file is up to date (its key and checksum match the
   manifest; every host takes process 0's decision), recomputed from the run when the
   qrels or measures changed; None when the run must be computed."""
-  fresh = (old.get("run_key") == run_key and os.path.exists(run_path)
+  fresh = (old.get("run_key") == run_key and paths.exists(run_path)
            and old.get("run_sha256") == fingerprint.file(run_path))
   if jax.process_count() > 1:   # every host takes process 0's decision
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -509,7 +510,7 @@ def _reuse(plan: SystemPlan, old: Mapping[str, Any], run_key: str, metrics_key: 
     return None
   saved = fileio.read_json(metrics_path) if old.get("metrics_key") == metrics_key else None
   if saved and all(m in saved.get("aggregate", {}) for m in measures):
-    log(f"{plan.name}: up to date, reused {os.path.relpath(run_path, out_dir)}")
+    log(f"{plan.name}: up to date, reused {paths.relpath(run_path, out_dir)}")
     return saved
   res = metrics.evaluate(beir.load_run(run_path), data.qrels, measures)
   if primary:
@@ -589,10 +590,10 @@ def _compare(config, out_dir: str, results, baselines: Sequence[str], measures: 
                 "num_passages": len(data.corpus), "mode": config.mode,
                 "top_k": int(config.top_k), **comparison}
   if primary:
-    write_text(os.path.join(out_dir, "comparison.md"), header + markdown)
-    write_json(os.path.join(out_dir, "comparison.json"), comparison)
-    metrics.bar_chart(results, measures, os.path.join(out_dir, "comparison.png"),
-                      title=os.path.basename(data.paths["queries"]))
+    write_text(paths.join(out_dir, "comparison.md"), header + markdown)
+    write_json(paths.join(out_dir, "comparison.json"), comparison)
+    metrics.bar_chart(results, measures, paths.join(out_dir, "comparison.png"),
+                      title=paths.basename(data.paths["queries"]))
   return markdown, comparison
 
 

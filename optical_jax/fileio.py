@@ -1,14 +1,15 @@
-"""Atomic file output (write to a temporary name beside the target, then rename) and
-directory locks (one run per workdir / output directory).
+"""Atomic file output (write to a temporary name beside the target, then rename; one
+upload for an object-store URL) and directory locks (one run per workdir / output
+directory, local or on an object store). Paths may be URLs (`optical_jax.paths`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import numpy as np
 
+from optical_jax import paths
 from optical_jax.errors import InputError, StorageError
 
 try:
@@ -31,9 +33,19 @@ def atomic_open(path, mode: str = "w", **kwargs) -> Iterator[Any]:
   """Opens a temporary file next to `path`; renames it onto `path` on success.
 
   If the body raises, the temporary file is removed and `path` is untouched, so a
-  crash never leaves a half-written output.
+  crash never leaves a half-written output. For a URL the body writes to memory and the
+  object is uploaded in one request when it ends (an object store publishes an object
+  whole or not at all).
   """
   path = os.fspath(path)
+  if paths.is_url(path):
+    buf = io.BytesIO() if "b" in mode else io.StringIO(newline=kwargs.get("newline"))
+    yield buf
+    data = buf.getvalue()
+    if not isinstance(data, bytes):
+      data = data.encode(kwargs.get("encoding") or "utf-8", kwargs.get("errors") or "strict")
+    paths.write_bytes(path, data)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
@@ -58,7 +70,7 @@ def read_json(path) -> Any:
   """The JSON value in `path`, or None when the file is missing or not valid JSON (an
   output of an earlier, maybe interrupted, run that is then recomputed)."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError):
     return None
@@ -67,7 +79,7 @@ def read_json(path) -> Any:
 def read_text(path) -> Optional[str]:
   """The UTF-8 text in `path`, or None when the file is missing or unreadable."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
       return f.read()
   except (OSError, ValueError):
     return None
@@ -76,7 +88,7 @@ def read_text(path) -> Optional[str]:
 def read_bytes(path) -> Optional[bytes]:
   """The bytes in `path`, or None when the file is missing or unreadable."""
   try:
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       return f.read()
   except OSError:
     return None
@@ -140,7 +152,7 @@ def pid_alive(pid: int) -> bool:
 def _read_lock(path: str) -> Optional[Dict[str, Any]]:
   """The holder recorded in a lock file; {} when unreadable; None when there is none."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with paths.open(path, encoding="utf-8") as f:
       info = json.load(f)
     return info if isinstance(info, dict) else {}
   except FileNotFoundError:
@@ -172,9 +184,9 @@ class DirectoryLock:
 
   def __init__(self, path, what: str = "workdir", *,
                report: Callable[[str], None] = log.warning, lock_name: str = LOCK_FILE):
-    self.path = os.path.abspath(os.fspath(path))
+    self.path = paths.resolve(path)
     self.what = what
-    self.lock_path = os.path.join(self.path, lock_name)
+    self.lock_path = paths.join(self.path, lock_name)
     self.created = False
     self.info: Dict[str, Any] = {}
     self._report = report
@@ -184,6 +196,11 @@ class DirectoryLock:
   # -- acquiring
 
   def _make_dir(self) -> None:
+    if paths.is_url(self.path):  # no directories to make on an object store
+      if paths.isfile(self.path):
+        raise InputError(f"{self.what} is an object, not a directory", self.path)
+      self.created = not paths.exists(self.path)
+      return
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise InputError(f"{self.what} is a file, not a directory", self.path)
     parent = os.path.dirname(self.path)
@@ -229,40 +246,17 @@ class DirectoryLock:
                      f"starting in it?", self.path)
 
   def _create_lock_file(self) -> bool:
-    """Writes our lock file atomically; False when one exists already."""
-    data = (json.dumps(self.info) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=self.path)
-    try:
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-      try:
-        os.link(tmp, self.lock_path)  # atomic, fails if the lock exists: never half-written
-        return True
-      except FileExistsError:
-        return False
-      except OSError:  # a filesystem without hard links
-        try:
-          lfd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-          return False
-        with os.fdopen(lfd, "wb") as f:
-          f.write(data)
-          f.flush()
-          os.fsync(f.fileno())
-        return True
-    finally:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
+    """Writes our lock file atomically (a does-not-exist precondition on object stores);
+    False when one exists already."""
+    return paths.create_new(self.lock_path, (json.dumps(self.info) + "\n").encode("utf-8"))
 
   def _remove_stale(self, holder: Dict[str, Any]) -> bool:
-    """Removes the lock file if it still records `holder` (serialised over processes)."""
+    """Removes the lock file if it still records `holder` (serialised over the processes
+    of this host; on an object store only this host's dead holders are stale at all)."""
     with _flocked(self.path):
       if _read_lock(self.lock_path) != holder:
         return False
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(self.lock_path)
+      paths.remove(self.lock_path)
       return True
 
   def _in_use(self, holder: Dict[str, Any]) -> InputError:
@@ -295,10 +289,9 @@ class DirectoryLock:
       return
     self._held = False
     if _read_lock(self.lock_path) == self.info:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(self.lock_path)
+      paths.remove(self.lock_path)
     if remove_created and self.created:
-      shutil.rmtree(self.path, ignore_errors=True)
+      paths.rmtree(self.path)
 
   def __enter__(self) -> "DirectoryLock":
     return self
@@ -313,8 +306,8 @@ class DirectoryLock:
 
 @contextlib.contextmanager
 def _flocked(directory: str) -> Iterator[None]:
-  """An exclusive flock on a directory (a no-op without fcntl)."""
-  if fcntl is None:
+  """An exclusive flock on a directory (a no-op without fcntl and on object stores)."""
+  if fcntl is None or paths.is_url(directory):
     yield
     return
   fd = os.open(directory, os.O_RDONLY)
@@ -334,6 +327,9 @@ def hold_directory(path, what: str = "workdir", *,
   same directory fails at once. A lock left by a process that died on this host (its pid
   gone, or reused by another process) is taken over, with a warning through `report`.
   Use as a context manager (released on exit, also on exceptions) or call `release()`.
+  On an object store (`gs://...`) the lock is an object created with a does-not-exist
+  precondition, so of two runs starting together exactly one gets it; a lock left by a
+  run that died elsewhere must be removed by hand (the error names it).
 
       with fileio.hold_directory(workdir, "workdir") as hold:
         ...  # hold.created: whether this call created the directory

@@ -19,6 +19,8 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from optical_jax import paths  # imports nothing of the project either
+
 PathLike = Union[str, os.PathLike]
 
 # Model spec fields that only one side of a retrieval model depends on.
@@ -62,7 +64,7 @@ def rows(table: Iterable[Sequence[str]], n: Optional[int] = 16) -> str:
 def file(path: PathLike, n: Optional[int] = 16) -> str:
   """Hash of a file's bytes, read in 1 MiB blocks (`n=None`: the full sha256 to verify downloads)."""
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return _hex(h, n)

@@ -18,13 +18,14 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, encoder as enc, fingerprint, plain, scoring, weights
+from optical_jax import assets, encoder as enc, fingerprint, paths, plain, scoring, weights
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open, write_json
 from optical_jax.tokenizer import Tokenizer
@@ -249,6 +250,9 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   card `README.md` built from `extra`.
 
   Written into a temporary sibling directory and renamed, so a crash leaves no half export.
+  `out_dir` may be a URL (`gs://...`): the export is built in a local temporary directory
+  and uploaded with `optical_jax.json` (what marks a directory as an export) removed first
+  and written last, so a reader never sees a half upload as an export.
 
   Args:
     extra: provenance saved in `optical_jax.json` and shown in the card; known keys:
@@ -259,7 +263,12 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   if spec.pooling == "pooler" and not cfg.pooler:
     raise InputError("pooling 'pooler' needs an encoder with the pooler (EncoderConfig.pooler)")
-  out_dir = os.path.abspath(out_dir)
+  out_dir = paths.resolve(out_dir)
+  if paths.is_url(out_dir):
+    with tempfile.TemporaryDirectory(prefix="optical_jax_export.") as local:
+      export_model(os.path.join(local, "export"), cfg, params, spec, tokenizer, extra)
+      _publish_remote(os.path.join(local, "export"), out_dir)
+    return
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -293,6 +302,16 @@ def export_model(out_dir: str, cfg: enc.EncoderConfig, params, spec, tokenizer: 
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(tmp, out_dir)
+
+
+def _publish_remote(local: str, url: str) -> None:
+  """Uploads a finished local export to `url`: the old `optical_jax.json` removed first,
+  the new one written last, then files of an older export that this one lacks deleted."""
+  paths.remove(paths.join(url, SPEC_FILE))
+  old = set(paths.walk_files(url)) if paths.exists(url) else set()
+  paths.upload_tree(local, url, last=(SPEC_FILE,))
+  for rel in sorted(old - set(paths.walk_files(local))):
+    paths.remove(paths.join(url, rel))
 
 
 def _jsonable(x: Any) -> Any:
@@ -539,7 +558,7 @@ def export_spec(path: str, **overrides) -> ml_collections.ConfigDict:
   """A model spec that loads an exported directory with its saved text settings."""
   saved = read_export_spec(assets.resolve(path))
   spec = model_spec(weights="export", path=path,
-                    tokenizer=os.path.join(path, saved.get("tokenizer", "tokenizer.json")),
+                    tokenizer=paths.join(path, saved.get("tokenizer", "tokenizer.json")),
                     head_dim=saved["encoder"].get("head_dim") or 0,
                     dtype=saved["encoder"].get("dtype", "float32"), **saved["text"])
   spec.update(overrides)

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterable, Optional
 
+from optical_jax import fileio, paths
 from optical_jax.fileio import atomic_open
 
 log = logging.getLogger(__name__)
@@ -30,31 +31,46 @@ class MetricWriter:
   Only the writing process (process 0) should create one with `enabled=True`. On
   resume, `truncate_after(step)` drops log lines past the restored checkpoint so the
   JSONL loss curve of a resumed run equals that of an uninterrupted one.
+
+  In a URL workdir (`gs://...`, where objects cannot be appended to) the log's lines are
+  kept here and the object is rewritten whole at each write (one upload per log step);
+  tensorboardX writes its event files to `gs://` itself.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
+    self._remote_lines = None   # the log's lines, for a URL workdir
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(paths.join(workdir, "tensorboard"))
 
   def truncate_after(self, step: int) -> None:
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not paths.exists(self.path):
       return
-    with open(self.path, encoding="utf-8") as f:
+    with paths.open(self.path, encoding="utf-8") as f:
       keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
     with atomic_open(self.path, "w", encoding="utf-8") as f:
       f.writelines(keep)
+    if paths.is_url(self.path):
+      self._remote_lines = keep
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
     if not self.enabled:
       return
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    if paths.is_url(self.path):
+      if self._remote_lines is None:
+        self._remote_lines = (fileio.read_text(self.path) or "").splitlines(keepends=True)
+      self._remote_lines.append(line)
+      with atomic_open(self.path, "w", encoding="utf-8") as f:
+        f.writelines(self._remote_lines)
+      return
     with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+      f.write(line)
 
   def close(self) -> None:
     if self._tb is not None:

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
-from optical_jax import adversarial, assets, checkpoint, fileio, losses, models, ot
+from optical_jax import adversarial, assets, checkpoint, fileio, losses, models, ot, paths
 from optical_jax import step as step_lib, validation
 from optical_jax import mesh as mesh_lib
 from optical_jax import teacher_cache
@@ -234,13 +233,13 @@ def _build_teacher(config, init_key: jax.Array) -> Setup:
 
 def _check_resume(config, workdir: str, log_fn) -> None:
   """Stops a resume whose config changes the math (see `config.config_changes`)."""
-  saved_path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  if not (has_steps and os.path.isfile(saved_path)):
+  saved_path = paths.join(workdir, "config.json")
+  ckpt_dir = paths.join(workdir, "checkpoints")
+  has_steps = paths.isdir(ckpt_dir) and any(n.isdigit() for n in paths.listdir(ckpt_dir))
+  if not (has_steps and paths.isfile(saved_path)):
     return
   try:
-    with open(saved_path, encoding="utf-8") as f:
+    with paths.open(saved_path, encoding="utf-8") as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise InputError(f"cannot read the saved config of this run: {e}", saved_path) from None
@@ -277,7 +276,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
   check_config(config)
   mesh_lib.initialize_distributed(config.distributed)
   primary = jax.process_index() == 0
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   hold = fileio.hold_directory(workdir, "workdir", report=log_fn) if primary else None
   try:
     _check_resume(config, workdir, log_fn)
@@ -296,11 +295,11 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     if hold is not None:
       hold.release()
       if hold.created:
-        shutil.rmtree(workdir, ignore_errors=True)
+        paths.rmtree(workdir)
     raise
   try:
     if primary:
-      write_text(os.path.join(workdir, "config.json"), to_json(config) + "\n")
+      write_text(paths.join(workdir, "config.json"), to_json(config) + "\n")
     return _train(config, workdir, setup, mesh, train_key, max_steps=max_steps, log_fn=log_fn)
   finally:
     if hold is not None:
@@ -328,7 +327,7 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
         weight_decay=o.weight_decay, clip_norm=o.clip_norm, b1=o.b1, b2=o.b2, eps=o.eps)
   state, frozen = step_lib.replicated_state(model.params, tx, train_key, setup.frozen, mesh,
                                             aux_params=setup.aux_params, **aux)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpoint.Checkpointer(paths.join(workdir, "checkpoints"),
                                  max_to_keep=int(config.train.keep_checkpoints))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
@@ -340,7 +339,7 @@ def _train(config, workdir: str, setup: Setup, mesh, train_key, *, max_steps, lo
   restored = ckpt.restore_latest(checkpoint.abstract_like(state, replicated), report=log_fn,
                                  check_meta=check_meta)
   resumed_from = None
-  export_dir = os.path.join(workdir, "student" if mode == "distill" else "teacher")
+  export_dir = paths.join(workdir, "student" if mode == "distill" else "teacher")
   if restored is not None:
     resumed_from, state, meta = restored
     final = _finished(workdir, export_dir, resumed_from, steps)
@@ -391,7 +390,7 @@ def _export(config, workdir: str, export_dir: str, model, state, step: int,
                              "teacher": config.teacher.to_dict() if distill else None,
                              "loss": config.loss.to_dict() if distill else None,
                              "bitext": list(config.data.bitext.sources) if distill else None})
-  write_json(os.path.join(workdir, "final_metrics.json"), {"step": step, **metrics})
+  write_json(paths.join(workdir, "final_metrics.json"), {"step": step, **metrics})
 
 
 class _Loop:
@@ -520,10 +519,10 @@ def check_complete(result: Result, config) -> None:
 def _finished(workdir: str, export_dir: str, step: int, steps: int) -> Optional[Dict[str, float]]:
   """The final metrics of a run that finished earlier (its last checkpoint at `steps`, its
   export and `final_metrics.json` written), else None."""
-  if step < steps or not os.path.isfile(os.path.join(export_dir, models.SPEC_FILE)):
+  if step < steps or not paths.isfile(paths.join(export_dir, models.SPEC_FILE)):
     return None
-  final = fileio.read_json(os.path.join(workdir, "final_metrics.json"))
-  exported = fileio.read_json(os.path.join(export_dir, models.SPEC_FILE))
+  final = fileio.read_json(paths.join(workdir, "final_metrics.json"))
+  exported = fileio.read_json(paths.join(export_dir, models.SPEC_FILE))
   # Both must be of this step: a run resumed to more steps whose export then failed
   # still has the shorter run's export and metrics, which are not this run's.
   if not isinstance(final, dict) or final.get("step") != step or not isinstance(

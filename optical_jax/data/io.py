@@ -10,12 +10,14 @@ match `wc -l` and editors.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 from typing import (Any, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
                     Union)
 
+from optical_jax import paths
 from optical_jax.errors import InputError
 
 PathLike = Union[str, os.PathLike]
@@ -35,9 +37,9 @@ def as_paths(p: Union[PathLike, Sequence[PathLike]]) -> List[str]:
 def check_file(path: PathLike) -> str:
   """`path` as a string if it names an existing file; else an InputError naming it."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise InputError("file not found", path)
-  if os.path.isdir(path):
+  if paths.isdir(path):
     raise InputError("is a directory, expected a file", path)
   return path
 
@@ -50,9 +52,8 @@ def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
       `path:line: not valid UTF-8 (...)` for undecodable bytes.
   """
   path = check_file(path)
-  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
+    with _open_binary(path) as f:
       for n, raw in enumerate(f, start=1):  # binary files split on b"\n" only
         if raw.endswith(b"\n"):
           raw = raw[:-1]
@@ -68,6 +69,17 @@ def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
         yield n, line
   except (OSError, EOFError) as e:
     raise InputError(f"cannot read: {getattr(e, 'strerror', None) or e}", path) from None
+
+
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[Any]:
+  """A binary reader of a local file or an object (`paths.open`), gunzipped for `.gz`."""
+  with paths.open(path, "rb") as raw:
+    if path.endswith(".gz"):
+      with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+        yield f
+    else:
+      yield raw
 
 
 def read_text_lines(path: PathLike) -> List[str]:

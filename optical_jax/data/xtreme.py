@@ -38,6 +38,7 @@ import os
 import warnings
 from typing import Any, Dict, List, Mapping, Tuple
 
+from optical_jax import paths
 from optical_jax.data import io
 from optical_jax.data.beir import Corpus, DataWarning, Qrels, Queries
 from optical_jax.errors import InputError
@@ -77,7 +78,7 @@ class _Question:
 def _load_json(path: str) -> Any:
   path = io.check_file(path)
   try:
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       raw = f.read()
   except OSError as e:
     raise InputError(f"cannot read: {e.strerror or e}", path) from None
@@ -167,7 +168,7 @@ def load_lareqa(queries_path: io.PathLike, english_path: io.PathLike) -> Retriev
   """
   queries_path, english_path = os.fspath(queries_path), os.fspath(english_path)
   english, sentences = read_lareqa(english_path)
-  if os.path.abspath(queries_path) == os.path.abspath(english_path):
+  if paths.resolve(queries_path) == paths.resolve(english_path):
     foreign = english
   else:
     foreign, _ = read_lareqa(queries_path)

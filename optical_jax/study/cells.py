@@ -8,14 +8,13 @@ import contextlib
 
 import dataclasses
 import json
-import os
 import time
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ml_collections
 
-from optical_jax import cell_archive, fileio, fingerprint, monitor, plain
+from optical_jax import cell_archive, fileio, fingerprint, monitor, paths, plain
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json
 from optical_jax.study.spec import DONE, Cell, Log, _VALUE_RE
@@ -43,7 +42,7 @@ class CellPlan:
 
 def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
   """The cell's train and eval configs from the study's template functions."""
-  directory = os.path.join(workdir, "cells", cell.key)
+  directory = paths.join(workdir, "cells", cell.key)
   values = dict(cell.values)
   try:
     train = None if cell.reference else config.train(values)
@@ -61,11 +60,12 @@ def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
       raise InputError(f"study cell {cell.key}: dataset name {name!r}: use letters, digits "
                        "and . _ + -")
   if config.cache_dir:
-    root = os.path.abspath(os.path.expanduser(config.cache_dir))
+    paths.require_local(config.cache_dir, "study config.cache_dir")
+    root = paths.resolve(config.cache_dir)
     if train is not None:
-      train.data.cache_dir = os.path.join(root, "tokens")
+      train.data.cache_dir = paths.join(root, "tokens")
     for e in evals.values():
-      e.cache_dir = os.path.join(root, "embeddings")
+      e.cache_dir = paths.join(root, "embeddings")
   if train is not None:
     train.train.progress = bool(config.progress)
   for e in evals.values():
@@ -77,7 +77,7 @@ def cell_status(plan: CellPlan) -> str:
   """'done' (finished with these configs), 'todo' (unfinished, or finished with metrics
   that changed since: a warning, and `run_cell` redoes it under the cell's lock), or
   raises InputError when the cell finished with other configs. Reads only."""
-  done = fileio.read_json(os.path.join(plan.directory, DONE))
+  done = fileio.read_json(paths.join(plan.directory, DONE))
   if not done:
     return "todo"
   problem = _damaged(plan.directory, done)
@@ -87,7 +87,7 @@ def cell_status(plan: CellPlan) -> str:
     return "todo"
   if done.get("fingerprint") == plan.fingerprint():
     return "done"
-  saved = fileio.read_json(os.path.join(plan.directory, cell_archive.CELL)) or {}
+  saved = fileio.read_json(paths.join(plan.directory, cell_archive.CELL)) or {}
   shown = config_changes(saved.get("resolved", {}), plan)
   if not shown:  # only fields added since (at their defaults) or how-not-what fields
     return "done"
@@ -102,7 +102,7 @@ class CellWarning(UserWarning):
 def _metrics_checksums(directory: str, datasets: Mapping[str, Mapping[str, str]]) -> Dict[str, str]:
   """Content digests (`fingerprint.digest` of the JSON, so a record restored by
   `cell_archive` with other whitespace still matches) of a cell's metrics files."""
-  return {rel: fingerprint.digest(fileio.read_json(os.path.join(directory, rel)), n=None)
+  return {rel: fingerprint.digest(fileio.read_json(paths.join(directory, rel)), n=None)
           for systems in datasets.values() for rel in systems.values()}
 
 
@@ -110,7 +110,7 @@ def _damaged(directory: str, done: Mapping[str, Any]) -> str:
   """Why a finished cell's metrics cannot be used ('' when they verify; cells finished
   before checksums were recorded are taken as they are)."""
   for rel, digest in (done.get("checksums") or {}).items():
-    value = fileio.read_json(os.path.join(directory, rel))
+    value = fileio.read_json(paths.join(directory, rel))
     if value is None:
       return f"{rel} is missing or unreadable"
     if fingerprint.digest(value, n=None) != digest:
@@ -122,14 +122,14 @@ def _forget_metrics(directory: str) -> None:
   """Before a cell is (re)run under its lock: a done.json whose metrics no longer verify
   and those metrics files go, so the evaluation recomputes them (from its checked run
   files) instead of reusing them."""
-  done = fileio.read_json(os.path.join(directory, DONE))
+  done = fileio.read_json(paths.join(directory, DONE))
   if not done or not _damaged(directory, done):
     return
   for rel in (done.get("checksums") or {}):
     with contextlib.suppress(FileNotFoundError):
-      os.remove(os.path.join(directory, rel))
+      paths.remove(paths.join(directory, rel))
   with contextlib.suppress(FileNotFoundError):
-    os.remove(os.path.join(directory, DONE))
+    paths.remove(paths.join(directory, DONE))
 
 
 def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
@@ -172,7 +172,7 @@ def _without_added_defaults(old: dict, new: dict, plan: CellPlan) -> dict:
 
 def _student_system(train_workdir: str, train_config):
   from optical_jax import evaluator, models  # pylint: disable=g-import-not-at-top
-  export = os.path.join(train_workdir, "student" if train_config.mode == "distill" else "teacher")
+  export = paths.join(train_workdir, "student" if train_config.mode == "distill" else "teacher")
   if train_config.mode == "distill":
     return evaluator.system(models.export_spec(export), doc_model=train_config.teacher)
   return evaluator.system(models.export_spec(export), query_field="text_en")
@@ -187,14 +187,14 @@ def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str
   try:
     if cell_status(plan) == "done":   # another process finished it while this one waited
       log(f"[{key}] finished by another process; not redone")
-      return fileio.read_json(os.path.join(plan.directory, DONE))
+      return fileio.read_json(paths.join(plan.directory, DONE))
     _forget_metrics(plan.directory)
-    write_json(os.path.join(plan.directory, "cell.json"),
+    write_json(paths.join(plan.directory, "cell.json"),
                {"fingerprint": plan.fingerprint(), "resolved": plan.resolved()})
     systems: Dict[str, Any] = dict(plan.references)
     train_s = 0.0
     if plan.train is not None:
-      workdir = os.path.join(plan.directory, "train")
+      workdir = paths.join(plan.directory, "train")
       t1 = time.time()
       result = trainer.run(plan.train, workdir, log_fn=lambda m: log(f"[{key}] {m}"))
       train_s = time.time() - t1
@@ -206,14 +206,14 @@ def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str
       for sys_name, system in systems.items():
         ecfg.systems[sys_name] = system
       ecfg.baselines = (next(iter(systems)),)
-      out = os.path.join(plan.directory, "eval", name)
+      out = paths.join(plan.directory, "eval", name)
       evaluator.run(ecfg, out, log=lambda m, n=name: log(f"[{key}] {n}: {m}"))
-      datasets[name] = {s: os.path.join("eval", name, "metrics", f"{s}.json") for s in systems}
+      datasets[name] = {s: paths.join("eval", name, "metrics", f"{s}.json") for s in systems}
     done = {"key": key, "values": plan.cell.values, "reference": plan.cell.reference,
             "fingerprint": plan.fingerprint(), "datasets": datasets,
             "checksums": _metrics_checksums(plan.directory, datasets),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
-    write_json(os.path.join(plan.directory, DONE), done)
+    write_json(paths.join(plan.directory, DONE), done)
     return done
   finally:
     hold.release()
@@ -226,7 +226,7 @@ def restore_cells(config, plans: Sequence[CellPlan], archive: str, log: Log) -> 
   reported and left: the cell reruns."""
   restored = []
   for plan in plans:
-    done = fileio.read_json(os.path.join(plan.directory, DONE))
+    done = fileio.read_json(paths.join(plan.directory, DONE))
     if done and not _damaged(plan.directory, done):
       continue
     record = cell_archive.load(archive, plan.cell.key, log)

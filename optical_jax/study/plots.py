@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Dict, List, Optional
 
 
-from optical_jax import fileio
+from optical_jax import fileio, paths
 from optical_jax.study.spec import axes
 from optical_jax.study.rows import Arm, Collected, _arm_stats, _safe, arms
 
@@ -30,7 +29,7 @@ def plot(config, col: Collected, out_dir: str) -> List[str]:
   x_axis = _x_axis(config, ax_all)
   if x_axis is None:
     return []
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   p = _Plotter(config, col, x_axis)
   if config.plot.by == "dataset":
     return [p.by_dataset(measure, out_dir) for measure in config.measures]
@@ -135,7 +134,7 @@ class _Plotter:
                     fontsize=6, color="grey", va="bottom")
     axis.set_ylabel(measure)
     self.finish(fig, [axis], f"{config.name}: {measure} ({100 * float(config.confidence):g}% CI over seeds)")
-    path = os.path.join(out_dir, f"{_safe(measure)}.png")
+    path = paths.join(out_dir, f"{_safe(measure)}.png")
     _save(fig, path)
     return path
 
@@ -154,7 +153,7 @@ class _Plotter:
       axis_list.append(axis)
     self.finish(fig, axis_list, f"{config.name}: {dataset} "
                 f"({100 * float(config.confidence):g}% CI over seeds)")
-    path = os.path.join(out_dir, f"{_safe(dataset)}.png")
+    path = paths.join(out_dir, f"{_safe(dataset)}.png")
     _save(fig, path)
     return path
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io as _io
-import os
 import re
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from optical_jax import fileio, report, stats
+from optical_jax import fileio, paths, report, stats
 from optical_jax.errors import InputError
 from optical_jax.study.spec import CSV_COLUMNS_AFTER, CSV_COLUMNS_BEFORE, DONE, REFERENCE, Cell, axes, cell_key, grid
 from optical_jax.study.cells import cell_status, plan_cell
@@ -38,14 +37,14 @@ def collect(config, workdir: str) -> Collected:
   A finished cell whose configs differ from what `config` gives it now stops with an
   InputError naming the differences (results of another study are never mixed in).
   """
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   ax = axes(config)
   cells = grid(config)
   columns = list(CSV_COLUMNS_BEFORE) + list(ax) + list(CSV_COLUMNS_AFTER)
   rows, per_query, finished, datasets, refs = [], {}, [], [], {}
   for cell in cells:
-    directory = os.path.join(workdir, "cells", cell.key)
-    done = fileio.read_json(os.path.join(directory, DONE))
+    directory = paths.join(workdir, "cells", cell.key)
+    done = fileio.read_json(paths.join(directory, DONE))
     # cell_status stops if it finished with other configs, reruns it if damaged.
     if not done or cell_status(plan_cell(config, cell, workdir)) != "done":
       continue
@@ -53,9 +52,9 @@ def collect(config, workdir: str) -> Collected:
     results = {}
     for dataset, systems in done["datasets"].items():
       for system, rel in systems.items():
-        res = fileio.read_json(os.path.join(directory, rel))
+        res = fileio.read_json(paths.join(directory, rel))
         if res is None:
-          raise InputError(f"study cell {cell.key}: cannot read its metrics", os.path.join(directory, rel))
+          raise InputError(f"study cell {cell.key}: cannot read its metrics", paths.join(directory, rel))
         results[(dataset, system)] = res
     results.update(_derived(config, results))
     for (dataset, system), res in results.items():

@@ -4,12 +4,11 @@ progress lines, and aggregation into the files its page is rendered from."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import List, Optional, Sequence, Tuple
 
 
-from optical_jax import cell_archive, fileio, monitor, report
+from optical_jax import cell_archive, fileio, monitor, paths, report
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 from optical_jax.study.spec import Cell, Log, axes, grid, shard_cells
@@ -31,7 +30,7 @@ class StudyResult:
 
 
 def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
-  write_json(os.path.join(workdir, "study.json"),
+  write_json(paths.join(workdir, "study.json"),
              {"name": config.name, "axes": {k: list(v) for k, v in axes(config).items()},
               "seed_axis": config.seed_axis,
               "cells": [{"key": c.key, "values": c.values, "reference": c.reference}
@@ -57,13 +56,13 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = mon
   Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   stage = selection_stage(config)
   if stage is None:
     return _run_grid(config, workdir, shard, log, aggregate_after, archive)
-  sel_dir = os.path.join(workdir, SELECT_DIR)
+  sel_dir = paths.join(workdir, SELECT_DIR)
   sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1,
-                  os.path.join(archive, SELECT_DIR) if archive else "")
+                  paths.join(archive, SELECT_DIR) if archive else "")
   left = len(grid(stage)) - len(_finished_keys(stage, sel_dir))
   if left:
     log(f"study {config.name}: the selection stage has {left} unfinished cell(s) in other "
@@ -89,7 +88,7 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
   if archive:
     restore_cells(config, plans, archive, log)
   status = {p.cell.key: cell_status(p) for p in plans}
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   write_grid(config, workdir, cells)
   todo = [p for p in plans if status[p.cell.key] == "todo"]
   skipped = [p.cell.key for p in plans if status[p.cell.key] == "done"]
@@ -141,21 +140,21 @@ def aggregate(config, workdir: str, *, log: Log = monitor.stderr_line, archive: 
   `archive`: cells (and selection cells) the workdir lacks are first restored from their
   records there (`restore_cells`), e.g. a committed study page's `cells/`.
   """
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   if archive:
     stage = selection_stage(config)
     if stage is not None:
-      sel_dir = os.path.join(workdir, SELECT_DIR)
+      sel_dir = paths.join(workdir, SELECT_DIR)
       restore_cells(stage, [plan_cell(stage, c, sel_dir) for c in grid(stage)],
-                    os.path.join(archive, SELECT_DIR), log)
+                    paths.join(archive, SELECT_DIR), log)
     test = config if stage is None else test_stage(
         config, choose(config, workdir, log=lambda _: None)["chosen"])
     restore_cells(test, [plan_cell(test, c, workdir) for c in grid(test)], archive, log)
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise InputError("study workdir not found (run the study first)", workdir)
   if config.select.axis:
     chosen = choose(config, workdir, log=log)
-    aggregate(selection_stage(config), os.path.join(workdir, SELECT_DIR), log=log)
+    aggregate(selection_stage(config), paths.join(workdir, SELECT_DIR), log=log)
     config = test_stage(config, chosen["chosen"])
   col = collect(config, workdir)
   if not col.finished:
@@ -165,16 +164,16 @@ def aggregate(config, workdir: str, *, log: Log = monitor.stderr_line, archive: 
   if missing:
     log(f"warning: {missing} of {len(col.cells)} cells are not finished; aggregating the "
         f"{len(col.finished)} that are")
-  csv_path = os.path.join(workdir, report.RESULTS)
+  csv_path = paths.join(workdir, report.RESULTS)
   write_text(csv_path, _csv_text(col.columns, col.rows))
-  fileio.write_bytes(os.path.join(workdir, report.PER_QUERY), _per_query_bytes(config, col))
-  write_json(os.path.join(workdir, report.META), report_meta(config, col))
+  fileio.write_bytes(paths.join(workdir, report.PER_QUERY), _per_query_bytes(config, col))
+  write_json(paths.join(workdir, report.META), report_meta(config, col))
   markdown = report.write(workdir)
-  summary_path = os.path.join(workdir, report.SUMMARY)
+  summary_path = paths.join(workdir, report.SUMMARY)
   primary = report.section(markdown, "### Primary family")
   if primary:
     log(primary)
-  plots = plot(config, col, os.path.join(workdir, "plots")) if col.rows else []
+  plots = plot(config, col, paths.join(workdir, "plots")) if col.rows else []
   log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
       f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")
   return Aggregate(csv_path, summary_path, plots, len(col.finished), len(col.cells), len(col.rows))

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import ml_collections
 import numpy as np
 
-from optical_jax import fileio, metrics, monitor, plain, report
+from optical_jax import fileio, metrics, monitor, paths, plain, report
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 from optical_jax.study.spec import DONE, Log, _check_config, _parse_arm, axes, default_config, grid
@@ -125,19 +125,19 @@ def _strings(tree, skip: str) -> List[str]:
 
 def _finished_keys(config, workdir: str) -> List[str]:
   return [c.key for c in grid(config)
-          if fileio.read_json(os.path.join(workdir, "cells", c.key, DONE))]
+          if fileio.read_json(paths.join(workdir, "cells", c.key, DONE))]
 
 
 def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str, Any]:
   """The selection stage's choice, from its finished cells alone; writes
   `WORKDIR/selection.json` (candidates, their scores and per-cell evidence, the files
   read, as their folder/name) and `selection.md`. InputError while a selection cell is unfinished."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve(workdir)
   stage = selection_stage(config)
   if stage is None:
     raise InputError("config.select.axis is not set: the study has no selection stage")
   sel = config.select
-  sel_dir = os.path.join(workdir, SELECT_DIR)
+  sel_dir = paths.join(workdir, SELECT_DIR)
   col = collect(stage, sel_dir)
   cells = grid(stage)
   if len(col.finished) < len(cells):
@@ -157,7 +157,7 @@ def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str,
         pq = col.per_query.get((cell.key, dataset, stage.system), {}).get(measure)
         if not pq:
           raise InputError(f"selection cell {cell.key}: no {measure} on {dataset}",
-                           os.path.join(sel_dir, "cells", cell.key))
+                           paths.join(sel_dir, "cells", cell.key))
         evidence.setdefault(cell.key, {})[dataset] = float(np.mean(list(pq.values())))
     values = [v for per in evidence.values() for v in per.values()]
     candidates.append({"value": value, "score": float(np.mean(values)), "n": len(values),
@@ -171,8 +171,8 @@ def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str,
             "selection_axes": {a: list(v) for a, v in axes(stage).items()},
             "files": sorted("/".join(f.split(os.sep)[-2:]) for f in files),
             "candidates": candidates}
-  write_json(os.path.join(workdir, SELECTION), result)
-  write_text(os.path.join(workdir, report.SELECTION_MD), report.selection_markdown(result))
+  write_json(paths.join(workdir, SELECTION), result)
+  write_text(paths.join(workdir, report.SELECTION_MD), report.selection_markdown(result))
   log(f"study {config.name}: selection on {measure} chose {sel.axis}={best['value']} "
       f"({best['score']:.4f}); test stage: {', '.join(str(v) for v in _test_values(config, best['value']))}")
   return result
