@@ -3,6 +3,8 @@
     python benchmarks/step.py            # full grid (~10 min on 2 cores)
     python benchmarks/step.py --quick    # MiniLM size, batch 8: a smoke run
     python benchmarks/step.py --models minilm-l6,e5-small --batches 32 --out R.json  # a subset
+    python benchmarks/step.py --models e5-small --batches 32 --no-torch --teacher cached \
+        --freeze word_embeddings --out R.json      # JAX with frozen word embeddings
 
 What is timed: one full OPTICAL update, `optical_jax.step.make_distill_step` on a
 1-device mesh (teacher forward, student forward + backward with dropout, cosine cost,
@@ -134,9 +136,11 @@ def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = Fals
   teacher = jax.tree.map(np.asarray, init(jax.random.PRNGKey(2)))
   loss_cfg = losses.DistillConfig(loss="ot", ot=ot.OTConfig(
       epsilon=args.epsilon, max_iterations=args.sinkhorn_iters, fixed_iterations=True))
-  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=loss_cfg, teacher_from_batch=cached)
+  freeze = tuple(x for x in (args.freeze or "").split(",") if x)
+  spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=loss_cfg, teacher_from_batch=cached,
+                              freeze=freeze)
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=100000, warmup_steps=10,
-                               weight_decay=0.01, clip_norm=1.0)
+                               weight_decay=0.01, clip_norm=1.0, freeze=freeze)
   mesh = step_lib.make_mesh(jax.devices()[:1])
   if cached:   # what teacher_cache stores: the teacher's output tokens, 16-bit
     tokens = jax.jit(lambda p, i, m: enc.apply(p, i, m, cfg=cfg))(
@@ -302,6 +306,9 @@ def main():
   p.add_argument("--long-step", type=float, default=25.0)
   p.add_argument("--max-steps", type=int, default=None)
   p.add_argument("--peak-sizes", default=None, help="square matmul sizes for the peak")
+  p.add_argument("--freeze", default="",
+                 help="comma list of param-path regexes frozen in the JAX rows (optim.freeze), "
+                      "e.g. word_embeddings")
   p.add_argument("--profile", default=None,
                  help="comma list of MODEL:BATCH:DTYPE to trace with jax.profiler ('' = none)")
   args = p.parse_args()
@@ -354,7 +361,7 @@ def main():
   out["machine"] = C.machine_info()
   out["machine"]["torch_threads"] = torch_threads
   out["settings"] = {"models": models, "batches": batches, "grid": args.grid, "plan": plan,
-                     "teacher": teachers,
+                     "teacher": teachers, "freeze": args.freeze,
                      "length": args.length, "sinkhorn_iters": args.sinkhorn_iters,
                      "epsilon": args.epsilon, "time_budget_s": args.time_budget,
                      "min_steps": args.min_steps, "long_step_s": args.long_step,

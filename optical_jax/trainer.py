@@ -124,7 +124,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
   adv = adversarial_config(config)
   spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
                               skip_nonfinite=bool(config.train.skip_nonfinite),
-                              teacher_from_batch=cached, adversarial=adv)
+                              teacher_from_batch=cached, adversarial=adv,
+                              freeze=tuple(config.optim.freeze))
   mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
                                          ratios=config.data.bitext.ratios))
   mixture = codeswitch.switch_mixture(mixture, config.data.code_switch.to_dict(),
@@ -210,7 +211,8 @@ def _build_teacher(config, init_key: jax.Array) -> Setup:
   model = models.load_model(config.teacher, rng=init_key, where="teacher")
   spec = step_lib.TeacherSpec(encoder=model.cfg, scoring=model.spec.scoring,
                               pooling=model.spec.pooling, temperature=float(config.loss.temperature),
-                              skip_nonfinite=bool(config.train.skip_nonfinite))
+                              skip_nonfinite=bool(config.train.skip_nonfinite),
+                              freeze=tuple(config.optim.freeze))
   data = config.data.retrieval.to_dict()
   sources = data.get("sources") or []
   if not sources:

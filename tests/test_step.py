@@ -1,5 +1,7 @@
 """The distillation and teacher steps: device-count invariance, one compile per bucket, non-finite handling."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,39 @@ def test_ot_variants_match_across_devices_and_compile_once_per_bucket(name):
 @pytest.mark.parametrize("name", list(SINGLE_VARIANTS))
 def test_each_ot_variant_matches_across_devices(name):
   _variant_matches_across_devices(SINGLE_VARIANTS[name])
+
+
+def test_frozen_params_are_not_differentiated_averaged_or_counted():
+  """`optim.freeze` + `DistillSpec.freeze`: the same update as masking only in the optimizer
+  (what the step did before), with no all-reduce of the frozen embedding matrix."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  spec, _, student, teacher = _setup()
+  freeze = ("word_embeddings",)
+  tx = step_lib.make_optimizer(student, lr=1e-2, steps=20, warmup_steps=2, weight_decay=0.01,
+                               clip_norm=1.0, freeze=freeze)
+  frozen_spec = dataclasses.replace(spec, freeze=freeze)
+  rng = np.random.default_rng(3)
+  batches = [_batch(rng, 8, 12, 10) for _ in range(2)]
+  mesh = step_lib.make_mesh(jax.devices()[:2])
+  masked, l_masked, fn_masked = _run(mesh, spec, tx, student, teacher, batches)
+  stopped, l_stopped, fn_stopped = _run(mesh, frozen_spec, tx, student, teacher, batches)
+  assert l_masked == l_stopped
+  for a, b in zip(jax.tree.leaves(masked.params), jax.tree.leaves(stopped.params)):
+    np.testing.assert_array_equal(a, b)
+  emb = student["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+  np.testing.assert_array_equal(
+      stopped.params["encoder"]["embeddings"]["word_embeddings"]["embedding"], emb)
+  # The step all-reduces no [vocab, hidden] array (two devices); the masked-only one does.
+  state, frozen_in = step_lib.replicated_state(student, tx, jax.random.PRNGKey(0),
+                                               {"teacher": teacher}, mesh)
+  b = step_lib.shard_batch(batches[0], mesh)
+  shape = "tensor<%dx%dxf32>" % emb.shape
+
+  def reduced(fn):   # the operand types of every all-reduce of the lowered step
+    text = fn.lower(state, frozen_in, b).as_text()
+    types = re.findall(r'"stablehlo\.all_reduce".*?\}\) : \(([^)]*)\)', text, re.S)
+    assert types
+    return [t for t in types if shape in t]
+
+  assert reduced(fn_masked)
+  assert not reduced(fn_stopped)
