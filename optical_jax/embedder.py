@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from optical_jax import buckets as buckets_lib
 from optical_jax import mesh as mesh_lib
 from optical_jax import models, retrieval
 from optical_jax.data import beir
@@ -21,8 +22,7 @@ Log = Callable[[str], None]
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def length_buckets(buckets: Sequence[int], max_len: int) -> Tuple[int, ...]:
-  return tuple(sorted({int(b) for b in buckets if int(b) < max_len} | {int(max_len)}))
+length_buckets = buckets_lib.capped
 
 
 def make_mesh(batch_size: int) -> Optional[jax.sharding.Mesh]:

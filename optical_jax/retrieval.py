@@ -15,6 +15,7 @@ import numpy as np
 from optical_jax.monitor import progress_bar
 
 from optical_jax import array_cache, fingerprint, scoring as scoring_lib
+from optical_jax import buckets as buckets_lib
 from optical_jax.data.beir import DataWarning, Run, ranked
 
 Array = Union[np.ndarray, jax.Array]
@@ -32,12 +33,12 @@ class TokenEmbeddings(NamedTuple):
 # Encoding.
 
 
-def _bucket(length: int, buckets: Sequence[int]) -> int:
-  for b in buckets:
-    if b >= length:
-      return b
-  raise ValueError(f"a text has {length} tokens, more than the largest length bucket "
-                   f"{buckets[-1]}; tokenize_fn must truncate")
+def _bucket(length: int, bucket_lengths: Sequence[int]) -> int:
+  try:
+    return buckets_lib.width(length, bucket_lengths)
+  except ValueError:
+    raise ValueError(f"a text has {length} tokens, more than the largest length bucket "
+                     f"{bucket_lengths[-1]}; tokenize_fn must truncate") from None
 
 
 def batch_rows(width: int, batch_size: int, max_tokens: Optional[int] = None,

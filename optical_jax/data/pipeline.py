@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 import numpy as np
 
 from optical_jax import array_cache, errors, fingerprint
+from optical_jax import buckets as buckets_lib
 from optical_jax.data.bitext import Bitext, Mixture, mix
 from optical_jax.errors import InputError
 
@@ -157,9 +158,10 @@ def joint_buckets(lengths: Sequence[np.ndarray], bucket_lengths: Sequence[Tuple[
   """Per example, the smallest bucket index whose length fits every side (int32 [n])."""
   out = None
   for lens, bl in zip(lengths, bucket_lengths):
-    i = np.searchsorted(np.asarray(bl), lens, side="left")
-    if np.any(i >= len(bl)):  # a tokenizer ignored max_length
-      raise InputError(f"a sequence of length {int(lens.max())} exceeds the largest bucket {bl[-1]}")
+    try:
+      i = buckets_lib.index(lens, bl)
+    except ValueError as e:  # a tokenizer ignored max_length
+      raise InputError(str(e)) from None
     out = i if out is None else np.maximum(out, i)
   return out.astype(np.int32)
 
