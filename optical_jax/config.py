@@ -15,6 +15,7 @@ The library knows no data locations: config files give paths (the repository's
 from __future__ import annotations
 
 import json
+from typing import Any, Callable, List, Mapping, Tuple
 
 import ml_collections
 
@@ -226,11 +227,19 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict):
   """
   old, new = plain.flatten(saved), plain.flatten(json.loads(to_json(config)))
   new = drop_added_defaults(old, new, plain.flatten(json.loads(to_json(base_config()))))
-  math, harmless = [], []
+  return drift(old, new, lambda key: field_in(key, HARMLESS_FIELDS))
+
+
+def drift(old: Mapping[str, Any], new: Mapping[str, Any], harmless: Callable[[str], bool]
+          ) -> Tuple[List[str], List[str]]:
+  """The one answer to "did the config change the math?" (a resumed run, a finished study
+  cell): the fields where two flat configs differ, as 'field: old -> new' lines in field
+  order, split into (changes to the math, changes `harmless(field)` says leave the
+  results valid). A field one side lacks shows as "<absent>"."""
+  math, ok = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
     if a == b:
       continue
-    line = f"{key}: {json.dumps(a)} -> {json.dumps(b)}"
-    (harmless if field_in(key, HARMLESS_FIELDS) else math).append(line)
-  return math, harmless
+    (ok if harmless(key) else math).append(f"{key}: {json.dumps(a)} -> {json.dumps(b)}")
+  return math, ok

@@ -136,13 +136,12 @@ def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
   """'' when a cell finished with the resolved configs `saved_resolved` is valid for
   `plan` (equal but for fields added since at their defaults and how-not-what fields),
   else the first differences, `field: old -> new; ...`."""
+  from optical_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   old = plain.flatten(saved_resolved)
   new = plain.flatten(json.loads(json.dumps(plan.resolved())))
   new = _without_added_defaults(old, new, plan)
-  diff = [k for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not _harmless(k, plan)]
-  return "; ".join(f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
-                   for k in diff[:3]) + ("; ..." if len(diff) > 3 else "")
+  math, _ = config_lib.drift(old, new, lambda key: _harmless(key, plan))
+  return "; ".join(math[:3]) + ("; ..." if len(math) > 3 else "")
 
 
 def _harmless(key: str, plan: CellPlan) -> bool:
