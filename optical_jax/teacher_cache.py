@@ -11,7 +11,8 @@ loss share an entry), and attaches them to the batches: the distillation step th
 Each English sentence is encoded at the padded length of its bucket, exactly as the step
 would encode it, so a float32 cache reproduces the uncached step (within float noise of
 a different batch composition). Float16 / bfloat16 halve the memory and the host-to-device
-traffic at a precision cost. Every host computes the whole cache (hosts draw different rows
+traffic at a precision cost. The rows are encoded in chunks split over the run's devices
+(`chunked.apply`, as validation and the centred-cost means are). Every host computes the whole cache (hosts draw different rows
 each epoch), unless the pipeline shards the data by host (`data.host_shards`): then each
 host computes and stores only the rows of its share (`BitextBatches.host_rows`), a cache
 entry per (host, host count).
@@ -25,7 +26,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from optical_jax import array_cache, fingerprint
+from optical_jax import array_cache, chunked, fingerprint
 from optical_jax import encoder as enc
 from optical_jax.data.pipeline import BitextBatches, TokenVectors
 from optical_jax.errors import InputError
@@ -53,9 +54,11 @@ def cache_key(teacher, batches: BitextBatches, dtype: str) -> str:
 
 
 def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int = 64,
-            log: Callable[[str], None] = print) -> TokenVectors:
+            log: Callable[[str], None] = print,
+            mesh: Optional[jax.sharding.Mesh] = None) -> TokenVectors:
   """The teacher's token embeddings of every English row this host can be given (all rows,
-  or its share under host shards; the others are stored empty), each at its bucket's length."""
+  or its share under host shards; the others are stored empty), each at its bucket's length,
+  encoded in chunks split over `mesh` (default: this host's devices; `chunked.apply`)."""
   store = DTYPES[dtype]
   lengths = batches.row_lengths()
   tgt = batches.tgt
@@ -70,19 +73,21 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
   flat = np.zeros((int(offsets[-1]), d), store)
   run = jax.jit(lambda p, i, m: enc.apply(p, i, m, cfg=teacher.cfg))
   pad = int(teacher.tokenizer.pad_id)
+  mesh = mesh if mesh is not None else chunked.local_mesh()
+  params = chunked.place(teacher.params, mesh)
   for length in sorted(set(lengths[keep].tolist())):
     rows = np.flatnonzero((lengths == length) & keep)
-    for lo in range(0, len(rows), chunk):
-      part = rows[lo:lo + chunk]
-      idx = np.concatenate([part, np.full(chunk - len(part), part[0])])  # fixed shape
-      ids, mask = tgt.gather(idx, int(length), pad)
-      out = np.asarray(run(teacher.params, ids, mask), np.float32)
+    parts = chunked.apply(run, params, len(rows),
+                          lambda lo, hi: tgt.gather(rows[lo:hi], int(length), pad),
+                          chunk=chunk, mesh=mesh)
+    for lo, out in parts:
+      out = np.asarray(out, np.float32)
       if store is np.float16:   # only float16's range can be exceeded
         peak = float(np.abs(out).max())
         if peak > float(np.finfo(np.float16).max):
           raise InputError(f"data.teacher_cache=float16: the teacher's token embeddings reach "
                            f"{peak:.3g}, beyond float16's range; use bfloat16 or float32")
-      for r, i in enumerate(part):
+      for r, i in enumerate(rows[lo:lo + len(out)]):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)
   log(f"teacher tokens: {int(keep.sum())} of {len(tgt)} English rows, {len(flat)} tokens x {d} ({dtype}, "
@@ -91,7 +96,8 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
 
 
 def teacher_tokens(teacher, batches: BitextBatches, dtype: str, cache_dir: Optional[str],
-                   log: Callable[[str], None] = print) -> TokenVectors:
+                   log: Callable[[str], None] = print,
+                   mesh: Optional[jax.sharding.Mesh] = None) -> TokenVectors:
   """The cached vectors (computed and stored on first use) and attaches them to `batches`.
 
   Entries are `array_cache` entries (`teacher-<cache_key>/`): checked against their
@@ -104,7 +110,7 @@ def teacher_tokens(teacher, batches: BitextBatches, dtype: str, cache_dir: Optio
   computed = []
 
   def make():
-    vectors = compute(teacher, batches, dtype, log=log)
+    vectors = compute(teacher, batches, dtype, log=log, mesh=mesh)
     computed.append(vectors)
     # .npy has no bfloat16: stored as its raw 16 bits.
     flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
-from optical_jax import adversarial, assets, checkpoint, fileio, losses, models, ot, paths
+from optical_jax import adversarial, assets, checkpoint, chunked, fileio, losses, models, ot, paths
 from optical_jax import step as step_lib, validation
 from optical_jax import mesh as mesh_lib
 from optical_jax import teacher_cache
@@ -106,7 +106,10 @@ def _data_seed(config) -> int:
   return int(config.seed) if seed < 0 else seed
 
 
-def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
+def _build_distill(config, init_key: jax.Array, log_fn=print, mesh=None) -> Setup:
+  # This host's devices of the run: the teacher cache, token means and validation encode
+  # their chunks over them.
+  local = chunked.local_part(mesh) if mesh is not None else chunked.local_mesh()
   teacher = models.load_model(config.teacher, where="teacher")
   student = models.load_model(config.student, rng=init_key, where="student")
   if student.cfg.output_dim != teacher.cfg.output_dim:
@@ -142,7 +145,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
                                    process_count=jax.process_count())
   if cached:
     teacher_cache.teacher_tokens(teacher, batches, str(config.data.teacher_cache),
-                                 os.path.join(_cache_dir(config), "teacher"), log=log_fn)
+                                 os.path.join(_cache_dir(config), "teacher"), log=log_fn,
+                                 mesh=local)
   frozen: Dict[str, Any] = {} if cached else {"teacher": teacher.params}
   if cached and spec.loss.teacher_pooling == "pooler":   # sentence terms pool its cached tokens
     frozen["teacher_pooler"] = teacher.params["pooler"]
@@ -150,22 +154,23 @@ def _build_distill(config, init_key: jax.Array, log_fn=print) -> Setup:
     frozen["src_idf"] = ot.compute_idf(batches.src.rows(), student.cfg.vocab_size)
     frozen["tgt_idf"] = ot.compute_idf(batches.tgt.rows(), teacher.cfg.vocab_size)
   if spec.loss.ot.center and spec.loss.ot.center_source == "bitext":
-    frozen["src_mean"] = _token_mean(student, batches.src.rows(), spec.loss)
-    frozen["tgt_mean"] = _token_mean(teacher, batches.tgt.rows(), spec.loss)
+    frozen["src_mean"] = _token_mean(student, batches.src.rows(), spec.loss, local)
+    frozen["tgt_mean"] = _token_mean(teacher, batches.tgt.rows(), spec.loss, local)
   aux_params = None
   if adv is not None:
     key = jax.random.fold_in(init_key, _DISCRIMINATOR_INIT)
     aux_params = {adversarial.NAME: jax.tree.map(
         np.asarray, adversarial.init_params(adv, student.cfg.output_dim, key))}
   return Setup(student, spec, step_lib.make_distill_step, batches, frozen,
-               _make_validation(config, student, teacher), aux_params=aux_params,
+               _make_validation(config, student, teacher, local), aux_params=aux_params,
                aux_lr=adv.lr if adv is not None else 0.0)
 
 
-def _token_mean(model: models.Model, rows, loss_cfg: losses.DistillConfig,
+def _token_mean(model: models.Model, rows, loss_cfg: losses.DistillConfig, mesh,
                 batch_size: int = 64) -> np.ndarray:
   """Mean token vector (of the representation the OT cost compares) over every real
-  token of the tokenised bitext side `rows`, with `model`'s current params."""
+  token of the tokenised bitext side `rows`, with `model`'s current params (chunks of
+  similar lengths split over `mesh`: `chunked.apply`)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from optical_jax import encoder as enc  # pylint: disable=g-import-not-at-top
 
@@ -176,19 +181,21 @@ def _token_mean(model: models.Model, rows, loss_cfg: losses.DistillConfig,
     keep = (mask > 0)[..., None]
     return jnp.sum(jnp.where(keep, feats, 0.0), axis=(0, 1)), jnp.sum(mask)
 
-  total, count = 0.0, 0
   rows = sorted(rows, key=len)
-  for lo in range(0, len(rows), batch_size):
-    chunk = list(rows[lo:lo + batch_size])
-    chunk += [[]] * (batch_size - len(chunk))   # empty rows: mask 0, counted nowhere
-    length = -(-max(len(r) for r in chunk) // 16) * 16  # few shapes, few compilations
-    ids, mask = model.tokenizer.pad(chunk, length)
-    s, n = sums(model.params, ids, mask)
+
+  def padded(lo, hi):
+    part = list(rows[lo:hi])
+    length = -(-max(len(r) for r in part) // 16) * 16  # few shapes, few compilations
+    return model.tokenizer.pad(part, length)
+
+  total, count = 0.0, 0
+  for _, (s, n) in chunked.apply(sums, model.params, len(rows), padded, chunk=batch_size,
+                                 mesh=mesh, per_row=False):
     total, count = total + np.asarray(s, np.float64), count + int(n)
   return (total / max(count, 1)).astype(np.float32)
 
 
-def _make_validation(config, student: models.Model, teacher: models.Model):
+def _make_validation(config, student: models.Model, teacher: models.Model, mesh=None):
   """A function params -> val_* metrics on held-out bitext, or None when none is configured."""
   sources = list(config.validation.sources or [])
   if not sources:
@@ -196,7 +203,7 @@ def _make_validation(config, student: models.Model, teacher: models.Model):
   pairs = [p for s in sources for p in bitext_lib.load_source(dict(s)).pairs()]
   src = student.tokenizer.pad(*_tokenized(student, [f for f, _ in pairs]))
   tgt = teacher.tokenizer.pad(*_tokenized(teacher, [e for _, e in pairs]))
-  return validation.Validator(student, teacher, src, tgt)
+  return validation.Validator(student, teacher, src, tgt, mesh=mesh)
 
 
 def _tokenized(model: models.Model, texts):
@@ -256,9 +263,9 @@ def _check_resume(config, workdir: str, log_fn) -> None:
     log_fn("resuming with a changed config (allowed): " + "; ".join(math))
 
 
-def _setup(config, init_key: jax.Array, log_fn=print) -> Setup:
+def _setup(config, init_key: jax.Array, log_fn=print, mesh=None) -> Setup:
   if config.mode == "distill":
-    return _build_distill(config, init_key, log_fn)
+    return _build_distill(config, init_key, log_fn, mesh)
   if config.mode == "teacher":
     return _build_teacher(config, init_key)
   raise InputError(f"mode must be 'distill' or 'teacher', got {config.mode!r}")
@@ -292,7 +299,7 @@ def run(config, workdir: str, *, max_steps: Optional[int] = None, log_fn=print) 
     # Separate streams: the student's initialisation (random weights, a new head) and
     # the training randomness (dropout), so changing one never changes the other.
     init_key, train_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-    setup = _setup(config, init_key, log_fn)
+    setup = _setup(config, init_key, log_fn, mesh)
   except BaseException:
     if hold is not None:
       hold.release()

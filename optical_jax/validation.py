@@ -11,13 +11,13 @@ query encoder (both pooled and normalised as for retrieval), then report
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optical_jax import encoder as enc
+from optical_jax import chunked, encoder as enc
 
 
 def pooled_embed_fn(cfg: enc.EncoderConfig, pooling: str) -> Callable:
@@ -28,17 +28,12 @@ def pooled_embed_fn(cfg: enc.EncoderConfig, pooling: str) -> Callable:
 
 
 def embed(params, embed_fn: Callable, ids: np.ndarray, mask: np.ndarray,
-          batch_size: int = 64) -> np.ndarray:
-  """`embed_fn` over fixed-size batches (the last one padded): one compilation per length."""
-  out = []
-  n = len(ids)
-  for lo in range(0, n, batch_size):
-    i, m = ids[lo:lo + batch_size], mask[lo:lo + batch_size]
-    pad = batch_size - len(i)
-    if pad:
-      i, m = np.pad(i, ((0, pad), (0, 0))), np.pad(m, ((0, pad), (0, 0)))
-    out.append(np.asarray(embed_fn(params, i, m))[: batch_size - pad])
-  return np.concatenate(out)
+          batch_size: int = 64, mesh: Optional[jax.sharding.Mesh] = None) -> np.ndarray:
+  """`embed_fn` over fixed-size batches (the last one padded) split over `mesh`'s devices
+  (`chunked.apply`): one compilation per length."""
+  parts = chunked.apply(embed_fn, params, len(ids), lambda lo, hi: (ids[lo:hi], mask[lo:hi]),
+                        chunk=batch_size, mesh=mesh)
+  return np.concatenate([out for _, out in parts])
 
 
 def translation_metrics(student_emb: np.ndarray, teacher_emb: np.ndarray) -> Dict[str, float]:
@@ -64,14 +59,17 @@ class Validator:
     src, tgt: (ids, mask) arrays of the foreign / English sentences, rows aligned.
   """
 
-  def __init__(self, student, teacher, src: Sequence[np.ndarray], tgt: Sequence[np.ndarray]):
+  def __init__(self, student, teacher, src: Sequence[np.ndarray], tgt: Sequence[np.ndarray],
+               mesh: Optional[jax.sharding.Mesh] = None):
     if len(src[0]) == 0:
       raise ValueError("validation needs at least one pair")
     pooling = student.spec.pooling
     self._src = src
+    self._mesh = mesh
     self._student_fn = pooled_embed_fn(student.cfg, pooling)
-    self._teacher_emb = embed(teacher.params, pooled_embed_fn(teacher.cfg, pooling), *tgt)
+    self._teacher_emb = embed(teacher.params, pooled_embed_fn(teacher.cfg, pooling), *tgt,
+                              mesh=mesh)
 
   def __call__(self, student_params) -> Dict[str, float]:
-    return translation_metrics(embed(student_params, self._student_fn, *self._src),
-                               self._teacher_emb)
+    return translation_metrics(embed(student_params, self._student_fn, *self._src,
+                                     mesh=self._mesh), self._teacher_emb)
