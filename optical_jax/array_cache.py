@@ -35,12 +35,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from optical_jax import fileio
+from optical_jax import fileio, fingerprint
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 BROKEN = ".broken"
-_CHUNK = 1 << 24
 
 Arrays = Dict[str, np.ndarray]
 Report = Callable[[str], None]
@@ -68,19 +67,6 @@ class _HashingWriter:
     self.hash.update(view)
     self.bytes += len(view)
     return self._f.write(view)
-
-
-def _file_sha256(path: str) -> Tuple[str, int]:
-  h = hashlib.sha256()
-  n = 0
-  with open(path, "rb") as f:
-    while True:
-      chunk = f.read(_CHUNK)
-      if not chunk:
-        break
-      h.update(chunk)
-      n += len(chunk)
-  return h.hexdigest(), n
 
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -119,7 +105,7 @@ def _check(path: str, manifest: Any, name: str, key: str) -> str:
     if list(shape) != info.get("shape") or str(dtype) != info.get("dtype"):
       return (f"array {array}: shape {list(shape)} {dtype}, the manifest says "
               f"{info.get('shape')} {info.get('dtype')}")
-    digest, _ = _file_sha256(file)
+    digest = fingerprint.file(file, n=None)
     if digest != info.get("sha256"):
       return f"array {array}: checksum mismatch (the file was changed after it was written)"
   return ""
