@@ -54,7 +54,7 @@ def tokenizer():
 
 def encode_jax(args, log=print):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from optical_jax import evaluator, models, retrieval  # pylint: disable=g-import-not-at-top
+  from optical_jax import buckets as buckets_lib, evaluator, models, retrieval  # pylint: disable=g-import-not-at-top
   texts = corpus_texts(args)
   spec = models.model_spec(weights="hf", path="asset:minilm", tokenizer="asset:minilm/tokenizer.json",
                            doc_max_len=args.max_len, pooling="mean", normalize=True)
@@ -81,7 +81,7 @@ def encode_jax(args, log=print):
                                  max_tokens=max_tokens or None)
   order, padded, i = np.argsort(-lengths, kind="stable"), 0, 0
   while i < len(order):  # padded tokens of real rows, as encode_texts batches them
-    width = retrieval._bucket(int(lengths[order[i]]), buckets)  # pylint: disable=protected-access
+    width = buckets_lib.width(int(lengths[order[i]]), buckets)
     rows = retrieval.batch_rows(width, bs, max_tokens or None)
     padded += width * len(order[i:i + rows])
     i += rows

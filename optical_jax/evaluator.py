@@ -375,8 +375,7 @@ def _cache_dir(config) -> Optional[str]:
   if config.cache_dir == "none":
     return None
   if config.cache_dir:
-    paths.require_local(config.cache_dir, "config.cache_dir")
-    return os.path.abspath(os.path.expanduser(config.cache_dir))
+    return paths.require_local(config.cache_dir, "config.cache_dir")
   return os.path.join(assets.cache_dir(), "embeddings")
 
 

@@ -46,14 +46,16 @@ def is_url(path: Any) -> bool:
     return False
 
 
-def require_local(path: Any, what: str) -> None:
-  """InputError for a URL where only a local path will do: the caches (token, teacher-token
-  and embedding caches are memory-mapped, written by each host for itself, and cheaper to
-  recompute than to fetch from a bucket)."""
+def require_local(path: Any, what: str) -> Any:
+  """`path` (resolved when a non-empty string), or an InputError for a URL where only a
+  local path will do: the caches (token, teacher-token and embedding caches are
+  memory-mapped, written by each host for itself, and cheaper to recompute than to fetch
+  from a bucket)."""
   if is_url(path):
     from optical_jax.errors import InputError  # pylint: disable=g-import-not-at-top
     raise InputError(f"{what} must be a local path (caches are per-host and memory-mapped; "
                      f"the host's local disk is the place for them), got {path}")
+  return resolve(path) if isinstance(path, str) and path else path
 
 
 def resolve(path: PathLike) -> str:

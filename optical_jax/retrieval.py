@@ -33,14 +33,6 @@ class TokenEmbeddings(NamedTuple):
 # Encoding.
 
 
-def _bucket(length: int, bucket_lengths: Sequence[int]) -> int:
-  try:
-    return buckets_lib.width(length, bucket_lengths)
-  except ValueError:
-    raise ValueError(f"a text has {length} tokens, more than the largest length bucket "
-                     f"{bucket_lengths[-1]}; tokenize_fn must truncate") from None
-
-
 def batch_rows(width: int, batch_size: int, max_tokens: Optional[int] = None,
                row_multiple: int = 1) -> int:
   """Rows of a batch padded to `width` tokens: `batch_size`, or fewer when `max_tokens` is set.
@@ -96,7 +88,7 @@ def _length_batches(lengths: np.ndarray, buckets: Sequence[int], batch_size: int
   order = np.argsort(-lengths, kind="stable")
   batches, start = [], 0
   while start < len(order):
-    rows = batch_rows(_bucket(int(lengths[order[start]]), buckets), batch_size, max_tokens,
+    rows = batch_rows(buckets_lib.width(int(lengths[order[start]]), buckets), batch_size, max_tokens,
                       row_multiple)
     batches.append(order[start:start + rows])
     start += rows
@@ -177,7 +169,7 @@ def encode_shard(texts: Sequence[str], tokenize_fn: TokenizeFn, embed_fn: EmbedF
   token_level = False
   with progress_bar(total=n, desc=desc, unit="text", disable=not progress, leave=False) as bar:
     for rows in batches:
-      width = _bucket(int(lengths[rows].max()), buckets)
+      width = buckets_lib.width(int(lengths[rows].max()), buckets)
       size = batch_rows(width, batch_size, max_tokens, row_multiple)
       tok, mask = _padded(ids, lengths, rows, size, width, pad_id)
       result = embed_fn(tok, mask)

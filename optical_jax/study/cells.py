@@ -60,8 +60,7 @@ def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
       raise InputError(f"study cell {cell.key}: dataset name {name!r}: use letters, digits "
                        "and . _ + -")
   if config.cache_dir:
-    paths.require_local(config.cache_dir, "study config.cache_dir")
-    root = paths.resolve(config.cache_dir)
+    root = paths.require_local(config.cache_dir, "study config.cache_dir")
     if train is not None:
       train.data.cache_dir = paths.join(root, "tokens")
     for e in evals.values():
