@@ -12,6 +12,9 @@ from optical_jax import fingerprint
 from optical_jax.errors import InputError
 
 
+ENCODE_SLICE = 4096   # texts per call of the library's encode_batch (bounds its memory)
+
+
 class Tokenizer:
   """A thin, picklable-by-path wrapper over a `tokenizers.Tokenizer`.
 
@@ -54,14 +57,19 @@ class Tokenizer:
     self.special_ids = tuple(sorted({vocab[t] for t in specials} | {self.pad_id}))
 
   def encode_batch(self, texts: Sequence[str], max_length: int, prefix: str = "") -> List[List[int]]:
-    """Token ids with special tokens, truncated to `max_length` (the last token stays [SEP]/</s>)."""
-    encs = self._tok.encode_batch([prefix + t for t in texts], add_special_tokens=True)
+    """Token ids with special tokens, truncated to `max_length` (the last token stays [SEP]/</s>).
+
+    Encoded `ENCODE_SLICE` texts at a time: the library's Encoding objects (tokens,
+    offsets, masks of the whole untruncated text) take ~20 KB per passage, so a million
+    passages encoded at once would hold ~20 GB; only the truncated ids are kept."""
+    texts = texts if isinstance(texts, (list, tuple)) else list(texts)
     out = []
-    for e in encs:
-      ids = list(e.ids)
-      if len(ids) > max_length:
-        ids = ids[: max_length - 1] + [ids[-1]]
-      out.append(ids)
+    for lo in range(0, len(texts), ENCODE_SLICE):
+      encs = self._tok.encode_batch([prefix + t for t in texts[lo:lo + ENCODE_SLICE]],
+                                    add_special_tokens=True)
+      for e in encs:
+        ids = e.ids
+        out.append(ids[: max_length - 1] + [ids[-1]] if len(ids) > max_length else list(ids))
     return out
 
   def pad(self, id_lists: Sequence[Sequence[int]], length: int):
