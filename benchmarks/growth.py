@@ -18,6 +18,14 @@ Reported per size: seconds from process start to the first logged step (`metrics
 gains its first line), the whole process's wall time, and its peak resident memory
 (`wait4`'s ru_maxrss for that process alone); and the ratios between sizes (linear
 growth: time and memory above the fixed part grow like the pairs).
+
+    python benchmarks/growth.py --passages 1000000  # corpus encoding + search instead
+
+`--passages N`: `eval.py` over a corpus of N passages (the 5,413 AfriQA passages repeated,
+each copy's ids and texts marked) with the swa test queries, the tiny random encoder
+(hidden 32, documents cut at 64 tokens) and no embedding cache: the whole process's time
+and peak memory (reading, tokenising and encoding the corpus, exact search, scoring).
+Embedding memory grows with the model's width (N x D x 4 bytes; 32 here).
 """
 
 from __future__ import annotations
@@ -114,11 +122,84 @@ def run_size(pairs: int, work: str) -> dict:
           "process_s": round(total, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
+EVAL_CONFIG = """
+from optical_jax import evaluator, models
+
+def get_config():
+  c = evaluator.default_config()
+  c.dataset.corpus = {corpus!r}
+  c.dataset.queries = {queries!r}
+  c.dataset.qrels = {qrels!r}
+  c.cache_dir = "none"
+  c.systems["tiny"] = evaluator.system(models.model_spec(
+      weights="random", tokenizer="asset:minilm/tokenizer.json", query_max_len=32,
+      doc_max_len=64, arch=dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
+                                intermediate_size=64, max_position_embeddings=64)))
+  return c
+"""
+
+
+def run_corpus(passages: int, work: str) -> dict:
+  """eval.py over `passages` passages (AfriQA's repeated): time and peak memory."""
+  os.makedirs(work, exist_ok=True)
+  afriqa = os.path.join(ROOT, "data", "afriqa-clir")
+  with open(os.path.join(afriqa, "corpus.jsonl"), encoding="utf-8") as f:
+    docs = [json.loads(line) for line in f if line.strip()]
+  corpus = os.path.join(work, "corpus.jsonl")
+  with open(corpus, "w", encoding="utf-8") as f:
+    n, copy = 0, 0
+    while n < passages:
+      for d in docs[:passages - n]:
+        mark = "" if copy == 0 else f"#{copy}"
+        f.write(json.dumps({"_id": d["_id"] + mark, "title": d.get("title", ""),
+                            "text": d["text"] + (f" {mark}" if mark else "")}) + "\n")
+      n += min(len(docs), passages - n)
+      copy += 1
+  cfg = os.path.join(work, "eval_config.py")
+  with open(cfg, "w", encoding="utf-8") as f:
+    f.write(EVAL_CONFIG.format(corpus=corpus, queries=os.path.join(afriqa, "queries", "swa.test.jsonl"),
+                               qrels=os.path.join(afriqa, "qrels", "swa.test.tsv")))
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="1")
+  env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, os.path.join(ROOT, "eval.py"), f"--config={cfg}",
+         f"--out={os.path.join(work, 'out')}"]
+  log = open(os.path.join(work, "eval.log"), "w", encoding="utf-8")
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+  _, status, usage = os.wait4(proc.pid, 0)
+  total = time.perf_counter() - t0
+  log.close()
+  if os.waitstatus_to_exitcode(status) != 0:
+    with open(os.path.join(work, "eval.log"), encoding="utf-8") as f:
+      raise SystemExit(f"eval.py failed at {passages} passages:\n{f.read()[-2000:]}")
+  return {"passages": passages, "process_s": round(total, 2),
+          "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
 def main():
   p = C.parser("growth", __doc__)
   p.add_argument("--pairs", default=None, help="comma list of bitext sizes (pairs)")
   p.add_argument("--keep", action="store_true", help="keep the generated files and runs")
+  p.add_argument("--passages", default=None,
+                 help="comma list of corpus sizes: measure eval.py (encoding + search) instead")
   args = p.parse_args()
+  if args.passages:
+    out = C.header(args, "growth-corpus")
+    out["load"] = C.wait_for_quiet(args)
+    out["machine"] = C.machine_info()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="optical_growth.") as tmp:
+      for n in [int(x) for x in args.passages.split(",")]:
+        print(f"{n} passages ...", flush=True)
+        with C.Contention() as cont:
+          row = run_corpus(n, os.path.join(tmp, str(n)))
+        row.update(cont.summary())
+        rows.append(row)
+        print("  " + json.dumps(row), flush=True)
+    out["rows"] = rows
+    out["load"]["at_end"] = C.load_avg()
+    C.write(args.out or C.default_out("growth-corpus", args.quick), out)
+    return
   sizes = [int(x) for x in (args.pairs or ("20000,100000" if args.quick
                                            else "100000,1000000,5000000")).split(",")]
   out = C.header(args, "growth")
