@@ -71,6 +71,7 @@ def _tokenizer(minilm_dir):
   del minilm_dir
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_run_file_as_one(tmp_path, _tokenizer):
   cfg = tmp_path / "cfg.py"
   cfg.write_text(CONFIG.format(repo=ROOT), encoding="utf-8")

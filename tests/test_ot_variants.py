@@ -255,6 +255,7 @@ def _fd(f, x, dirs, h=1e-5):
   return [(f(x + h * v) - f(x - h * v)) / (2 * h) for v in dirs]
 
 
+@pytest.mark.slow
 def test_variant_gradients_match_finite_differences():
   """Envelope gradients equal the derivative of the regularised objective (plans at
   optimum): for the divergence and for unbalanced OT (the objective ott minimises);

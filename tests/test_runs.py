@@ -25,6 +25,7 @@ def _quiet(*_):
   pass
 
 
+@pytest.mark.slow
 def test_resume_with_changed_math_stops_with_the_differences(tmp_path):
   work = str(tmp_path / "w")
   r = trainer.run(tiny(**{"train.devices": 1}), work, max_steps=4, log_fn=_quiet)
@@ -47,6 +48,7 @@ def test_resume_with_changed_math_stops_with_the_differences(tmp_path):
   assert r.resumed_from == 6 and r.step == 16
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_stops_at_once_and_the_first_is_unharmed(tmp_path):
   over = ["--config.train.devices=1", "--config.train.steps=40", "--config.train.checkpoint_every=10"]
   ref = subprocess.run(_cmd(tmp_path / "ref", *over), env=_env(), capture_output=True, text=True,

@@ -147,6 +147,7 @@ def test_shards_aggregate_rerun_resume_in_process(tmp_path, cache):
     study.aggregate(changed, str(work), log=_quiet)
 
 
+@pytest.mark.slow
 def test_archive_carries_finished_cells_to_new_workdirs(tmp_path, cache):
   """`--archive`: finished cells' records (configs and metrics, checksummed, the same
   bytes when written again) restore a grid in a new workdir without training, for a run
@@ -225,6 +226,7 @@ def test_archive_carries_finished_cells_to_new_workdirs(tmp_path, cache):
   assert done["key"] == key and seen == [f"[{key}] finished by another process; not redone"]
 
 
+@pytest.mark.slow
 def test_partial_aggregate_warns_and_summarises_what_finished(tmp_path, cache):
   c = smoke(cache, "amounts=16,seeds=1,losses=ot")
   seen = []

@@ -184,6 +184,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_then_resume_on_one(tmp_path):
   """Two localhost processes (gloo, 4 CPU devices each) train; one 8-device process resumes."""
   work = tmp_path / "mh"
@@ -302,6 +303,7 @@ def test_cli_bad_input_exits_nonzero_with_one_line(tmp_path):
   assert len(err_lines) == 1 and "student.weights must be one of" in err_lines[0]
 
 
+@pytest.mark.slow
 def test_real_bitext_lowers_ot_loss_and_raises_cosine(tmp_path, minilm_dir):
   """100 OT steps on NTREX swa-eng: a small student learns toward the frozen MiniLM teacher."""
   from configs.common import locate

@@ -118,6 +118,7 @@ def test_minilm_matches_transformers(minilm_dir):
   assert np.abs(ours - ref)[mask.astype(bool)].max() < 1e-4
 
 
+@pytest.mark.slow
 def test_e5_q4_retrieves_and_matches_torch(e5_dir, shared_data):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
