@@ -217,6 +217,7 @@ def _size(tree):
   return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_tiny_training_with_the_discriminator_exports_only_the_student(tmp_path):
   config = tiny(**{"adversarial.weight": 0.1, "adversarial.schedule": "dann",
                    "adversarial.hidden_size": 16, "train.steps": 4})

@@ -155,6 +155,7 @@ def test_vocab_txt_tokenizer_becomes_tokenizer_json(tmp_path, st, minilm_dir):
   assert "Normalize" not in str(st_model)
 
 
+@pytest.mark.slow
 def test_xlmr_unigram_tokenizer_and_positions(tmp_path, st, e5_dir):
   """The e5 (XLM-R SentencePiece-unigram) tokenizer.json, on an XLM-R-position encoder."""
   spec = _tiny_spec(os.path.join(e5_dir, "tokenizer.json"), query_prefix="query: ",
