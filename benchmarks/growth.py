@@ -176,6 +176,28 @@ def run_corpus(passages: int, work: str) -> dict:
           "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
+def _measure(args, name: str, unit: str, run, sizes):
+  """`run(n, directory)` for each size in a fresh temporary directory, with the machine's
+  load around each: (the output header with its rows, the rows)."""
+  out = C.header(args, name)
+  out["load"] = C.wait_for_quiet(args)
+  out["machine"] = C.machine_info()
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="optical_growth.") as tmp:
+    for n in sizes:
+      print(f"{n} {unit} ...", flush=True)
+      with C.Contention() as cont:
+        row = run(n, os.path.join(tmp, str(n)))
+      row.update(cont.summary())
+      rows.append(row)
+      print("  " + json.dumps(row), flush=True)
+      if args.keep:
+        os.system(f"cp -r {tmp}/{n} /tmp/growth_{n}")  # noqa: S605
+  out["rows"] = rows
+  out["load"]["at_end"] = C.load_avg()
+  return out, rows
+
+
 def main():
   p = C.parser("growth", __doc__)
   p.add_argument("--pairs", default=None, help="comma list of bitext sizes (pairs)")
@@ -184,45 +206,18 @@ def main():
                  help="comma list of corpus sizes: measure eval.py (encoding + search) instead")
   args = p.parse_args()
   if args.passages:
-    out = C.header(args, "growth-corpus")
-    out["load"] = C.wait_for_quiet(args)
-    out["machine"] = C.machine_info()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="optical_growth.") as tmp:
-      for n in [int(x) for x in args.passages.split(",")]:
-        print(f"{n} passages ...", flush=True)
-        with C.Contention() as cont:
-          row = run_corpus(n, os.path.join(tmp, str(n)))
-        row.update(cont.summary())
-        rows.append(row)
-        print("  " + json.dumps(row), flush=True)
-    out["rows"] = rows
-    out["load"]["at_end"] = C.load_avg()
+    out, rows = _measure(args, "growth-corpus", "passages", run_corpus,
+                         [int(x) for x in args.passages.split(",")])
     C.write(args.out or C.default_out("growth-corpus", args.quick), out)
     return
   sizes = [int(x) for x in (args.pairs or ("20000,100000" if args.quick
                                            else "100000,1000000,5000000")).split(",")]
-  out = C.header(args, "growth")
-  out["load"] = C.wait_for_quiet(args)
-  out["machine"] = C.machine_info()
-  rows = []
-  with tempfile.TemporaryDirectory(prefix="optical_growth.") as tmp:
-    for n in sizes:
-      print(f"{n} pairs ...", flush=True)
-      with C.Contention() as cont:
-        row = run_size(n, os.path.join(tmp, str(n)))
-      row.update(cont.summary())
-      rows.append(row)
-      print("  " + json.dumps(row), flush=True)
-      if args.keep:
-        os.system(f"cp -r {tmp}/{n} /tmp/growth_{n}")  # noqa: S605
+  out, rows = _measure(args, "growth", "pairs", run_size, sizes)
   base = rows[0]
   for r in rows:
     r["pairs_ratio"] = r["pairs"] / base["pairs"]
     r["first_step_ratio"] = r["first_step_s"] / base["first_step_s"]
     r["rss_ratio"] = r["peak_rss_mib"] / base["peak_rss_mib"]
-  out["rows"] = rows
-  out["load"]["at_end"] = C.load_avg()
   print()
   print(C.table(rows, ["pairs", "first_step_s", "process_s", "peak_rss_mib", "pairs_ratio",
                        "first_step_ratio", "rss_ratio", "load1", "others_cores"]))
