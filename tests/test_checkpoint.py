@@ -96,6 +96,7 @@ def test_corrupt_name(tmp_path):
   assert checkpoint.corrupt_name(p) == p + ".corrupt.2"
 
 
+@pytest.mark.slow  # ~15 s; the checkpoint-level corrupt cases above stay quick
 def test_trainer_resumes_past_a_corrupt_newest_checkpoint(tmp_path, minilm_dir):
   del minilm_dir  # the tiny config's tokenizer
   from optical_jax import trainer  # pylint: disable=g-import-not-at-top

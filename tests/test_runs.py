@@ -114,6 +114,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow  # two eval processes, ~11 s (default run budget)
 def test_eval_logs_plain_lines_and_a_rerun_compiles_nothing(tmp_path):
   """In a log (stderr not a terminal) progress is plain lines; with the persistent
   compilation cache a second process on the same inputs compiles no XLA program."""
