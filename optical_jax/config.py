@@ -15,11 +15,12 @@ The library knows no data locations: config files give paths (the repository's
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable, List, Mapping, Tuple
 
 import ml_collections
 
-from optical_jax import paths, plain
+from optical_jax import paths, plain, sparse_rows
 from optical_jax.errors import InputError
 from optical_jax.mesh import distributed_config
 from optical_jax.models import model_spec
@@ -135,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-5, warmup_steps=50, weight_decay=0.01, clip_norm=1.0, b1=0.9, b2=0.999, eps=1e-8,
       freeze=(),   # regexes over param paths, e.g. ('word_embeddings',)
+      # Update only the word-embedding rows of each batch's tokens (lazy AdamW: unused rows
+      # keep their moments and are not decayed; optical_jax.sparse_rows). Off = dense AdamW.
+      sparse_embeddings=False,
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -181,6 +185,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise InputError(f"config.{key}={value!r}: must be an integer >= {least}")
   paths.require_local(flat.get("data.cache_dir"), "config.data.cache_dir")
+  table = "/".join(sparse_rows.TABLE)
+  if flat.get("optim.sparse_embeddings") and any(
+      re.search(p, table) for p in config.optim.get("freeze", ())):
+    raise InputError(f"config.optim.sparse_embeddings=True with optim.freeze matching {table}: "
+                     "a frozen table has nothing to update; use one of the two")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -140,11 +140,14 @@ class Embeddings(nn.Module):
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+  def __call__(self, input_ids, token_type_ids, deterministic: bool, word_vectors=None):
     cfg = self.cfg
     init = nn.initializers.normal(0.02)
-    word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init,
-                    name="word_embeddings")(input_ids)
+    if word_vectors is None:
+      word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init,
+                      name="word_embeddings")(input_ids)
+    else:   # read by the caller from a row view of the table (optical_jax.sparse_rows)
+      word = word_vectors
     pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init,
                    name="position_embeddings")(position_ids(input_ids, cfg))
     typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
@@ -215,10 +218,12 @@ class Encoder(nn.Module):
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True):
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
+               word_vectors=None):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = Embeddings(self.cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+    x = Embeddings(self.cfg, name="embeddings")(input_ids, token_type_ids, deterministic,
+                                                word_vectors)
     self.sow("intermediates", "hidden", x)
     for i in range(self.cfg.num_layers):
       x = Layer(self.cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
@@ -236,8 +241,10 @@ class TextEncoder(nn.Module):
   cfg: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True):
-    x = Encoder(self.cfg, name="encoder")(input_ids, attention_mask, token_type_ids, deterministic)
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
+               word_vectors=None):
+    x = Encoder(self.cfg, name="encoder")(input_ids, attention_mask, token_type_ids, deterministic,
+                                          word_vectors)
     if self.cfg.head_dim:
       x = _dense(self.cfg.head_dim, self.cfg, "head", use_bias=False)(x)
     return x.astype(jnp.float32)
@@ -271,19 +278,21 @@ def init_head(cfg: EncoderConfig, rng: jax.Array) -> Dict[str, Any]:
 
 
 def apply(params, input_ids, attention_mask, *, cfg: EncoderConfig, deterministic: bool = True,
-          rng: Optional[jax.Array] = None, token_type_ids=None) -> jnp.ndarray:
+          rng: Optional[jax.Array] = None, token_type_ids=None, word_vectors=None) -> jnp.ndarray:
   """Pure-function form: (params, ids, mask[, rng]) -> token embeddings [B, L, D] float32.
 
-  Dropout is active only when `deterministic=False`, driven by `rng`.
+  Dropout is active only when `deterministic=False`, driven by `rng`. `word_vectors`
+  [B, L, hidden]: the ids' word embeddings, read by the caller (a row-sparse step,
+  `optical_jax.sparse_rows`); the table in `params` is then not read.
   """
   rngs = None if deterministic else {"dropout": rng}
   return TextEncoder(cfg).apply({"params": params}, input_ids, attention_mask, token_type_ids,
-                                deterministic, rngs=rngs)
+                                deterministic, word_vectors, rngs=rngs)
 
 
 def apply_with(params, input_ids, attention_mask, *, cfg: EncoderConfig, hidden: bool = False,
                cls_attention: bool = False, deterministic: bool = True,
-               rng: Optional[jax.Array] = None, token_type_ids=None):
+               rng: Optional[jax.Array] = None, token_type_ids=None, word_vectors=None):
   """`apply` that also returns internal states: (tokens [B, L, D], extras).
 
   extras: 'hidden' (when asked): tuple of num_layers + 1 arrays [B, L, hidden] —
@@ -297,10 +306,10 @@ def apply_with(params, input_ids, attention_mask, *, cfg: EncoderConfig, hidden:
                      "does not return attention probabilities)")
   if not (hidden or cls_attention):
     return apply(params, input_ids, attention_mask, cfg=cfg, deterministic=deterministic,
-                 rng=rng, token_type_ids=token_type_ids), {}
+                 rng=rng, token_type_ids=token_type_ids, word_vectors=word_vectors), {}
   rngs = None if deterministic else {"dropout": rng}
   tokens, state = TextEncoder(cfg).apply({"params": params}, input_ids, attention_mask,
-                                         token_type_ids, deterministic, rngs=rngs,
+                                         token_type_ids, deterministic, word_vectors, rngs=rngs,
                                          mutable=["intermediates"])
   inter = state["intermediates"]["encoder"]
   extras = {}

@@ -28,7 +28,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from optical_jax import encoder as enc
-from optical_jax import adversarial, losses, scoring
+from optical_jax import adversarial, losses, scoring, sparse_rows
 from optical_jax.mesh import AXIS, make_mesh, replicate, shard_batch  # noqa: F401  (the step's API)
 
 Batch = Dict[str, jnp.ndarray]
@@ -149,6 +149,8 @@ class DistillSpec:
     freeze: regexes over param paths (`optim.freeze`, as given to `make_optimizer`): those
       params are not differentiated, averaged over devices or checked for finiteness, so
       frozen word embeddings (82% of e5-small) cost no backward scatter and no all-reduce.
+    sparse_embeddings: the optimizer updates only the word-embedding rows of the batch's
+      tokens (lazy AdamW, `optical_jax.sparse_rows`; `optim.sparse_embeddings`).
   """
 
   student: enc.EncoderConfig
@@ -158,6 +160,7 @@ class DistillSpec:
   teacher_from_batch: bool = False
   adversarial: Optional[adversarial.AdversarialConfig] = None
   freeze: Tuple[str, ...] = ()
+  sparse_embeddings: bool = False
 
 
 def _stop_frozen(params, freeze: Sequence[str]):
@@ -188,13 +191,14 @@ def _finite_tree(tree) -> jnp.ndarray:
 
 def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: bool,
                   aux_grads=None, aux_tx: Optional[optax.GradientTransformation] = None,
-                  freeze: Sequence[str] = ()):
+                  freeze: Sequence[str] = (), rows: Optional[jnp.ndarray] = None):
   """Averaged grads -> new state; handles non-finite values; adds common metrics.
 
   With `aux_grads` (and `aux_tx`), the auxiliary params take their own update too; a
   non-finite value anywhere skips (or flags) the whole update. Frozen params (`freeze`)
   are left out of the average, the finiteness check and the gradient norm (their
-  gradients are zeros, which the optimizer ignores).
+  gradients are zeros, which the optimizer ignores). With `rows` (a row-sparse step),
+  `grads` are those of the row view `sparse_rows.view(state.params, rows)`.
   """
   live, rebuild = _trainable(grads, freeze)
   if jax.lax.axis_size(AXIS) > 1:  # static; on one device XLA would still copy every grad
@@ -203,8 +207,14 @@ def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: b
     metrics = jax.lax.pmean(metrics, AXIS)
   grads = rebuild(live)
   finite = jnp.logical_and(jnp.isfinite(loss), _finite_tree((live, aux_grads)))
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  if rows is None:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+  else:
+    updates, opt_state = tx.update(grads, sparse_rows.view_state(state.opt_state, state.params, rows),
+                                   sparse_rows.view(state.params, rows))
+    opt_state = sparse_rows.merge_state(state.opt_state, opt_state, state.params, rows)
+    params = sparse_rows.apply_updates(state.params, updates, rows)
   aux = {}
   if aux_grads is not None:
     aux_updates, aux_opt_state = aux_tx.update(aux_grads, state.aux_opt_state, state.aux_params)
@@ -257,14 +267,16 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   teacher_pooler = (frozen.get("teacher_pooler") if spec.teacher_from_batch
                     else frozen["teacher"].get("pooler"))
   rng = _step_rng(state)
+  rows = sparse_rows.batch_rows([batch["src_ids"]], AXIS) if spec.sparse_embeddings else None
 
   adv = spec.adversarial
 
   def loss_fn(params, aux_params=None):
     params = _stop_frozen(params, spec.freeze)
+    words = None if rows is None else sparse_rows.lookup(params, rows, batch["src_ids"])
     student_tokens, student_aux = enc.apply_with(params, batch["src_ids"], batch["src_mask"],
                                                  cfg=spec.student, deterministic=False, rng=rng,
-                                                 **outputs)
+                                                 word_vectors=words, **outputs)
     loss, metrics = losses.batch_loss(student_tokens, teacher_tokens, batch, spec.loss,
                                       idf=frozen, step=state.step, student_aux=student_aux,
                                       teacher_aux=teacher_aux, axis_name=AXIS,
@@ -277,16 +289,17 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
       loss, metrics = loss + adv.weight * adv_loss, dict(metrics, **adv_metrics)
     return loss, metrics
 
+  params = state.params if rows is None else sparse_rows.view(state.params, rows)
   if adv is None:
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite,
-                         freeze=spec.freeze)
+                         freeze=spec.freeze, rows=rows)
   if aux_tx is None or not isinstance(state, AuxTrainState):
     raise ValueError("spec.adversarial needs the discriminator in state.aux_params and aux_tx")
   (loss, metrics), (grads, aux_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-      state.params, state.aux_params)
+      params, state.aux_params)
   return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, aux_grads, aux_tx,
-                       freeze=spec.freeze)
+                       freeze=spec.freeze, rows=rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +312,7 @@ class TeacherSpec:
   temperature: float = 0.05
   skip_nonfinite: bool = False
   freeze: Tuple[str, ...] = ()     # as DistillSpec.freeze
+  sparse_embeddings: bool = False   # as DistillSpec.sparse_embeddings
 
 
 def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, *,
@@ -313,9 +327,13 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   rng = _step_rng(state)
   r1, r2 = jax.random.split(rng)
   n_local = batch["q_ids"].shape[0]
+  rows = (sparse_rows.batch_rows([batch[k] for k in ("q_ids", "p_ids", "n_ids") if k in batch],
+                                 AXIS) if spec.sparse_embeddings else None)
 
   def encode(params, ids, mask, key):
-    tokens = enc.apply(params, ids, mask, cfg=spec.encoder, deterministic=False, rng=key)
+    words = None if rows is None else sparse_rows.lookup(params, rows, ids)
+    tokens = enc.apply(params, ids, mask, cfg=spec.encoder, deterministic=False, rng=key,
+                       word_vectors=words)
     return scoring.embed(tokens, mask, spec.scoring, spec.pooling, True, params.get("pooler")), mask
 
   def loss_fn(params):
@@ -341,10 +359,12 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
         temperature=spec.temperature)
     return loss, metrics
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  params = state.params if rows is None else sparse_rows.view(state.params, rows)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   # all_gather's transpose sums the cotangents of every device into each device's own
   # docs, so the local grads already include the cross-device terms; pmean averages.
-  return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, freeze=spec.freeze)
+  return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, freeze=spec.freeze,
+                       rows=rows)
 
 
 # --------------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ def _build_distill(config, init_key: jax.Array, log_fn=print, mesh=None) -> Setu
   spec = step_lib.DistillSpec(student=student.cfg, teacher=teacher.cfg, loss=loss_cfg,
                               skip_nonfinite=bool(config.train.skip_nonfinite),
                               teacher_from_batch=cached, adversarial=adv,
-                              freeze=tuple(config.optim.freeze))
+                              freeze=tuple(config.optim.freeze),
+                              sparse_embeddings=bool(config.optim.sparse_embeddings))
   mixture = bitext_lib.load_mixture(dict(sources=list(config.data.bitext.sources),
                                          ratios=config.data.bitext.ratios))
   mixture = codeswitch.switch_mixture(mixture, config.data.code_switch.to_dict(),
@@ -219,7 +220,8 @@ def _build_teacher(config, init_key: jax.Array) -> Setup:
   spec = step_lib.TeacherSpec(encoder=model.cfg, scoring=model.spec.scoring,
                               pooling=model.spec.pooling, temperature=float(config.loss.temperature),
                               skip_nonfinite=bool(config.train.skip_nonfinite),
-                              freeze=tuple(config.optim.freeze))
+                              freeze=tuple(config.optim.freeze),
+                              sparse_embeddings=bool(config.optim.sparse_embeddings))
   data = config.data.retrieval.to_dict()
   sources = data.get("sources") or []
   if not sources:
