@@ -76,6 +76,36 @@ def step_section(r, title="### Distillation step (`benchmarks/step.py`)"):
   return out
 
 
+EMBEDDING_RUNS = (("step_e5_all_params", "every param (dense AdamW)"),
+                  ("step_e5_sparse_embeddings", "row-sparse word embeddings (`optim.sparse_embeddings`)"),
+                  ("step_e5_frozen_embeddings", "frozen word embeddings (`optim.freeze`)"))
+
+
+def embeddings_section(results_dir):
+  """One row per word-embedding update mode (`benchmarks/step.py` run once per mode)."""
+  rows, heads = [], []
+  for name, label in EMBEDDING_RUNS:
+    r = _load(results_dir, name)
+    if r is None:
+      continue
+    x = r["rows"][0]
+    rows.append(dict(mode=label, model=x["model"], batch=x["batch"], median=x["median_s"],
+                     low=x["min_s"], high=x["max_s"], n=x["n"], pairs=x["pairs_per_s"],
+                     load1=x["load1"], others=x["others_cores"]))
+    heads.append(f"- `{r['command']}` ({r['started']})")
+  if not rows:
+    return []
+  out = ["### Word-embedding updates: dense, row-sparse, frozen (`benchmarks/step.py`)", "",
+         "One CPU device, cached teacher tokens, the other columns as above; one run each:", ""]
+  out += heads + [""]
+  out.append(C.table(rows, ["mode", "model", "batch", "median", "low", "high", "n", "pairs",
+                            "load1", "others"],
+                     ["word embeddings", "model", "batch", "s/step (median)", "fastest",
+                      "slowest", "steps timed", "pairs/s", "load1", "other procs (cores)"],
+                     markdown=True))
+  return out
+
+
 def sinkhorn_section(r):
   out = ["### Sinkhorn alone (`benchmarks/sinkhorn.py`)", "", _head(r), ""]
   s = r["settings"]
@@ -184,6 +214,9 @@ def main():
     r = _load(args.results, name)
     if r is not None:
       lines += fn(r) + [""]
+  section = embeddings_section(args.results)
+  if section:
+    lines += section + [""]
   print("\n".join(lines))
 
 

@@ -5,6 +5,8 @@
     python benchmarks/step.py --models minilm-l6,e5-small --batches 32 --out R.json  # a subset
     python benchmarks/step.py --models e5-small --batches 32 --no-torch --teacher cached \
         --freeze word_embeddings --out R.json      # JAX with frozen word embeddings
+    python benchmarks/step.py --models e5-small --batches 32 --no-torch --teacher cached \
+        --sparse-embeddings --out R.json           # row-sparse (lazy AdamW) word embeddings
 
 What is timed: one full OPTICAL update, `optical_jax.step.make_distill_step` on a
 1-device mesh (teacher forward, student forward + backward with dropout, cosine cost,
@@ -138,7 +140,7 @@ def run_jax(model: str, batch: int, dtype: str, args, data, profile: bool = Fals
       epsilon=args.epsilon, max_iterations=args.sinkhorn_iters, fixed_iterations=True))
   freeze = tuple(x for x in (args.freeze or "").split(",") if x)
   spec = step_lib.DistillSpec(student=cfg, teacher=cfg, loss=loss_cfg, teacher_from_batch=cached,
-                              freeze=freeze)
+                              freeze=freeze, sparse_embeddings=args.sparse_embeddings)
   tx = step_lib.make_optimizer(student, lr=5e-5, steps=100000, warmup_steps=10,
                                weight_decay=0.01, clip_norm=1.0, freeze=freeze)
   mesh = step_lib.make_mesh(jax.devices()[:1])
@@ -309,6 +311,9 @@ def main():
   p.add_argument("--freeze", default="",
                  help="comma list of param-path regexes frozen in the JAX rows (optim.freeze), "
                       "e.g. word_embeddings")
+  p.add_argument("--sparse-embeddings", action="store_true",
+                 help="JAX rows update only the batch's word-embedding rows "
+                      "(optim.sparse_embeddings)")
   p.add_argument("--profile", default=None,
                  help="comma list of MODEL:BATCH:DTYPE to trace with jax.profiler ('' = none)")
   args = p.parse_args()
@@ -362,6 +367,7 @@ def main():
   out["machine"]["torch_threads"] = torch_threads
   out["settings"] = {"models": models, "batches": batches, "grid": args.grid, "plan": plan,
                      "teacher": teachers, "freeze": args.freeze,
+                     "sparse_embeddings": args.sparse_embeddings,
                      "length": args.length, "sinkhorn_iters": args.sinkhorn_iters,
                      "epsilon": args.epsilon, "time_budget_s": args.time_budget,
                      "min_steps": args.min_steps, "long_step_s": args.long_step,
