@@ -7,8 +7,11 @@ and runs its batches through the same kind of sharded function, `embedder`). A c
 rows are padded to a multiple of the device count with all-padding rows (mask 0), which
 the caller never sees; params are replicated once per call.
 
-Every host encodes the rows it is given (hosts that need different rows pass different
-ones: `data.host_shards`); nothing is exchanged between hosts.
+On a mesh of one host's devices, every host encodes the rows it is given (hosts that
+need different rows pass different ones: `data.host_shards`) and nothing is exchanged.
+On a mesh spanning hosts (the run's mesh), every host passes the same rows, each encodes
+its devices' part of every chunk, and the outputs are gathered to every host: the work
+is split over all devices of all hosts (the teacher-token cache without host shards).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def local_part(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
   return mesh_lib.make_mesh(mine)
 
 
+def spans_hosts(mesh: jax.sharding.Mesh) -> bool:
+  return mesh.size != len(mesh.local_devices)
+
+
 def apply(fn: Callable, params: Any, n_rows: int, rows: RowsFn, *, chunk: int = 64,
           mesh: Optional[jax.sharding.Mesh] = None, per_row: bool = True
           ) -> Iterator[Tuple[int, Any]]:
@@ -59,14 +66,19 @@ def apply(fn: Callable, params: Any, n_rows: int, rows: RowsFn, *, chunk: int = 
     rows: (lo, hi) -> (ids, mask) of rows lo..hi-1, each [hi - lo, L]; L may differ
       between chunks (a compilation per length).
     chunk: rows per call, rounded up to a multiple of the mesh's devices.
-    mesh: the devices to split each chunk over (default: this host's local devices).
+    mesh: the devices to split each chunk over (default: this host's local devices). A
+      mesh spanning hosts needs every host to call with the same rows (a collective per
+      chunk); each host gets every output.
   """
   mesh = mesh if mesh is not None else local_mesh()
-  if mesh.size != len(mesh.local_devices):
-    raise ValueError("chunked.apply splits chunks over one host's devices; pass a local mesh")
   chunk = -(-max(1, int(chunk)) // mesh.size) * mesh.size
   sharded = NamedSharding(mesh, P(mesh_lib.AXIS))
   params = place(params, mesh)
+  if spans_hosts(mesh):
+    put = lambda a: jax.make_array_from_callback(a.shape, sharded, lambda i: a[i])
+    everywhere = jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, P()))
+  else:
+    put, everywhere = lambda a: jax.device_put(a, sharded), lambda t: t
   for lo in range(0, n_rows, chunk):
     hi = min(n_rows, lo + chunk)
     ids, mask = rows(lo, hi)
@@ -74,7 +86,6 @@ def apply(fn: Callable, params: Any, n_rows: int, rows: RowsFn, *, chunk: int = 
     if pad:
       ids = np.concatenate([ids, np.zeros((pad,) + ids.shape[1:], ids.dtype)])
       mask = np.concatenate([mask, np.zeros((pad,) + mask.shape[1:], mask.dtype)])
-    out = fn(params, jax.device_put(np.asarray(ids, np.int32), sharded),
-             jax.device_put(np.asarray(mask, np.int32), sharded))
+    out = everywhere(fn(params, put(np.asarray(ids, np.int32)), put(np.asarray(mask, np.int32))))
     n = hi - lo
     yield lo, jax.tree.map(lambda x: np.asarray(x)[:n] if per_row else np.asarray(x), out)

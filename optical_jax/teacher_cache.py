@@ -12,10 +12,11 @@ Each English sentence is encoded at the padded length of its bucket, exactly as 
 would encode it, so a float32 cache reproduces the uncached step (within float noise of
 a different batch composition). Float16 / bfloat16 halve the memory and the host-to-device
 traffic at a precision cost. The rows are encoded in chunks split over the run's devices
-(`chunked.apply`, as validation and the centred-cost means are). Every host computes the whole cache (hosts draw different rows
-each epoch), unless the pipeline shards the data by host (`data.host_shards`): then each
-host computes and stores only the rows of its share (`BitextBatches.host_rows`), a cache
-entry per (host, host count).
+(`chunked.apply`, as validation and the centred-cost means are). Every host holds the
+whole cache (hosts draw different rows each epoch), encoded once over the devices of all
+hosts, unless the pipeline shards the data by host (`data.host_shards`): then each host
+computes and stores only the rows of its share (`BitextBatches.host_rows`) on its own
+devices, a cache entry per (host, host count).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
             mesh: Optional[jax.sharding.Mesh] = None) -> TokenVectors:
   """The teacher's token embeddings of every English row this host can be given (all rows,
   or its share under host shards; the others are stored empty), each at its bucket's length,
-  encoded in chunks split over `mesh` (default: this host's devices; `chunked.apply`)."""
+  encoded in chunks split over `mesh` (default: this host's devices; `chunked.apply`; a
+  mesh spanning hosts: every host must call, with the same rows)."""
   store = DTYPES[dtype]
   lengths = batches.row_lengths()
   tgt = batches.tgt
@@ -90,8 +92,9 @@ def compute(teacher, batches: BitextBatches, dtype: str = "float32", chunk: int 
       for r, i in enumerate(rows[lo:lo + len(out)]):
         a, b = offsets[i], offsets[i + 1]
         flat[a:b] = out[r, :b - a].astype(store)
+  hosts = len({dev.process_index for dev in mesh.devices.flat})
   log(f"teacher tokens: {int(keep.sum())} of {len(tgt)} English rows, {len(flat)} tokens x {d} ({dtype}, "
-      f"{flat.nbytes / 2**20:.1f} MiB)")
+      f"{flat.nbytes / 2**20:.1f} MiB), encoded on {mesh.size} device(s) of {hosts} host(s)")
   return TokenVectors(flat, offsets)
 
 
@@ -103,31 +106,58 @@ def teacher_tokens(teacher, batches: BitextBatches, dtype: str, cache_dir: Optio
   Entries are `array_cache` entries (`teacher-<cache_key>/`): checked against their
   manifest's shapes, dtypes and checksums before use; one that fails is reported, moved
   aside and recomputed, so a damaged cache never trains a student on wrong targets.
+
+  `mesh`: the run's devices (default: this host's). When it spans several hosts and the
+  data is not sharded by host, every host needs every row: the hosts encode them
+  together (each its devices' part of every chunk, the outputs gathered to all), and
+  since that is a collective, they first agree whether any of them lacks a verified
+  entry; if one does, all compute and those without an entry store it. Under
+  `data.host_shards` each host encodes its own rows on its own devices.
   """
   if dtype not in DTYPES:
     raise ValueError(f"teacher cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   key = cache_key(teacher, batches, dtype)
-  computed = []
+  report = lambda m: log(f"warning: {m}")
+  meta = {"dtype": dtype, "rows": len(batches.tgt)}
+  together = mesh is not None and chunked.spans_hosts(mesh) and batches.host_rows() is None
+  if together:
+    hit = array_cache.load(cache_dir, "teacher", key, mmap=True, report=report) if cache_dir else None
+    if _on_every_host(hit is not None):
+      arrays, vectors = hit[0], None
+    else:
+      vectors = compute(teacher, batches, dtype, log=log, mesh=mesh)
+      if cache_dir and hit is None:
+        array_cache.store(cache_dir, "teacher", key, _stored(vectors, dtype), meta)
+  else:
+    local = chunked.local_part(mesh) if mesh is not None else None
+    computed = []
 
-  def make():
-    vectors = compute(teacher, batches, dtype, log=log, mesh=mesh)
-    computed.append(vectors)
-    # .npy has no bfloat16: stored as its raw 16 bits.
-    flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat
-    return {"flat": flat, "offsets": vectors.offsets}
+    def make():
+      computed.append(compute(teacher, batches, dtype, log=log, mesh=local))
+      return _stored(computed[0], dtype)
 
-  arrays, hit = array_cache.cached(cache_dir or None, "teacher", key, make, mmap=True,
-                                   meta={"dtype": dtype, "rows": len(batches.tgt)},
-                                   report=lambda m: log(f"warning: {m}"))
-  if hit:
+    arrays, _ = array_cache.cached(cache_dir or None, "teacher", key, make, mmap=True, meta=meta,
+                                   report=report)
+    vectors = computed[0] if computed else None
+  if vectors is None:
     flat = arrays["flat"].view(ml_dtypes.bfloat16) if dtype == "bfloat16" else arrays["flat"]
     vectors = TokenVectors(flat, np.asarray(arrays["offsets"]))
     _check_layout(vectors, batches, dtype)
     log(f"teacher tokens: from cache ({array_cache.entry_dir(cache_dir, 'teacher', key)})")
-  else:
-    vectors = computed[0]
   batches.attach_teacher_tokens(vectors)
   return vectors
+
+
+def _stored(vectors: TokenVectors, dtype: str):
+  # .npy has no bfloat16: stored as its raw 16 bits.
+  flat = vectors.flat.view(np.uint16) if dtype == "bfloat16" else vectors.flat
+  return {"flat": flat, "offsets": vectors.offsets}
+
+
+def _on_every_host(flag: bool) -> bool:
+  """Whether `flag` holds on every host (a collective: every host must call it)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
 
 
 def _check_layout(vectors: TokenVectors, batches: BitextBatches, dtype: str) -> None:

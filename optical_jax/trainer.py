@@ -107,8 +107,8 @@ def _data_seed(config) -> int:
 
 
 def _build_distill(config, init_key: jax.Array, log_fn=print, mesh=None) -> Setup:
-  # This host's devices of the run: the teacher cache, token means and validation encode
-  # their chunks over them.
+  # This host's devices of the run: the token means and validation encode their chunks
+  # over them (the teacher cache over the whole run's, `teacher_cache.teacher_tokens`).
   local = chunked.local_part(mesh) if mesh is not None else chunked.local_mesh()
   teacher = models.load_model(config.teacher, where="teacher")
   student = models.load_model(config.student, rng=init_key, where="student")
@@ -147,7 +147,7 @@ def _build_distill(config, init_key: jax.Array, log_fn=print, mesh=None) -> Setu
   if cached:
     teacher_cache.teacher_tokens(teacher, batches, str(config.data.teacher_cache),
                                  os.path.join(_cache_dir(config), "teacher"), log=log_fn,
-                                 mesh=local)
+                                 mesh=mesh if mesh is not None else local)
   frozen: Dict[str, Any] = {} if cached else {"teacher": teacher.params}
   if cached and spec.loss.teacher_pooling == "pooler":   # sentence terms pool its cached tokens
     frozen["teacher_pooler"] = teacher.params["pooler"]

@@ -239,6 +239,59 @@ def test_two_processes_with_host_shards_cache_their_own_teacher_tokens(tmp_path)
   assert done.returncode != 0 and "process count" in done.stderr
 
 
+def _two_processes(work, caches, *over):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(work, *over, f"--config.data.cache_dir={caches[pid]}",
+           "--config.distributed.initialize=True",
+           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+           "--config.distributed.num_processes=2", f"--config.distributed.process_id={pid}"),
+      env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for pid in range(2)]
+  outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  return outs
+
+
+def _teacher_entry(cache):
+  from optical_jax import array_cache  # pylint: disable=g-import-not-at-top
+  (name,) = [n for n in os.listdir(cache / "teacher") if n.startswith("teacher-")]
+  key = name[len("teacher-"):]
+  return cache / "teacher" / name, array_cache.load(str(cache / "teacher"), "teacher", key)[0]
+
+
+@pytest.mark.slow
+def test_two_processes_encode_the_teacher_cache_together(tmp_path):
+  """Without host shards every host holds the whole teacher-token cache, encoded once over
+  both hosts' devices (outputs gathered to each): each host's entry equals a one-process
+  cache; when one host lacks its entry both encode again and only that one stores."""
+  caches = [tmp_path / "c0", tmp_path / "c1"]
+  over = ("--config.train.steps=2", "--config.data.teacher_cache=float32")
+  outs = _two_processes(tmp_path / "a", caches, *over)
+  for o in outs:
+    assert "English rows" in o and "encoded on 4 device(s) of 2 host(s)" in o, o[-3000:]
+  one = subprocess.run(_cmd(tmp_path / "one", *over, f"--config.data.cache_dir={tmp_path / 'c'}"),
+                       env=_env(4), capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert "encoded on 4 device(s) of 1 host(s)" in one.stdout + one.stderr
+  _, ref = _teacher_entry(tmp_path / "c")
+  entries = [_teacher_entry(c) for c in caches]
+  for _, arrays in entries:
+    np.testing.assert_array_equal(arrays["offsets"], ref["offsets"])
+    np.testing.assert_allclose(arrays["flat"], ref["flat"], atol=1e-5)
+  # Host 1 loses its entry: both encode again (a collective), host 0 keeps its own.
+  kept = entries[0][0] / "manifest.json"
+  before = kept.stat().st_mtime_ns
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(entries[1][0])
+  outs = _two_processes(tmp_path / "b", caches, *over)
+  assert all("encoded on 4 device(s) of 2 host(s)" in o for o in outs)
+  assert kept.stat().st_mtime_ns == before
+  np.testing.assert_array_equal(_teacher_entry(caches[1])[1]["flat"], entries[0][1]["flat"])
+  # Both have it now: both read it, nobody encodes.
+  outs = _two_processes(tmp_path / "c2", caches, *over)
+  assert all("teacher tokens: from cache" in o and "English rows" not in o for o in outs)
+
+
 def _write(path, text, mode="w"):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, mode) as f:

@@ -71,9 +71,15 @@ ARMS = {
     "ot-ranking-t0.02": {"loss.loss": "ot+ranking", "loss.ranking_temperature": 0.02},
     "ot-ranking-w0.5": {"loss.loss": "ot+ranking", "loss.ranking_weight": 0.5},
     "ot-ranking-w2": {"loss.loss": "ot+ranking", "loss.ranking_weight": 2.0},
+    # Word-embedding update candidates (issue 25; the e5 setting ships them frozen): trained
+    # with dense AdamW, or row-sparse (lazy AdamW on the batch's rows).
+    "ot-ranking-emb-dense": {"loss.loss": "ot+ranking", "optim.freeze": ()},
+    "ot-ranking-emb-sparse": {"loss.loss": "ot+ranking", "optim.freeze": (),
+                              "optim.sparse_embeddings": True},
 }
 OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relative",
-           "ot-ranking-t0.02", "ot-ranking-w0.5", "ot-ranking-w2")
+           "ot-ranking-t0.02", "ot-ranking-w0.5", "ot-ranking-w2", "ot-ranking-emb-dense",
+           "ot-ranking-emb-sparse")
 # The loss families (the full scale's arms; the hyper-parameter arms are for selection).
 LOSS_ARMS = ("sentence", "ot", "ranking", "ot-ranking", "divergence", "barycentric", "ot-semi",
              "ot-relative")
