@@ -197,3 +197,25 @@ def test_config_refuses_a_frozen_sparse_table():
     config_lib.check(c)
   c.optim.freeze = ("layer_0",)
   config_lib.check(c)
+
+
+@pytest.mark.slow   # three tiny training runs
+def test_training_run_updates_only_the_rows_of_its_bitext(tmp_path, minilm_dir):
+  """`optim.sparse_embeddings` end to end (tiny config): the exported table differs from
+  the initial one (a run at lr 0) in the rows of tokens the bitext uses only; with dense
+  AdamW the weight decay moves every row."""
+  del minilm_dir
+  from optical_jax import trainer  # pylint: disable=g-import-not-at-top
+  from test_train import _params, tiny  # pylint: disable=g-import-not-at-top
+
+  def table(name, **over):
+    r = trainer.run(tiny(**{"train.steps": 3, **over}), str(tmp_path / name),
+                    log_fn=lambda *_: None)
+    return next(v for k, v in _params(r.workdir).items() if "word_embeddings" in k)
+
+  init = table("init", **{"optim.lr": 0.0})
+  sparse = table("sparse", **{"optim.sparse_embeddings": True})
+  dense = table("dense")
+  moved = lambda t: int(np.any(t != init, axis=1).sum())
+  assert 0 < moved(sparse) < init.shape[0] // 10
+  assert moved(dense) == init.shape[0]
