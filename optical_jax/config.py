@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.hard_symmetric = False         # 'hard': also align each teacher token to a student token
   c.loss.ranking_weight = 1.0           # weight of the ranking term in '...+ranking'
   c.loss.ranking_temperature = 0.05     # softmax temperature of both similarity rows (cosines)
+  c.loss.ranking_scoring = "dense"      # 'dense' (pooled cosines) | 'maxsim' (token MaxSim / length)
   c.loss.token_distance = "cosine"      # 'barycentric': per-token 'cosine' (1 - cos) or 'mse'
   # Token-level terms on hidden states instead of the output: indices (0 = embeddings,
   # -1 = last layer before any head), combined by 'mean' or 'sum'; () = the output.

@@ -69,6 +69,7 @@ _RULES = (
     (("student_pooling", "teacher_pooling"), "choice", dict(choices=tuple(enc.POOLING))),
     (("sentence_weight", "ranking_weight"), "number", dict(low=0)),
     ("ranking_temperature", "number", dict(low=0, open_low=True)),
+    ("ranking_scoring", "choice", dict(choices=scoring_lib.SCORINGS)),
     (("hard_symmetric", "include_special"), "bool", {}),
     (("src_special", "tgt_special"), "ids", dict(note=" (token ids)")),
     ("layers", "ids", dict(note=" (hidden-state indices)")),
@@ -101,6 +102,8 @@ class DistillConfig:
     ranking_weight: weight of the ranking term in '...+ranking' losses.
     ranking_temperature: temperature of both similarity softmaxes of the ranking
       term (cosine similarities of the pooled embeddings).
+    ranking_scoring: the ranking term's similarity: 'dense' (pooled cosines) or 'maxsim'
+      (per-token-normalised MaxSim over the token vectors; `ranking_loss`).
     token_distance: 'barycentric': 'cosine' (1 - cos) or 'mse' per token.
     layers: () = the token-level terms use the encoder output (after any head);
       otherwise indices of hidden states (0 = embeddings, num_layers = last
@@ -125,6 +128,7 @@ class DistillConfig:
   ot: ot_lib.OTConfig = ot_lib.OTConfig()
   ranking_weight: float = 1.0
   ranking_temperature: float = 0.05
+  ranking_scoring: str = "dense"
   token_distance: str = "cosine"
   layers: Tuple[int, ...] = ()
   layer_combine: str = "mean"
@@ -264,36 +268,53 @@ def hard_alignment_loss(x: jnp.ndarray, x_weights: jnp.ndarray, y: jnp.ndarray,
 
 def ranking_loss(student_tokens: jnp.ndarray, s_mask: jnp.ndarray, teacher_tokens: jnp.ndarray,
                  t_mask: jnp.ndarray, temperature: float = 0.05, axis_name: Optional[str] = None,
-                 pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None
-                 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
+                 pooled: Optional[Tuple[jnp.ndarray, jnp.ndarray]] = None,
+                 scoring: str = "dense") -> Tuple[jnp.ndarray, jnp.ndarray]:
   """In-batch translation ranking distillation (as PLAID-X translate-distill, PyLate).
 
-  With s_i the student's pooled (mean unless `pooled` gives the sentence embeddings;
-  then L2-normalised) embedding of foreign sentence i and e_j the teacher's of English
-  sentence j, the teacher's distribution over
-  the batch's English sentences for row i is p_i = softmax_j(e_i . e_j / temp) and
-  the student's q_i = softmax_j(s_i . e_j / temp); the loss is mean_i KL(p_i || q_i).
-  Teacher embeddings are constants. With `axis_name` (inside a device map) the
-  candidate English sentences are those of the whole global batch (all-gathered),
-  so the result does not depend on the device count.
+  With sim(a, b) the similarity of two sentences, the teacher's distribution over the
+  batch's English sentences for row i is p_i = softmax_j(sim(e_i, e_j) / temp) and the
+  student's q_i = softmax_j(sim(s_i, e_j) / temp), where s_i is the student's encoding
+  of foreign sentence i and e_j the teacher's of English sentence j; the loss is
+  mean_i KL(p_i || q_i). `scoring`:
+    'dense': sim = cosine of the pooled embeddings (mean-pooled tokens unless `pooled`
+      gives the sentence embeddings);
+    'maxsim': sim = ColBERT MaxSim over L2-normalised token vectors divided by the first
+      sentence's number of real tokens (the mean over its tokens of the best cosine with
+      the other's), so that it lies in [-1, 1] like a cosine and the temperature means
+      the same: the late-interaction rows PLAID-X distils for MaxSim retrievers.
+  Teacher encodings are constants. With `axis_name` (inside a device map) the candidate
+  English sentences are those of the whole global batch (all-gathered), so the result
+  does not depend on the device count.
 
   Returns:
     (loss, accuracy: fraction of rows whose student top-1 is its own translation),
     over pairs with real tokens on both sides.
   """
-  s, e = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
-                                              mean_pool(teacher_tokens, t_mask))
-  s, e = norms.unit_rows(s), jax.lax.stop_gradient(norms.unit_rows(e))
+  scoring_lib.check(scoring, "ranking scoring")
   valid = _pair_valid(s_mask, t_mask)
-  e_all, valid_all = e, valid
-  own = jnp.arange(s.shape[0])
+  gather = ((lambda x: jax.lax.all_gather(x, axis_name, tiled=True)) if axis_name is not None
+            else (lambda x: x))
+  valid_all = gather(valid)
+  own = jnp.arange(valid.shape[0])
   if axis_name is not None:
-    e_all = jax.lax.all_gather(e, axis_name, tiled=True)
-    valid_all = jax.lax.all_gather(valid, axis_name, tiled=True)
-    own = own + jax.lax.axis_index(axis_name) * s.shape[0]
+    own = own + jax.lax.axis_index(axis_name) * valid.shape[0]
+  if scoring == "dense":
+    s, e = pooled if pooled is not None else (mean_pool(student_tokens, s_mask),
+                                                mean_pool(teacher_tokens, t_mask))
+    s, e = norms.unit_rows(s), jax.lax.stop_gradient(norms.unit_rows(e))
+    e_all = gather(e)
+    sim_t, sim_s = e @ e_all.T, s @ e_all.T
+  else:
+    s = norms.unit_rows(student_tokens)
+    e = jax.lax.stop_gradient(norms.unit_rows(teacher_tokens))
+    e_all, t_mask_all = gather(e), gather(t_mask)
+    per_token = lambda q, q_mask: (scoring_lib.maxsim_scores(q, q_mask, e_all, t_mask_all)
+                                   / jnp.maximum(jnp.sum(q_mask > 0, -1), 1)[:, None])
+    sim_t, sim_s = per_token(e, t_mask), per_token(s, s_mask)
   big_neg = -1e9
-  logits_t = jnp.where(valid_all[None, :], e @ e_all.T / temperature, big_neg)
-  logits_s = jnp.where(valid_all[None, :], s @ e_all.T / temperature, big_neg)
+  logits_t = jnp.where(valid_all[None, :], sim_t / temperature, big_neg)
+  logits_s = jnp.where(valid_all[None, :], sim_s / temperature, big_neg)
   log_p = jax.nn.log_softmax(logits_t, axis=-1)
   log_q = jax.nn.log_softmax(logits_s, axis=-1)
   kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
@@ -364,7 +385,7 @@ def _sentence_term(i: TermInputs, cfg: DistillConfig):
 
 def _ranking_term(i: TermInputs, cfg: DistillConfig):
   rank, acc = ranking_loss(i.student_tokens, i.s_mask, i.teacher_tokens, i.t_mask,
-                           cfg.ranking_temperature, i.axis_name, i.pooled)
+                           cfg.ranking_temperature, i.axis_name, i.pooled, cfg.ranking_scoring)
   return rank, {"ranking_loss": _sg(rank), "ranking_accuracy": acc}
 
 

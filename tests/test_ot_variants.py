@@ -347,6 +347,45 @@ def test_ranking_loss_matches_numpy():
   assert abs(float(same)) < 1e-6
 
 
+def test_maxsim_ranking_loss_matches_numpy():
+  """`ranking_scoring='maxsim'`: similarities are the mean over the first sentence's real
+  tokens of its best cosine with the other's real tokens (ColBERT MaxSim / length)."""
+  s, sm, t, tm = _ranking_case()
+  loss, acc = losses.ranking_loss(jnp.asarray(s, jnp.float32), sm, t.astype(jnp.float32), tm, 0.5,
+                                  scoring="maxsim")
+  unit = lambda v: np.asarray(v) / np.linalg.norm(np.asarray(v), axis=-1, keepdims=True)
+
+  def sim(a, a_mask, b, b_mask):
+    out = np.zeros((len(a), len(b)))
+    for i in range(len(a)):
+      qi = unit(a[i])[np.asarray(a_mask[i]) > 0]
+      for j in range(len(b)):
+        dj = unit(b[j])[np.asarray(b_mask[j]) > 0]
+        out[i, j] = (qi @ dj.T).max(1).mean()
+    return out
+
+  def log_softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+  s, sm, t, tm = (np.asarray(x)[:3] for x in (s, sm, t, tm))   # pair 3 has no English tokens
+  lp = log_softmax(sim(t, tm, t, tm) / 0.5)
+  lq = log_softmax(sim(s, sm, t, tm) / 0.5)
+  np.testing.assert_allclose(float(loss), np.mean(np.sum(np.exp(lp) * (lp - lq), 1)), rtol=1e-5)
+  np.testing.assert_allclose(float(acc), np.mean(np.argmax(lq, 1) == np.arange(3)))
+
+
+def test_maxsim_ranking_equals_dense_for_one_token_sentences():
+  rng = np.random.default_rng(3)
+  s, t = (jnp.asarray(rng.normal(size=(5, 1, 4)), jnp.float32) for _ in range(2))
+  m = jnp.ones((5, 1), jnp.int32)
+  dense = losses.ranking_loss(s, m, t, m, 0.2)
+  maxsim = losses.ranking_loss(s, m, t, m, 0.2, scoring="maxsim")
+  np.testing.assert_allclose(np.asarray(maxsim), np.asarray(dense), rtol=1e-5)
+  with pytest.raises(ValueError, match="ranking scoring"):
+    losses.ranking_loss(s, m, t, m, 0.2, scoring="cosine")
+
+
 # ----------------------------------------------------------------------------- marginals, layers
 
 

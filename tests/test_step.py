@@ -169,6 +169,7 @@ SINGLE_VARIANTS = {
     "divergence": dict(loss="divergence"), "barycentric": dict(loss="barycentric"),
     "barycentric+ranking-mse": dict(loss="barycentric+ranking", token_distance="mse"),
     "ranking": dict(loss="ranking"), "ot+ranking": dict(loss="ot+ranking"),
+    "ranking-maxsim": dict(loss="ranking", ranking_scoring="maxsim"),
     "tau_b=0.5": dict(ot=dict(tau_b=0.5)), "relative_epsilon": dict(ot=dict(relative_epsilon=True)),
     "center": dict(ot=dict(center=True)), "marginals=norm": dict(marginals="norm"),
     "cls_attention": dict(marginals="cls_attention"), "layers": dict(layers=(1,)),

@@ -19,7 +19,8 @@ Sinkhorn divergence, barycentric token targets, semi-relaxed OT (tau_b 0.5), and
 a relative epsilon, and candidates for selection stages: the ranking family's
 temperature 0.02 and weight 0.5 / 2, OT + ranking's epsilon halved / doubled (relative to
 the setting's), and OT + ranking with trained word embeddings (dense or row-sparse AdamW;
-the e5 setting freezes them). The arms use the settings' defaults; choose
+the e5 setting freezes them), and the ranking term on MaxSim rows (`ranking-maxsim`,
+`ot-ranking-maxsim`: PLAID-X's late-interaction distillation, for the ColBERT settings). The arms use the settings' defaults; choose
 among them on dev data only, with the selection stage (`select`, below). Every cell of
 the test stage evaluates its language's AfriQA-CLIR test; the comparisons set each arm
 against sentence-level distillation and each OT arm against the ranking term alone, per
@@ -73,6 +74,10 @@ ARMS = {
     "ot-ranking-t0.02": {"loss.loss": "ot+ranking", "loss.ranking_temperature": 0.02},
     "ot-ranking-w0.5": {"loss.loss": "ot+ranking", "loss.ranking_weight": 0.5},
     "ot-ranking-w2": {"loss.loss": "ot+ranking", "loss.ranking_weight": 2.0},
+    # The PLAID-X-style ranking term on MaxSim rows (token vectors) instead of pooled
+    # cosines: for the late-interaction (ColBERT) settings.
+    "ranking-maxsim": {"loss.loss": "ranking", "loss.ranking_scoring": "maxsim"},
+    "ot-ranking-maxsim": {"loss.loss": "ot+ranking", "loss.ranking_scoring": "maxsim"},
     # Epsilon relative to the setting's own (e5 0.005, MiniLM 0.05): a value that is a
     # function is applied to the setting's value.
     "ot-ranking-eps-half": {"loss.loss": "ot+ranking", "loss.ot.epsilon": lambda e: e / 2},
@@ -85,7 +90,8 @@ ARMS = {
 }
 OT_ARMS = ("ot", "ot-ranking", "divergence", "barycentric", "ot-semi", "ot-relative",
            "ot-ranking-t0.02", "ot-ranking-w0.5", "ot-ranking-w2", "ot-ranking-eps-half",
-           "ot-ranking-eps-double", "ot-ranking-emb-dense", "ot-ranking-emb-sparse")
+           "ot-ranking-eps-double", "ot-ranking-emb-dense", "ot-ranking-emb-sparse",
+           "ot-ranking-maxsim")
 # The loss families (the full scale's arms; the hyper-parameter arms are for selection).
 LOSS_ARMS = ("sentence", "ot", "ranking", "ot-ranking", "divergence", "barycentric", "ot-semi",
              "ot-relative")
