@@ -215,5 +215,11 @@ class PreemptionGuard:
     return local
 
   def restore(self):
+    """Puts the previous handlers back. A signal received that the loop did not act on
+    (it came after the last check, e.g. during the final step) is passed on to the
+    previous handler when that is a Python one (a study's guard around its cells), so
+    that it is not lost; the default handlers are not re-run (the work has finished)."""
     for s, old in self._old.items():
       signal.signal(s, old)
+    if self.received is not None and callable(self._old.get(self.received)):
+      self._old[self.received](self.received, None)

@@ -589,3 +589,48 @@ def test_ot_variants_colbert_e5_setting_plans_maxsim_cells(shared_data):
   assert plan.train.student.path == "/t/e5-colbert" and plan.train.student.query_prefix == "query: "
   assert plan.evals["afriqa-swa"].scoring == "maxsim"
   del shared_data
+
+
+def test_a_signal_during_a_cell_stops_the_study_before_the_next(tmp_path, monkeypatch):
+  """SIGTERM while a cell evaluates (no trainer guard active) lets that cell finish and
+  stops the study with Interrupted (exit 143) before the next cell; a rerun goes on."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from optical_jax.errors import Interrupted  # pylint: disable=g-import-not-at-top
+  from optical_jax.study import runner  # pylint: disable=g-import-not-at-top
+  config = _selection_study(tmp_path)
+  config.select.axis = ""
+  ran = []
+
+  def fake_run_cell(cfg, plan, log):
+    del cfg, log
+    ran.append(plan.cell.key)
+    if len(ran) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)      # as if it came during the evaluation
+    _finish(config, tmp_path / "w", plan.cell, lambda c, i: 0.5)
+
+  monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(Interrupted, match="stopped by SIGTERM after cell .*rerun") as e:
+    study.run(config, str(tmp_path / "w"), log=_quiet)
+  assert e.value.signum == signal.SIGTERM and len(ran) == 1
+  assert signal.getsignal(signal.SIGTERM) is before
+  monkeypatch.setattr(runner, "run_cell", lambda cfg, plan, log: (
+      ran.append(plan.cell.key), _finish(config, tmp_path / "w", plan.cell, lambda c, i: 0.5)))
+  study.run(config, str(tmp_path / "w"), log=_quiet, aggregate_after=False)
+  assert len(ran) == len(study.grid(config)) and len(set(ran)) == len(ran)
+
+
+def test_a_signal_after_the_train_loops_last_check_reaches_the_outer_guard():
+  """A signal the trainer's guard got too late to act on (its run finished) is passed on
+  to the study's guard when the trainer puts the handlers back."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from optical_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  outer = checkpoint.PreemptionGuard(signals=(signal.SIGTERM,))
+  try:
+    inner = checkpoint.PreemptionGuard(signals=(signal.SIGTERM,))
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert inner.should_stop() and not outer.should_stop()
+    inner.restore()
+    assert outer.should_stop() and outer.received == signal.SIGTERM
+  finally:
+    outer.restore()

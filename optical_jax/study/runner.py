@@ -4,12 +4,13 @@ progress lines, and aggregation into the files its page is rendered from."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from typing import List, Optional, Sequence, Tuple
 
 
-from optical_jax import cell_archive, fileio, monitor, paths, report
-from optical_jax.errors import InputError
+from optical_jax import cell_archive, checkpoint, fileio, monitor, paths, report
+from optical_jax.errors import InputError, Interrupted
 from optical_jax.fileio import write_json, write_text
 from optical_jax.study.spec import Cell, Log, axes, grid, shard_cells
 from optical_jax.study.cells import cell_status, plan_cell, restore_cells, run_cell
@@ -35,6 +36,16 @@ def write_grid(config, workdir: str, cells: Sequence[Cell]) -> None:
               "seed_axis": config.seed_axis,
               "cells": [{"key": c.key, "values": c.values, "reference": c.reference}
                         for c in cells]})
+
+
+def _report_progress(config, plans, skipped, ran, todo, t0: float, last, log: Log) -> None:
+  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
+  # The rate counts only cells run now (finished ones were skipped in no time).
+  per = (time.time() - t0) / len(ran)
+  done = len(skipped) + len(ran)
+  log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
+      f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
+      f" | last {last.cell.key}")
 
 
 def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = monitor.stderr_line,
@@ -81,7 +92,6 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = mon
 def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
               aggregate_after: Optional[bool], archive: str = "") -> StudyResult:
   """`run` for one grid (no selection stage)."""
-  from optical_jax.monitor import format_duration  # pylint: disable=g-import-not-at-top
   cells = grid(config)
   mine = shard_cells(cells, shard)
   plans = [plan_cell(config, c, workdir) for c in mine]
@@ -101,18 +111,24 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
         cell_archive.save(p.directory, archive)
   ran = []
   t0 = time.time()
-  for p in todo:
-    log(f"study: cell {p.cell.key}")
-    run_cell(config, p, log)
-    if archive:
-      cell_archive.save(p.directory, archive)
-    ran.append(p.cell.key)
-    # The rate counts only cells run now (finished ones were skipped in no time).
-    per = (time.time() - t0) / len(ran)
-    done = len(skipped) + len(ran)
-    log(f"study {config.name}: {done}/{len(plans)} cells done ({100 * done // len(plans)}%) | "
-        f"{format_duration(per)} per cell | ETA {format_duration(per * (len(todo) - len(ran)))}"
-        f" | last {p.cell.key}")
+  # SIGTERM / Ctrl-C while a cell trains stops its training after a checkpoint (the
+  # trainer's own guard: Interrupted); one that arrives while a cell evaluates lets the
+  # cell finish and stops the study before the next one.
+  guard = checkpoint.PreemptionGuard(signals=(signal.SIGTERM, signal.SIGINT))
+  try:
+    for p in todo:
+      log(f"study: cell {p.cell.key}")
+      run_cell(config, p, log)
+      if archive:
+        cell_archive.save(p.directory, archive)
+      ran.append(p.cell.key)
+      _report_progress(config, plans, skipped, ran, todo, t0, p, log)
+      if guard.should_stop() and len(ran) < len(todo):
+        raise Interrupted(guard.received, f"study stopped by {guard.signal_name()} after cell "
+                          f"{p.cell.key} ({len(skipped) + len(ran)} of {len(plans)} cells "
+                          "finished); rerun the same command to continue")
+  finally:
+    guard.restore()
   if aggregate_after is None:
     aggregate_after = shard[1] == 1
   if aggregate_after:
