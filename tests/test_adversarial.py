@@ -170,6 +170,7 @@ def test_weight_zero_matches_the_step_without_the_adversary(plain_run):
   assert all(m["aux_grad_norm"] == 0.0 for m in m_adv)
 
 
+@pytest.mark.slow  # default-run budget (measured 10:51 idle with it)
 def test_discriminator_step_matches_on_eight_devices_and_one(plain_run):
   spec, tx, aux_tx, student, teacher, disc = _adv_setup(0.5, schedule="dann", ramp_steps=4)
   mesh1, mesh8 = step_lib.make_mesh(jax.devices()[:1]), step_lib.make_mesh(jax.devices()[:8])

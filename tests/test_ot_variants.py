@@ -475,6 +475,7 @@ def _train_tiny(tmp_path, overrides, steps):
   return result
 
 
+@pytest.mark.slow  # default-run budget (measured 10:51 idle with it)
 def test_tiny_training_smoke_with_combined_variants(tmp_path):
   # Also code-switched (issue 15's `--config.data.code_switch.rate=0.25`): no extra compilation.
   from test_codeswitch import tiny_lexicon  # pylint: disable=g-import-not-at-top,g-bad-import-order

@@ -75,6 +75,7 @@ def test_eight_devices_match_one_and_compile_once():
   assert l8[-1] < l8[0]
 
 
+@pytest.mark.slow  # default-run budget (measured 10:51 idle with it)
 def test_one_compilation_per_bucket():
   spec, tx, student, teacher = _setup(loss="sentence")
   rng = np.random.default_rng(1)

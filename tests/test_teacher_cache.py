@@ -178,6 +178,7 @@ def test_pooler_models_distil_through_their_pooler_cached_or_not(tmp_path):
   assert abs(losses_of["mean"] - losses_of["plain"]) > 1e-4
 
 
+@pytest.mark.slow  # default-run budget (measured 10:51 idle with it)
 def test_trainer_with_a_16_bit_cache_trains_and_runs_the_teacher_for_losses_needing_its_internals(
     tmp_path):
   run = __import__("optical_jax.trainer", fromlist=["run"]).run
