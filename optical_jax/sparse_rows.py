@@ -27,7 +27,7 @@ the dense ones: the rows left out have zero gradient.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -117,12 +117,3 @@ def merge_state(opt_state, new_view_state, params, rows: jnp.ndarray):
     return scatter(old, rows, new) if _is_table_copy(path, old, shape) else new
 
   return jax.tree_util.tree_map_with_path(one, opt_state, new_view_state)
-
-
-def check_params(params: Any) -> None:
-  """ValueError unless `params` has the encoder's word-embedding table."""
-  try:
-    table(params)
-  except (KeyError, TypeError) as e:
-    raise ValueError("sparse_embeddings: the params have no word-embedding table at "
-                     + "/".join(TABLE)) from e
