@@ -35,13 +35,10 @@ import numpy as np
 
 # The word-embedding table in the student's params (optical_jax.encoder's layout).
 TABLE = ("encoder", "embeddings", "word_embeddings", "embedding")
+_TABLE_NAME = "/".join(TABLE)
 # Pads the distinct ids to a static length; past any vocabulary, so gathers give zeros
 # and scatters drop it.
 FILL = np.iinfo(np.int32).max
-
-
-def _keys(path) -> tuple:
-  return tuple(str(getattr(k, "key", k)) for k in path)
 
 
 def table(params) -> jnp.ndarray:
@@ -54,8 +51,9 @@ def table(params) -> jnp.ndarray:
 def _is_table_copy(path, leaf, shape) -> bool:
   """A leaf of params or of an optimizer state that holds (a copy of) the table: its path
   ends with the table's path (optax keeps moments in trees shaped like the params)."""
-  keys = _keys(path)
-  return keys[-len(TABLE):] == TABLE and getattr(leaf, "shape", None) == tuple(shape)
+  name = jax.tree_util.keystr(path, simple=True, separator="/")
+  return ((name == _TABLE_NAME or name.endswith("/" + _TABLE_NAME))
+          and getattr(leaf, "shape", None) == tuple(shape))
 
 
 def batch_rows(id_arrays: Sequence[jnp.ndarray], axis_name: Optional[str] = None) -> jnp.ndarray:

@@ -78,7 +78,7 @@ def trainable_mask(params, freeze: Sequence[str]):
   pats = [re.compile(p) for p in freeze]
 
   def keep(path, _):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
     return not any(p.search(name) for p in pats)
 
   return jax.tree_util.tree_map_with_path(keep, params)
@@ -191,14 +191,15 @@ def _finite_tree(tree) -> jnp.ndarray:
 
 def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: bool,
                   aux_grads=None, aux_tx: Optional[optax.GradientTransformation] = None,
-                  freeze: Sequence[str] = (), rows: Optional[jnp.ndarray] = None):
+                  freeze: Sequence[str] = (), rows: Optional[jnp.ndarray] = None,
+                  view_params=None):
   """Averaged grads -> new state; handles non-finite values; adds common metrics.
 
   With `aux_grads` (and `aux_tx`), the auxiliary params take their own update too; a
   non-finite value anywhere skips (or flags) the whole update. Frozen params (`freeze`)
   are left out of the average, the finiteness check and the gradient norm (their
   gradients are zeros, which the optimizer ignores). With `rows` (a row-sparse step),
-  `grads` are those of the row view `sparse_rows.view(state.params, rows)`.
+  `grads` are those of the row view `view_params = sparse_rows.view(state.params, rows)`.
   """
   live, rebuild = _trainable(grads, freeze)
   if jax.lax.axis_size(AXIS) > 1:  # static; on one device XLA would still copy every grad
@@ -212,7 +213,7 @@ def _apply_update(state: TrainState, grads, loss, metrics, tx, skip_nonfinite: b
     params = optax.apply_updates(state.params, updates)
   else:
     updates, opt_state = tx.update(grads, sparse_rows.view_state(state.opt_state, state.params, rows),
-                                   sparse_rows.view(state.params, rows))
+                                   view_params)
     opt_state = sparse_rows.merge_state(state.opt_state, opt_state, state.params, rows)
     params = sparse_rows.apply_updates(state.params, updates, rows)
   aux = {}
@@ -293,13 +294,13 @@ def distill_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   if adv is None:
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite,
-                         freeze=spec.freeze, rows=rows)
+                         freeze=spec.freeze, rows=rows, view_params=params)
   if aux_tx is None or not isinstance(state, AuxTrainState):
     raise ValueError("spec.adversarial needs the discriminator in state.aux_params and aux_tx")
   (loss, metrics), (grads, aux_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
       params, state.aux_params)
   return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, aux_grads, aux_tx,
-                       freeze=spec.freeze, rows=rows)
+                       freeze=spec.freeze, rows=rows, view_params=params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,7 +365,7 @@ def teacher_step_local(state: TrainState, frozen: Dict[str, Any], batch: Batch, 
   # all_gather's transpose sums the cotangents of every device into each device's own
   # docs, so the local grads already include the cross-device terms; pmean averages.
   return _apply_update(state, grads, loss, metrics, tx, spec.skip_nonfinite, freeze=spec.freeze,
-                       rows=rows)
+                       rows=rows, view_params=params)
 
 
 # --------------------------------------------------------------------------------------
