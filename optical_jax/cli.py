@@ -259,6 +259,12 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
   archive = _string_flag("archive", "Directory of finished cells' records "
                          "(optical_jax.cell_archive): cells the workdir lacks are restored "
                          "from it, finished cells are written to it.")
+  if "drop_trained" in flags.FLAGS:
+    drop_trained = flags.FLAGS["drop_trained"]
+  else:
+    drop_trained = flags.DEFINE_bool("drop_trained", False, "Delete a finished cell's train/ "
+                                     "(checkpoints, exported student) once its results are "
+                                     "written: a grid's finished cells keep only their numbers.")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(_):
@@ -272,7 +278,7 @@ def study_main(argv: Optional[Sequence[str]] = None) -> None:
       return 0
     parts = study.parse_shard(shard.value or "0/1")
     result = study.run(config.value, workdir.value, shard=parts, select_only=select_only.value,
-                       archive=archive.value or "")
+                       archive=archive.value or "", drop_trained=drop_trained.value)
     print(f"done: ran {len(result.ran)} cells, {len(result.skipped)} already finished "
           f"({len(result.shard_cells)} in this shard, {result.total} in the grid)")
     return 0

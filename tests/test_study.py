@@ -634,3 +634,43 @@ def test_a_signal_after_the_train_loops_last_check_reaches_the_outer_guard():
     assert outer.should_stop() and outer.received == signal.SIGTERM
   finally:
     outer.restore()
+
+
+def test_drop_trained_deletes_finished_cells_trainer_dirs_and_keeps_their_results(tmp_path,
+                                                                                monkeypatch):
+  """With drop_trained, a cell's train/ goes once it is finished (run now, or found
+  finished by a rerun); a cell stopped before done.json keeps its checkpoints; the
+  results stay and a rerun runs nothing."""
+  from optical_jax.study import runner  # pylint: disable=g-import-not-at-top
+  config = _selection_study(tmp_path)
+  config.select.axis = ""
+  work = tmp_path / "w"
+  cells = [c for c in study.grid(config) if not c.reference]
+  first, last = cells[0].key, cells[-1].key
+
+  def fake_run_cell(cfg, plan, log):
+    del cfg, log
+    ckpt = os.path.join(plan.directory, "train", "checkpoints", "100")
+    os.makedirs(ckpt)
+    open(os.path.join(ckpt, "params"), "wb").close()
+    if plan.cell.key == last:
+      raise KeyboardInterrupt   # stopped while training: no done.json
+    _finish(config, work, plan.cell, lambda c, i: 0.5)
+
+  monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+  # One finished cell from an earlier run without the option keeps its train/ until now.
+  study.run(config, str(work), log=_quiet, aggregate_after=False, shard=(0, len(cells)))
+  assert os.path.isdir(work / "cells" / first / "train")
+  with pytest.raises(KeyboardInterrupt):
+    study.run(config, str(work), log=_quiet, aggregate_after=False, drop_trained=True)
+  finished = [c.key for c in cells if c.key != last]
+  for key in finished:
+    assert not os.path.exists(work / "cells" / key / "train"), key
+    assert os.path.isfile(work / "cells" / key / "done.json")
+  assert os.path.isdir(work / "cells" / last / "train" / "checkpoints" / "100")
+  monkeypatch.setattr(runner, "run_cell", lambda cfg, plan, log: _finish(config, work, plan.cell,
+                                                                        lambda c, i: 0.5))
+  again = study.run(config, str(work), log=_quiet, drop_trained=True)
+  assert again.ran == [last] and not os.path.exists(work / "cells" / last / "train")
+  rows = _csv(work / "results.csv")   # one dataset and one measure a cell
+  assert sorted(r["cell"] for r in rows) == sorted(c.key for c in cells)

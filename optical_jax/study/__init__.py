@@ -22,7 +22,8 @@ Layout of the workdir:
 
     study.json                 the grid: cell keys and axis values
     cells/<key>/cell.json      the cell's resolved train and eval configs, its fingerprint
-    cells/<key>/train/         the trainer's workdir (checkpoints, export in student/)
+    cells/<key>/train/         the trainer's workdir (checkpoints, export in student/;
+                               deleted once the cell is finished with `drop_trained`)
     cells/<key>/eval/<dataset>/  the evaluator's out directory (runs, metrics with per-query values)
     cells/<key>/done.json      written last: the cell is finished
     results.csv, summary.md, plots/*.png   from `aggregate`

@@ -50,7 +50,7 @@ def _report_progress(config, plans, skipped, ran, todo, t0: float, last, log: Lo
 
 def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = monitor.stderr_line,
         aggregate_after: Optional[bool] = None, select_only: bool = False,
-        archive: str = "") -> StudyResult:
+        archive: str = "", drop_trained: bool = False) -> StudyResult:
   """Runs this shard's unfinished cells, then (one shard, or `aggregate_after`) aggregates.
 
   With a selection stage (`config.select.axis`), its cells run first (in
@@ -64,16 +64,20 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = mon
   the workdir are restored from their records there when their configs match, and every
   finished cell's record is written there (a selection stage's under `ARCHIVE/select/`).
 
+  `drop_trained`: a finished cell's `train/` (checkpoints and the exported student, about
+  1 GB for an e5 cell) is deleted once its `done.json` (and record) are written; its
+  results stay, and a rerun still skips it. For grids that only need the numbers.
+
   Logs `study NAME: k/n cells done (..%) | time per cell | ETA | last KEY` after each cell. Bad configs stop with
   one InputError line before anything trains.
   """
   workdir = paths.resolve(workdir)
   stage = selection_stage(config)
   if stage is None:
-    return _run_grid(config, workdir, shard, log, aggregate_after, archive)
+    return _run_grid(config, workdir, shard, log, aggregate_after, archive, drop_trained)
   sel_dir = paths.join(workdir, SELECT_DIR)
   sel = _run_grid(stage, sel_dir, shard, log, shard[1] == 1,
-                  paths.join(archive, SELECT_DIR) if archive else "")
+                  paths.join(archive, SELECT_DIR) if archive else "", drop_trained)
   left = len(grid(stage)) - len(_finished_keys(stage, sel_dir))
   if left:
     log(f"study {config.name}: the selection stage has {left} unfinished cell(s) in other "
@@ -83,14 +87,23 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = mon
   if select_only:
     return StudyResult(sel.ran, sel.skipped, sel.shard_cells, sel.total, sel.aggregated)
   result = _run_grid(test_stage(config, chosen["chosen"]), workdir, shard, log, aggregate_after,
-                     archive)
+                     archive, drop_trained)
   return StudyResult(sel.ran + result.ran, sel.skipped + result.skipped,
                      sel.shard_cells + result.shard_cells, sel.total + result.total,
                      result.aggregated)
 
 
+def _drop_trained(plan, log: Log) -> None:
+  """Deletes a finished cell's trainer workdir (checkpoints, exported student)."""
+  train = paths.join(plan.directory, "train")
+  if paths.isdir(train):
+    paths.rmtree(train)
+    log(f"study: dropped {train} (the cell is finished; --drop_trained)")
+
+
 def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
-              aggregate_after: Optional[bool], archive: str = "") -> StudyResult:
+              aggregate_after: Optional[bool], archive: str = "",
+              drop_trained: bool = False) -> StudyResult:
   """`run` for one grid (no selection stage)."""
   cells = grid(config)
   mine = shard_cells(cells, shard)
@@ -105,10 +118,12 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
   where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
   log(f"study {config.name}{where}: {len(plans)} of {len(cells)} cells; {len(skipped)} "
       f"finished, {len(todo)} to run")
-  if archive:  # cells finished before the archive was named: recorded first, so a run
-    for p in plans:  # stopped later still leaves every finished cell in the archive
-      if p.cell.key in skipped:
-        cell_archive.save(p.directory, archive)
+  for p in plans:
+    if p.cell.key in skipped:
+      if archive:  # cells finished before the archive was named: recorded first, so a run
+        cell_archive.save(p.directory, archive)  # stopped later still leaves them there
+      if drop_trained:
+        _drop_trained(p, log)
   ran = []
   t0 = time.time()
   # SIGTERM / Ctrl-C while a cell trains stops its training after a checkpoint (the
@@ -121,6 +136,8 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
       run_cell(config, p, log)
       if archive:
         cell_archive.save(p.directory, archive)
+      if drop_trained:
+        _drop_trained(p, log)
       ran.append(p.cell.key)
       _report_progress(config, plans, skipped, ran, todo, t0, p, log)
       if guard.should_stop() and len(ran) < len(todo):
