@@ -304,6 +304,15 @@ def selection_markdown(result: Mapping[str, Any]) -> str:
       where = ",".join(p for p in key.split(",") if not p.startswith(f"{axis}="))
       each += [f"{where} {dataset}: {v:.3f}" for dataset, v in per.items()]
     lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} | {'; '.join(each)} |")
+  if "margin" in result:   # selections made before the margins were recorded have none
+    lines += ["", f"Margins ({result['margin']}):", "",
+              f"| {axis} | minus {result['chosen']} | queries | changed | t-test p |",
+              "|---|---:|---:|---:|---:|"]
+    for c in ranked:
+      m = c.get("vs_chosen")
+      if m:
+        lines.append(f"| {c['value']} | {m['mean_diff']:+.4f} | {m['queries']} | "
+                     f"{m['queries_changed']} | {stats.format_p(m['t_test_p'])} |")
   lines += ["", "Files read (queries and judgements; none is a test file):", ""]
   lines += [f"- `{f}`" for f in result["files"]]
   return "\n".join(lines) + "\n"

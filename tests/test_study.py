@@ -674,3 +674,36 @@ def test_drop_trained_deletes_finished_cells_trainer_dirs_and_keeps_their_result
   assert again.ran == [last] and not os.path.exists(work / "cells" / last / "train")
   rows = _csv(work / "results.csv")   # one dataset and one measure a cell
   assert sorted(r["cell"] for r in rows) == sorted(c.key for c in cells)
+
+
+def test_selection_margins_average_seeds_per_query_then_test_over_queries(tmp_path):
+  """selection.json gives each candidate's margin to the pick: per (language, query) the
+  difference averaged over seeds, a paired t-test over those (checked with scipy on the
+  hand-built values), and selection.md renders it."""
+  from scipy import stats as sps  # pylint: disable=g-import-not-at-top
+  c = _selection_study(tmp_path)
+  c.select.axes.lang = ("swa", "hau")
+  c.select.axes.seed = (0, 1)
+  stage = study.selection_stage(c)
+  rng = np.random.default_rng(7)
+  level = {"sentence": 0.30, "ot": 0.50, "ranking": 0.45}
+  value = {(cl.values["lang"], cl.values["loss"], cl.values["seed"], i):
+           level[cl.values["loss"]] + float(rng.normal(0, 0.1))
+           for cl in study.grid(stage) for i in range(10)}
+  for cell in study.grid(stage):
+    _finish(stage, tmp_path / "select", cell,
+            lambda cl, i: value[(cl.values["lang"], cl.values["loss"], cl.values["seed"], i)])
+  result = study.choose(c, str(tmp_path), log=_quiet)
+  assert result["chosen"] == "ot"
+  by = {x["value"]: x for x in result["candidates"]}
+  assert "vs_chosen" not in by["ot"]
+  for arm in ("sentence", "ranking"):
+    diffs = [np.mean([value[(lang, arm, s, i)] - value[(lang, "ot", s, i)] for s in (0, 1)])
+             for lang in ("swa", "hau") for i in range(10)]
+    got = by[arm]["vs_chosen"]
+    assert got["queries"] == 20 and got["queries_changed"] == 20
+    assert got["mean_diff"] == pytest.approx(np.mean(diffs), abs=1e-12)
+    assert got["t_test_p"] == pytest.approx(sps.ttest_1samp(diffs, 0.0).pvalue, rel=1e-9)
+  md = (tmp_path / "selection.md").read_text()
+  assert "| loss | minus ot | queries | changed | t-test p |" in md
+  assert f"| ranking | {by['ranking']['vs_chosen']['mean_diff']:+.4f} | 20 | 20 |" in md

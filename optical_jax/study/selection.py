@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import ml_collections
 import numpy as np
 
-from optical_jax import fileio, metrics, monitor, paths, plain, report
+from optical_jax import fileio, metrics, monitor, paths, plain, report, stats
 from optical_jax.errors import InputError
 from optical_jax.fileio import write_json, write_text
 from optical_jax.study.spec import DONE, Log, _check_config, _parse_arm, axes, default_config, grid
@@ -163,10 +163,16 @@ def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str,
     candidates.append({"value": value, "score": float(np.mean(values)), "n": len(values),
                        "cells": evidence})
   best = max(candidates, key=lambda c: c["score"])   # first of equal scores: axis order
+  for c in candidates:
+    if c is not best:
+      c["vs_chosen"] = _margin(stage, col, cells, sel.axis, c["value"], best["value"], measure)
   keep = [v for v in axes(config)[sel.axis] if str(v) in {str(k) for k in sel.keep}]
   result = {"study": config.name, "axis": sel.axis, "measure": measure,
             "rule": (f"highest mean {measure} over the selection cells and datasets "
                      "(each (cell, dataset) mean weighted equally; ties: axis order)"),
+            "margin": ("each candidate minus the chosen one, per query averaged over seeds "
+                       "(cells paired by their other axis values); paired t-test over those "
+                       "queries, uncorrected: how far apart they are, not part of the rule"),
             "chosen": best["value"], "keep": keep,
             "selection_axes": {a: list(v) for a, v in axes(stage).items()},
             "files": sorted("/".join(f.split(os.sep)[-2:]) for f in files),
@@ -176,6 +182,30 @@ def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str,
   log(f"study {config.name}: selection on {measure} chose {sel.axis}={best['value']} "
       f"({best['score']:.4f}); test stage: {', '.join(str(v) for v in _test_values(config, best['value']))}")
   return result
+
+
+def _margin(stage, col, cells, axis: str, value, chosen, measure: str) -> Dict[str, Any]:
+  """`value`'s candidate minus `chosen`'s on the selection data: per-query differences
+  averaged over seeds (`stats.seed_averaged`; a query's group is its cell's other
+  non-seed axis values and the dataset) and their query-level test."""
+  seed_axis = stage.seed_axis
+
+  def runs(v):
+    by_seed: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for cell in cells:
+      if str(cell.values[axis]) != str(v):
+        continue
+      where = ",".join(f"{a}={x}" for a, x in cell.values.items() if a not in (axis, seed_axis))
+      run = by_seed.setdefault(str(cell.values.get(seed_axis, "")), {})
+      for (key, dataset, system), per in col.per_query.items():
+        if key == cell.key and system == stage.system and measure in per:
+          run[f"{where},{dataset}"] = per[measure]
+    return [by_seed[s] for s in sorted(by_seed)]
+
+  diff = stats.seed_averaged(runs(value), runs(chosen))
+  test = stats.query_level_test(diff)
+  return {"mean_diff": test["mean_diff"], "queries": test["queries"],
+          "queries_changed": int(np.count_nonzero(diff)), "t_test_p": test["t_test_p"]}
 
 
 def _test_values(config, chosen) -> List[Any]:
