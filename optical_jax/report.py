@@ -305,7 +305,7 @@ def selection_markdown(result: Mapping[str, Any]) -> str:
       each += [f"{where} {dataset}: {v:.3f}" for dataset, v in per.items()]
     lines.append(f"| {c['value']} | {c['score']:.4f} | {c['n']} | {'; '.join(each)} |")
   if "margin" in result:   # selections made before the margins were recorded have none
-    lines += ["", f"Margins ({result['margin']}):", "",
+    lines += ["", f"Margins: {result['margin']}.", "",
               f"| {axis} | minus {result['chosen']} | queries | changed | t-test p |",
               "|---|---:|---:|---:|---:|"]
     for c in ranked:

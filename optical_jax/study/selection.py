@@ -170,9 +170,10 @@ def choose(config, workdir: str, *, log: Log = monitor.stderr_line) -> Dict[str,
   result = {"study": config.name, "axis": sel.axis, "measure": measure,
             "rule": (f"highest mean {measure} over the selection cells and datasets "
                      "(each (cell, dataset) mean weighted equally; ties: axis order)"),
-            "margin": ("each candidate minus the chosen one, per query averaged over seeds "
-                       "(cells paired by their other axis values); paired t-test over those "
-                       "queries, uncorrected: how far apart they are, not part of the rule"),
+            "margin": ("each candidate minus the chosen one, per query averaged over seeds, "
+                       "cells paired by their other axis values; a paired t-test over those "
+                       "queries, uncorrected: how far apart the candidates are, not part of "
+                       "the rule"),
             "chosen": best["value"], "keep": keep,
             "selection_axes": {a: list(v) for a, v in axes(stage).items()},
             "files": sorted("/".join(f.split(os.sep)[-2:]) for f in files),
