@@ -40,11 +40,11 @@ def get_config(arg: str = "swa"):
   teacher = args.teacher or DEFAULT_TEACHER[args.backbone]
   c = common.afriqa_distill(args, teacher=colbert_export(teacher, args.backbone),
                             student=colbert_export(teacher, args.backbone))
-  if args.backbone == "e5":   # as configs/swa_e5.py
-    c.optim.lr = 6e-5
-    c.optim.freeze = ("word_embeddings",)
-    c.loss.ot.epsilon = 0.005
-    c.loss.ot.max_iterations = 500
-  else:                       # as configs/swa_minilm.py
-    c.optim.lr = 3e-4
+  # The backbone's dense config owns these (its selection stages chose them).
+  from configs import swa_e5, swa_minilm  # pylint: disable=g-import-not-at-top
+  dense = (swa_e5 if args.backbone == "e5" else swa_minilm).get_config(args.lang)
+  c.optim.lr = dense.optim.lr
+  c.optim.freeze = tuple(dense.optim.freeze)
+  c.loss.ot.epsilon = dense.loss.ot.epsilon
+  c.loss.ot.max_iterations = dense.loss.ot.max_iterations
   return c

@@ -71,7 +71,8 @@ def test_e5_colbert_setting_is_e5_with_a_maxsim_head():
 
 
 # Shipped config -> the committed selection page whose pick it must carry.
-SELECTED = {"swa_e5": "ot_variants_e5_select_cpu", "swa_minilm": "ot_variants_minilm_select_cpu"}
+SELECTED = {"swa_e5": "ot_variants_e5_tune_select_cpu",
+            "swa_minilm": "ot_variants_minilm_select_cpu"}
 
 
 @pytest.mark.parametrize("name", sorted(SELECTED))
