@@ -45,6 +45,7 @@ def get_config(arg: str = "swa"):
   dense = (swa_e5 if args.backbone == "e5" else swa_minilm).get_config(args.lang)
   c.optim.lr = dense.optim.lr
   c.optim.freeze = tuple(dense.optim.freeze)
+  c.optim.sparse_embeddings = dense.optim.sparse_embeddings
   c.loss.ot.epsilon = dense.loss.ot.epsilon
   c.loss.ot.max_iterations = dense.loss.ot.max_iterations
   return c
