@@ -76,22 +76,64 @@ SELECTED = {"swa_e5": "ot_variants_e5_tune_select_cpu",
             "swa_minilm": "ot_variants_minilm_select_cpu"}
 
 
+# Where a shipped config departs from its selection's pick: {config: {dotted key: value}};
+# the config's docstring says why.
+DEPARTURES = {"swa_e5": {"optim.sparse_embeddings": True}}
+# Set by a study cell's budget (`configs/studies/shared.set_budget`), not by the pick.
+BUDGET_KEYS = {"optim.warmup_steps"}
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _chosen_records(page, chosen):
+  """The resolved train configs of the pick's selection cells, from the page's records."""
+  from optical_jax import cell_archive  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(page, "cells", "select")
+  out = []
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if f",loss={chosen}," in name:
+      record = cell_archive.load(folder, name[:-len(".json.gz")], lambda _: None)
+      cell = record["files"]["cell.json"]
+      out.append((json.loads(cell) if isinstance(cell, str) else cell)["resolved"]["train"])
+  return out
+
+
 @pytest.mark.parametrize("name", sorted(SELECTED))
 def test_shipped_loss_is_the_selection_stages_pick(name):
-  """The config's loss settings are those of the arm its committed selection chose, and
-  that choice read no test file."""
+  """The config's loss and optimiser settings are those its committed selection's pick
+  trained with (from the page's cell records; pages without records: the pick's arm
+  overrides), but for the listed departures; and that choice read no test file."""
   from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  from optical_jax import plain  # pylint: disable=g-import-not-at-top
   page = os.path.join(os.path.dirname(__file__), "..", "docs", "studies", SELECTED[name])
   with open(os.path.join(page, "selection.json"), encoding="utf-8") as f:
     selection = json.load(f)
   assert selection["files"] and all(".test." not in f for f in selection["files"])
   assert all(".dev." in f for f in selection["files"])
   c = _load(name).get_config("swa")
-  for key, value in ot_variants.ARMS[selection["chosen"]].items():
-    node = c
-    for part in key.split("."):
-      node = node[part]
-    assert node == value, (key, node, value)
+  shipped = _flat({"loss": plain.plain(c.loss), "optim": plain.plain(c.optim)})
+  departures = DEPARTURES.get(name, {})
+  for key, value in departures.items():
+    assert shipped[key] == value, (key, shipped[key], value)
+  records = _chosen_records(page, selection["chosen"])
+  if not records:
+    for key, value in ot_variants.ARMS[selection["chosen"]].items():
+      assert shipped[key] == (list(value) if isinstance(value, tuple) else value), key
+    assert not departures
+    return
+  base = base_config()
+  default = _flat({"loss": plain.plain(base.loss), "optim": plain.plain(base.optim)})
+  for trained in records:
+    picked = _flat({"loss": trained["loss"], "optim": trained["optim"]})
+    assert set(picked) <= set(shipped)
+    # Fields added to the library after the cell ran: at their defaults, no change.
+    picked.update({k: default[k] for k in set(shipped) - set(picked)})
+    differ = {k for k in shipped if shipped[k] != picked[k]} - BUDGET_KEYS
+    assert differ == set(departures), {k: (shipped[k], picked[k]) for k in differ}
 
 
 def test_swa_bitext_excludes_test_queries():
