@@ -12,9 +12,9 @@ higher rate than the dense teacher. The export (WORKDIR/teacher) is the teacher 
 `configs/colbert_minilm.py` (same `backbone=`).
 
 `backbone=minilm` (default): all-MiniLM-L6-v2, an English encoder. `backbone=e5`:
-multilingual-e5-small (its 'query: ' / 'passage: ' prefixes; word embeddings frozen, so
-that training on English alone leaves the other languages' token rows as they were,
-which AdamW's weight decay would not): OPTICAL's own premise, a monolingual (English) retrieval model
+multilingual-e5-small (its 'query: ' / 'passage: ' prefixes; word embeddings frozen:
+trained on English alone, AdamW's weight decay would still shrink every other language's
+token rows): OPTICAL's own premise, a monolingual (English) retrieval model
 on a multilingual encoder, whose students start from a model that already reads the
 foreign language.
 """
