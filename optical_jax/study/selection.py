@@ -198,15 +198,16 @@ def _margin(stage, col, cells, axis: str, value, chosen, measure: str) -> Dict[s
         continue
       where = ",".join(f"{a}={x}" for a, x in cell.values.items() if a not in (axis, seed_axis))
       run = by_seed.setdefault(str(cell.values.get(seed_axis, "")), {})
-      for (key, dataset, system), per in col.per_query.items():
-        if key == cell.key and system == stage.system and measure in per:
+      for dataset in col.datasets:
+        per = col.per_query.get((cell.key, dataset, stage.system), {})
+        if measure in per:
           run[f"{where},{dataset}"] = per[measure]
     return [by_seed[s] for s in sorted(by_seed)]
 
   diff = stats.seed_averaged(runs(value), runs(chosen))
-  test = stats.query_level_test(diff)
-  return {"mean_diff": test["mean_diff"], "queries": test["queries"],
-          "queries_changed": int(np.count_nonzero(diff)), "t_test_p": test["t_test_p"]}
+  return {"mean_diff": float(diff.mean()) if diff.size else float("nan"),
+          "queries": int(diff.size), "queries_changed": int(np.count_nonzero(diff)),
+          "t_test_p": stats.one_sample_t_test(diff)}
 
 
 def _test_values(config, chosen) -> List[Any]:
