@@ -77,8 +77,8 @@ SELECTED = {"swa_e5": "ot_variants_e5_tune_select_cpu",
 
 
 # Where a shipped config departs from its selection's pick: {config: {dotted key: value}};
-# the config's docstring must say why. None does.
-DEPARTURES = {}
+# the config's docstring must say why.
+DEPARTURES = {"swa_e5": {"optim.sparse_embeddings": True}}
 # Set by a study cell's budget (`configs/studies/shared.set_budget`), not by the pick.
 BUDGET_KEYS = {"optim.warmup_steps"}
 
