@@ -19,7 +19,7 @@ Sinkhorn divergence, barycentric token targets, semi-relaxed OT (tau_b 0.5), and
 a relative epsilon, and candidates for selection stages: the ranking family's
 temperature 0.02 and weight 0.5 / 2, OT + ranking's epsilon halved / doubled (relative to
 the setting's), and OT + ranking with trained word embeddings (dense or row-sparse AdamW;
-the e5 setting's default since its second selection stage), and the ranking term on MaxSim rows (`ranking-maxsim`,
+row-sparse is the e5 setting's default since its second selection stage), and the ranking term on MaxSim rows (`ranking-maxsim`,
 `ot-ranking-maxsim`: PLAID-X's late-interaction distillation, for the ColBERT settings). The arms use the settings' defaults; choose
 among them on dev data only, with the selection stage (`select`, below). Every cell of
 the test stage evaluates its language's AfriQA-CLIR test; the comparisons set each arm
@@ -84,8 +84,9 @@ ARMS = {
     "ot-ranking-eps-double": {"loss.loss": "ot+ranking", "loss.ot.epsilon": lambda e: e * 2},
     # Word-embedding update candidates (issue 25): trained with dense AdamW, or row-sparse
     # (lazy AdamW on the batch's rows). The e5 setting froze them until its second
-    # selection stage picked dense AdamW, so that page's `ot-ranking` cells ran frozen
-    # (their records hold the resolved configs); they now equal `ot-ranking-emb-dense`.
+    # selection stage (it ships row-sparse since), so that page's `ot-ranking` cells ran
+    # frozen (their records hold the resolved configs); that arm now equals
+    # `ot-ranking-emb-sparse` there.
     "ot-ranking-emb-dense": {"loss.loss": "ot+ranking", "optim.freeze": ()},
     "ot-ranking-emb-sparse": {"loss.loss": "ot+ranking", "optim.freeze": (),
                               "optim.sparse_embeddings": True},
