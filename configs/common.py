@@ -444,8 +444,8 @@ def afriqa_distill(arg, teacher: ml_collections.ConfigDict,
   (`data.teacher_cache`; `--config.data.teacher_cache=` runs the teacher every step).
   The loss is token-level OT plus the in-batch translation-ranking term (`ot+ranking`,
   weight 1, temperature 0.05). The e5 and MiniLM configs set the loss their selection
-  stage picked on dev data (docs/studies/ot_variants_{e5,minilm}_select_cpu/): OT +
-  ranking for e5, the ranking term alone for MiniLM. For the ColBERT settings no
+  stages picked on dev data (docs/studies/ot_variants_{e5,minilm}{,_tune}_select_cpu/):
+  OT + ranking for both, MiniLM's with epsilon halved. For the ColBERT settings no
   selection stage has chosen it yet (it was first picked from test results, which the
   README withdraws). `--config.loss.loss=ot` is the paper's plain OPTICAL loss. Config
   files set the learning rate and loss settings they were tuned with.

@@ -73,7 +73,7 @@ def test_e5_colbert_setting_is_e5_with_a_maxsim_head():
 
 # Shipped config -> the committed selection page whose pick it must carry.
 SELECTED = {"swa_e5": "ot_variants_e5_tune_select_cpu",
-            "swa_minilm": "ot_variants_minilm_select_cpu"}
+            "swa_minilm": "ot_variants_minilm_tune_select_cpu"}
 
 
 # Where a shipped config departs from its selection's pick: {config: {dotted key: value}};
