@@ -11,7 +11,7 @@ same command continues a killed study. The workdir gets `cells/<key>/` (resolved
 configs, training workdir, evaluations), `results.csv` (one row per cell, dataset and
 metric), `summary.md` (mean and 95% CI over seeds, paired tests between arms) and
 `plots/*.png`. Bad input prints one line and exits 2. The program is
-`optical_jax.cli.study_main`; the logic lives in `optical_jax/study.py`.
+`optical_jax.cli.study_main`; the logic lives in the `optical_jax.study` package.
 """
 
 from optical_jax import cli

@@ -17,7 +17,8 @@ copy under `docs/studies/NAME/`) holds:
 
 `render(directory)` returns summary.md's text (and the same numbers as a dict); `write`
 writes summary.md and summary.json; `python -m optical_jax.report [--check] DIR...`
-renders (or checks) committed pages. Nothing here reads a training or evaluation
+renders (or checks) committed pages; `publish` (`--publish WORKDIR PAGE --command CMD
+[--cells ARCHIVE]`) makes a page from a study workdir and its cell records. Nothing here reads a training or evaluation
 output: a page is a function of these files, so a test can regenerate every committed
 page byte for byte.
 
@@ -43,7 +44,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from optical_jax import fileio, stats
+from optical_jax import fileio, paths, stats
 from optical_jax.errors import InputError
 
 META = "report.json"
@@ -464,6 +465,57 @@ def write(directory: str) -> str:
   return markdown
 
 
+PLOTS = "plots"
+
+
+def publish(source: str, page: str, command: str, cells: str = "") -> Tuple[str, str]:
+  """Makes `page` a study page from an aggregated study workdir `source`: copies the data
+  files a page renders from (report.json with `command`, the command that made the
+  study, added; results.csv; per_query.csv.gz and selection.json when the study has
+  them; plots/*.png), moves the cell records from the archive `cells` (`study.py
+  --archive`) into `page/cells/`, and renders summary.md / selection.md. The page's
+  earlier data files and plots are replaced, its earlier cell records kept (a record
+  moved in replaces the one of the same cell). Returns (summary markdown, "N of M cells
+  finished"). InputError before anything is written when `source` is not an aggregated
+  study or `command` is empty."""
+  meta = fileio.read_json(_join(source, META))
+  if not meta:
+    raise InputError("no report.json: aggregate the study (study.py --aggregate) first",
+                     _join(source, META))
+  if not command.strip():
+    raise InputError("say which command made the study (--command)", _join(source, META))
+  data = {name: fileio.read_bytes(_join(source, name)) for name in (RESULTS, PER_QUERY, SELECTION)}
+  if data[RESULTS] is None:
+    raise InputError("no results.csv: aggregate the study (study.py --aggregate) first",
+                     _join(source, RESULTS))
+  plots = _join(source, PLOTS)
+  pngs = sorted(n for n in paths.listdir(plots) if n.endswith(".png")) if paths.isdir(plots) else []
+  records = []
+  if cells:
+    if not paths.isdir(cells):
+      raise InputError("no such cell archive", cells)
+    records = [rel for rel in paths.walk_files(cells) if rel.endswith(".json.gz")]
+  paths.makedirs(page)
+  fileio.write_json(_join(page, META), {**meta, "command": command.strip()})
+  for name, blob in data.items():
+    if blob is not None:
+      fileio.write_bytes(_join(page, name), blob)
+    else:
+      paths.remove(_join(page, name))
+  paths.rmtree(_join(page, PLOTS))
+  for name in pngs:
+    paths.makedirs(_join(page, PLOTS))
+    fileio.write_bytes(_join(page, f"{PLOTS}/{name}"), fileio.read_bytes(_join(plots, name)))
+  for rel in records:
+    target = _join(page, f"cells/{rel}")
+    paths.makedirs(paths.dirname(target))
+    paths.replace(_join(cells, rel), target)
+  if not data[SELECTION]:
+    paths.remove(_join(page, SELECTION_MD))
+  counts = f"{meta.get('finished', '?')} of {meta.get('cells', '?')} cells finished"
+  return write(page), counts
+
+
 def check(directory: str) -> Optional[str]:
   """None when the committed summary.md (and selection.md, with a selection.json) is
   what its data renders, else the first differing line."""
@@ -494,7 +546,8 @@ QUESTIONS = (
     ("loss=ot-ranking", "loss=sentence", "OT + ranking over sentence-level distillation"),
 )
 USAGE = ("usage: python -m optical_jax.report [--check] DIR... | --readme [--check] PAGE.md..."
-         " | --demo OUT --settings 'e5 ...' --lang L --seconds N")
+         " | --demo OUT --settings 'e5 ...' --lang L --seconds N"
+         " | --publish WORKDIR PAGE --command CMD [--cells ARCHIVE]")
 
 
 def demo_data(out: str, settings: Sequence[str], lang: str, seconds: int) -> Dict[str, Any]:
@@ -653,13 +706,23 @@ def render_readme(path: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`python -m optical_jax.report [--check] DIR...`: render (or check) study pages;
   `--readme [--check] README.md`: the README's generated blocks; `--demo OUT ...`: the
-  demo's results.md and demo.json."""
+  demo's results.md and demo.json; `--publish WORKDIR PAGE --command CMD [--cells
+  ARCHIVE]`: a study page from a study workdir (`publish`)."""
   args = list(sys.argv[1:] if argv is None else argv)
   try:
     if args[:1] == ["--demo"]:
       opts = dict(zip(args[2::2], args[3::2]))
       print(write_demo(args[1], opts.get("--settings", "e5").split(), opts.get("--lang", "swa"),
                        int(opts.get("--seconds", 0))), end="")
+      return 0
+    if args[:1] == ["--publish"]:
+      opts = dict(zip(args[3::2], args[4::2]))
+      unknown = set(opts) - {"--command", "--cells"}
+      if len(args) < 3 or len(args) % 2 == 0 or unknown:
+        raise ValueError(USAGE)
+      _, counts = publish(args[1], args[2], opts.get("--command", ""), opts.get("--cells", ""))
+      print(f"{args[2]}: published from {args[1]} ({counts}); check it with "
+            f"python -m optical_jax.report --check {args[2]}")
       return 0
     if args[:1] == ["--readme"]:
       paths = [a for a in args[1:] if a != "--check"] or ["README.md"]

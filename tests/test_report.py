@@ -241,3 +241,41 @@ def test_cost_sheet_is_what_its_data_renders():
     data = json.load(f)
   with open(cost.PAGE, encoding="utf-8") as f:
     assert f.read() == cost.render(data, data["mfu"]), "python benchmarks/cost.py --render"
+
+
+def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
+  """A workdir holding a committed page's data (report.json without its command, plots,
+  selection) and an archive of cell records, published: the page's bytes, the records
+  moved; a stale selection page goes when the study has no selection."""
+  import shutil
+  page = os.path.join(ROOT, "docs", "studies", "ot_variants_e5_select_cpu")
+  work, archive, out = tmp_path / "work", tmp_path / "archive", tmp_path / "page"
+  shutil.copytree(page, work, ignore=shutil.ignore_patterns("summary.*", "selection.md", "*.png"))
+  pngs = sorted(n for n in os.listdir(page) if n.endswith(".png"))
+  (work / "plots").mkdir()
+  for name in pngs:
+    shutil.copy(os.path.join(page, name), work / "plots" / name)
+  meta = json.loads((work / "report.json").read_text())
+  command = meta.pop("command")
+  (work / "report.json").write_text(json.dumps(meta))
+  cells = os.path.join(ROOT, "docs", "studies", "ot_variants_e5_test_cpu", "cells")
+  records = sorted(os.listdir(cells))[:2]
+  (archive / "select").mkdir(parents=True)
+  for name in records:
+    shutil.copy(os.path.join(cells, name), archive / "select" / name)
+  assert report.main(["--publish", str(work), str(out), "--command", command,
+                      "--cells", str(archive)]) == 0
+  for rel in ["report.json", "results.csv", "per_query.csv.gz", "selection.json",
+              "selection.md", "summary.md", "summary.json"] + pngs:
+    with open(os.path.join(page, rel), "rb") as a, open(out / ("plots/" * rel.endswith(".png") + rel), "rb") as b:
+      assert a.read() == b.read(), rel
+  assert sorted(os.listdir(out / "cells" / "select")) == records
+  assert not os.listdir(archive / "select")
+  (work / "selection.json").unlink()
+  shutil.rmtree(work / "plots")
+  assert report.main(["--publish", str(work), str(out), "--command", command]) == 0
+  assert not any((out / n).exists() for n in ("selection.json", "selection.md", "plots"))
+  assert sorted(os.listdir(out / "cells" / "select")) == records     # kept
+  assert report.main(["--publish", str(work), str(out), "--command", " "]) == 2
+  assert report.main(["--publish", str(tmp_path / "none"), str(out), "--command", "x"]) == 2
+  assert report.main(["--publish", str(work), str(out), "--commnd", "x"]) == 2
