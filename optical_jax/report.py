@@ -538,12 +538,18 @@ def check(directory: str) -> Optional[str]:
 # The demo's tables and the README's generated blocks.
 
 DEMO_JSON = "demo.json"
-# The questions the README's answer block puts to the studies: (A, B, what it asks).
+# The questions the README's answer block puts to the studies: ((A, B) pairs that ask
+# it, what it asks). The ranking term on MaxSim rows (the ColBERT settings'
+# `ranking-maxsim` arms) asks the same questions as the pooled one.
 QUESTIONS = (
-    ("loss=ot-ranking", "loss=ranking", "token-level OT added to the ranking term, over the ranking term alone"),
-    ("loss=ot", "loss=sentence", "the paper's plain OT loss over sentence-level distillation"),
-    ("loss=ranking", "loss=sentence", "the ranking term alone over sentence-level distillation"),
-    ("loss=ot-ranking", "loss=sentence", "OT + ranking over sentence-level distillation"),
+    ((("loss=ot-ranking", "loss=ranking"), ("loss=ot-ranking-maxsim", "loss=ranking-maxsim")),
+     "token-level OT added to the ranking term, over the ranking term alone"),
+    ((("loss=ot", "loss=sentence"),),
+     "the paper's plain OT loss over sentence-level distillation"),
+    ((("loss=ranking", "loss=sentence"), ("loss=ranking-maxsim", "loss=sentence")),
+     "the ranking term alone over sentence-level distillation"),
+    ((("loss=ot-ranking", "loss=sentence"), ("loss=ot-ranking-maxsim", "loss=sentence")),
+     "OT + ranking over sentence-level distillation"),
 )
 USAGE = ("usage: python -m optical_jax.report [--check] DIR... | --readme [--check] PAGE.md..."
          " | --demo OUT --settings 'e5 ...' --lang L --seconds N"
@@ -596,19 +602,20 @@ def write_demo(out: str, settings: Sequence[str], lang: str, seconds: int) -> st
 def _answers(study_dirs: Sequence[str], names: Sequence[str]):
   """For each of `QUESTIONS`: the primary tests of every study that asks it, and how many
   the corrected run-level test holds in (rows: (question index, study, context, test))."""
-  rows, count = [], {q[:2]: [0, 0, 0] for q in QUESTIONS}   # above, tested, below
+  asks = {pair: i for i, (pairs, _) in enumerate(QUESTIONS) for pair in pairs}
+  rows, count = [], [[0, 0, 0] for _ in QUESTIONS]   # above, tested, below
   for directory, name in zip(study_dirs, names):
     data = load(directory)
     for c in comparisons(data):
-      key = (c["a"], c["b"])
-      if c["family"] != "primary" or key not in count:
+      i = asks.get((c["a"], c["b"]))
+      if c["family"] != "primary" or i is None:
         continue
       if not math.isnan(c["run_t_p"]):   # one run (or tied runs): nothing to test
-        count[key][0] += int(c["significant"] and c["mean_diff"] > 0)
-        count[key][1] += 1
-        count[key][2] += int(c["significant"] and c["mean_diff"] < 0)
+        count[i][0] += int(c["significant"] and c["mean_diff"] > 0)
+        count[i][1] += 1
+        count[i][2] += int(c["significant"] and c["mean_diff"] < 0)
       ctx = ",".join(f"{k}={v}" for k, v in c["context"].items())
-      rows.append((QUESTIONS.index(next(q for q in QUESTIONS if q[:2] == key)), name, ctx, c))
+      rows.append((i, name, ctx, c))
   rows.sort(key=lambda r: r[0])
   return rows, count
 
@@ -618,9 +625,9 @@ def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
   tests of it the corrected run-level test holds in."""
   rows, count = _answers(study_dirs, names)
   lines = []
-  for a, b, text in QUESTIONS:
-    held, total, below = count[(a, b)]
-    untested = sum(1 for r in rows if (r[3]["a"], r[3]["b"]) == (a, b)) - total
+  for i, (_, text) in enumerate(QUESTIONS):
+    held, total, below = count[i]
+    untested = sum(1 for r in rows if r[0] == i) - total
     if total or untested:
       verdict = "holds in" if held else "holds in none of"
       lines.append(f"- **{text[0].upper() + text[1:]}**: the corrected run-level test "

@@ -279,3 +279,37 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
   assert report.main(["--publish", str(work), str(out), "--command", " "]) == 2
   assert report.main(["--publish", str(tmp_path / "none"), str(out), "--command", "x"]) == 2
   assert report.main(["--publish", str(work), str(out), "--commnd", "x"]) == 2
+
+
+def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path):
+  """OT + ranking vs the ranking term asks the same question with pooled or MaxSim
+  ranking rows; a study with both pairs gives that question two primary tests."""
+  rng = np.random.default_rng(1)
+  arms = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
+  rows = []
+  for seed in range(3):
+    for lang in ("swa", "hau"):
+      for loss in arms:
+        value = 0.5 + (0.2 if loss == "ot-ranking-maxsim" else 0.0) + rng.normal(0, 0.01)
+        rows.append(dict(study="s", cell=f"lang={lang},loss={loss},seed={seed}", kind="trained",
+                         lang=lang, loss=loss, seed=str(seed), system="student",
+                         dataset=f"afriqa-{lang}", metric="nDCG@10", value=repr(value),
+                         num_queries="30"))
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  (tmp_path / "results.csv").write_text(buf.getvalue())
+  meta = dict(name="s", axes={"lang": ["swa", "hau"], "loss": list(arms), "seed": ["0", "1", "2"]},
+              seed_axis="seed", system="student",
+              compare=[["loss=ot-ranking", "loss=ranking"],
+                       ["loss=ot-ranking-maxsim", "loss=ranking-maxsim"]],
+              pool_axes=["lang"], measures=["nDCG@10"], primary_measure="", confidence=0.95,
+              alpha=0.05, correction="holm", n_permutations=200, permutation_seed=0,
+              finished=24, cells=24)
+  (tmp_path / "report.json").write_text(json.dumps(meta))
+  lines = report.answer_markdown([str(tmp_path)], ["s"]).splitlines()
+  assert lines[0].startswith("- **Token-level OT added to the ranking term")
+  assert lines[0].endswith("holds in 1 of 2 primary test(s).") and len(lines) == 1
+  table = report.answer_table_markdown([str(tmp_path)], ["s"])
+  assert "| loss=ot-ranking-maxsim vs loss=ranking-maxsim | [s]" in table

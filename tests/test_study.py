@@ -591,6 +591,18 @@ def test_ot_variants_colbert_e5_setting_plans_maxsim_cells(shared_data):
   del shared_data
 
 
+def test_ot_variants_sets_each_ot_arm_against_its_own_ranking_term():
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  c = ot_variants.get_config("cpu,settings=colbert-e5,langs=swa+hau,teacher_e5=/t,arms=sentence+"
+                             "ranking+ot+ot-ranking+ranking-maxsim+ot-ranking-maxsim")
+  vs_ranking = {a for a, b in c.compare if b != "loss=sentence"}
+  assert ("loss=ot-ranking-maxsim", "loss=ranking-maxsim") in c.compare
+  assert vs_ranking == {"loss=ot", "loss=ot-ranking", "loss=ot-ranking-maxsim"}
+  assert len(c.compare) == 5 + 3
+  c = ot_variants.get_config("cpu,settings=colbert,langs=swa,arms=ranking+ot-ranking-maxsim")
+  assert c.compare == (("loss=ot-ranking-maxsim", "loss=ranking"),)
+
+
 def test_a_signal_during_a_cell_stops_the_study_before_the_next(tmp_path, monkeypatch):
   """SIGTERM while a cell evaluates (no trainer guard active) lets that cell finish and
   stops the study with Interrupted (exit 143) before the next cell; a rerun goes on."""

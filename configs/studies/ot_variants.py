@@ -23,7 +23,8 @@ row-sparse is the e5 setting's default since its second selection stage), and th
 `ot-ranking-maxsim`: PLAID-X's late-interaction distillation, for the ColBERT settings). The arms use the settings' defaults; choose
 among them on dev data only, with the selection stage (`select`, below). Every cell of
 the test stage evaluates its language's AfriQA-CLIR test; the comparisons set each arm
-against sentence-level distillation and each OT arm against the ranking term alone, per
+against sentence-level distillation and each OT arm against the ranking term alone
+(`ot-ranking-maxsim` against `ranking-maxsim` when both run), per
 language and pooled over the languages (`pool_axes`), with the (language, seed) runs as
 units and Holm-adjusted p-values (`optical_jax.report`): an OT-based loss whose adjusted
 pooled run-level test beats both is the evidence to look for. The training logs keep
@@ -195,8 +196,10 @@ def get_config(arg: str = "full"):
   c.references = references
   c.reference_axes = ("setting", "lang")
   pairs = [(f"loss={a}", "loss=sentence") for a in arms if a != "sentence" and "sentence" in arms]
-  if "ranking" in arms:
-    pairs += [(f"loss={a}", "loss=ranking") for a in arms if a in OT_ARMS]
+  for a in arms:   # each OT arm against the ranking term it adds OT to
+    ranking = "ranking-maxsim" if a.endswith("-maxsim") and "ranking-maxsim" in arms else "ranking"
+    if a in OT_ARMS and ranking in arms:
+      pairs.append((f"loss={a}", f"loss={ranking}"))
   c.compare = tuple(pairs)
   c.pool_axes = ("lang",) if len(langs) > 1 else ()
   c.measures = ("nDCG@10", "R@10", "P@5")
