@@ -2,7 +2,8 @@
 
 One concept, over 600 lines: every page of results this project publishes is rendered
 here from committed data (study pages, selection pages, the demo's table, the generated
-blocks of the README and docs/results.md), so that no number is typed by hand.
+blocks of the README and docs/results.md, among them the README's answer from the test
+stages that `docs/decisive.json` declares), so that no number is typed by hand.
 
 A study's results directory (a study workdir after `study.aggregate`, or its committed
 copy under `docs/studies/NAME/`) holds:
@@ -653,6 +654,57 @@ def answer_table_markdown(study_dirs: Sequence[str], names: Sequence[str],
   return "\n".join(lines)
 
 
+DECISIVE_JSON = "docs/decisive.json"
+_SAYS = {"yes": "OT + ranking significantly above", "below": "significantly below",
+         "no": "no significant difference", "—": "one run per arm, not testable"}
+
+
+def decisive_markdown(root: str, link_base: str = "docs/studies") -> str:
+  """The README's answer to "does token-level OT add anything over the ranking term?",
+  from the test stages `docs/decisive.json` declares: for each, the pooled primary tests
+  of the first of `QUESTIONS` on its published page (or that it has not run yet), and a
+  first line that says yes, no, or not yet, as the corrected run-level tests give it."""
+  spec = fileio.read_json(_join(root, DECISIVE_JSON))
+  if not spec or not spec.get("studies"):
+    return f"(No decisive comparison is declared: `{DECISIVE_JSON}` is missing or empty.)"
+  pairs = QUESTIONS[0][0]
+  lines, ran, held = [], 0, 0
+  for s in spec["studies"]:
+    page = _join(root, f"docs/studies/{s['page']}")
+    if not fileio.read_json(_join(page, META)):
+      lines.append(f"- **{s['label']}**, {s['seeds']} seeds: no page yet.")
+      continue
+    data = load(page)
+    tests = [c for c in comparisons(data) if c["family"] == "primary"
+             and (c["a"], c["b"]) in pairs]
+    if not tests:
+      raise InputError(f"no primary test of {' or '.join(' vs '.join(p) for p in pairs)}",
+                       _join(page, META))
+    ran += 1
+    held += any(_verdict(c) == "yes" for c in tests)
+    finished, cells = data.meta.get("finished"), data.meta.get("cells")
+    partial = f", {finished} of {cells} cells" if finished != cells else ""
+    said = "; ".join(
+        f"{c['a'].split('=', 1)[1]} − {c['b'].split('=', 1)[1]} = {c['mean_diff']:+.3f} "
+        f"{c['measure']} over {c['runs']} runs, run-level p {stats.format_p(c['run_t_p'])} "
+        f"(Holm {stats.format_p(c['run_t_p_adj'])}): {_SAYS[_verdict(c)]}" for c in tests)
+    lines.append(f"- **{s['label']}** ([{s['page']}]({link_base}/{s['page']}/summary.md)"
+                 f"{partial}): {said}.")
+  total = len(spec["studies"])
+  if ran < total:
+    first = (f"**Not answered yet**: {ran} of the {total} settings have a published test stage"
+             + (f"; in {held} of them the corrected run-level test puts OT + ranking above the "
+                f"ranking term alone." if ran else "."))
+  elif held == 0:
+    first = (f"**No**: in none of the {total} settings does the corrected run-level test put "
+             f"OT + ranking above the ranking term alone.")
+  else:
+    first = (f"**Yes in {held} of {total} settings**: there the corrected run-level test puts "
+             f"OT + ranking above the ranking term alone" + (";" if held < total else ".")
+             + (" elsewhere it does not." if held < total else ""))
+  return "\n".join([first, ""] + lines)
+
+
 def _verdict(c: Mapping[str, Any]) -> str:
   """'yes' (A significantly above B), 'below' (significantly below), 'no', '—' (untestable)."""
   if math.isnan(c["run_t_p"]):
@@ -671,7 +723,8 @@ def _blocks(root: str, page_dir: str) -> Dict[str, str]:
   names = [d.rsplit("/", 1)[-1] for d in dirs]
   link_base = os.path.relpath(_join(root, "docs/studies"), page_dir).replace(os.sep, "/")
   out = {"answer": answer_markdown(dirs, names),
-         "answer-table": answer_table_markdown(dirs, names, link_base)}
+         "answer-table": answer_table_markdown(dirs, names, link_base),
+         "decisive": decisive_markdown(root, link_base)}
   demo = fileio.read_json(_join(root, f"docs/demo/{DEMO_JSON}"))
   out["demo"] = (demo_markdown(demo, level=3) if demo else
                  f"(No demo run is committed: `docs/demo/{DEMO_JSON}` is missing.)")

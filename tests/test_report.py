@@ -281,25 +281,27 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
   assert report.main(["--publish", str(work), str(out), "--commnd", "x"]) == 2
 
 
-def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path):
-  """OT + ranking vs the ranking term asks the same question with pooled or MaxSim
-  ranking rows; a study with both pairs gives that question two primary tests."""
-  rng = np.random.default_rng(1)
+def _ranking_page(directory, effect=0.2, seed=1):
+  """A study page of 2 languages x 3 seeds with pooled and MaxSim ranking arms, each with
+  OT added; OT on MaxSim rows gains `effect` nDCG@10, the pooled one nothing."""
+  rng = np.random.default_rng(seed)
   arms = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
   rows = []
-  for seed in range(3):
+  for s in range(3):
     for lang in ("swa", "hau"):
       for loss in arms:
-        value = 0.5 + (0.2 if loss == "ot-ranking-maxsim" else 0.0) + rng.normal(0, 0.01)
-        rows.append(dict(study="s", cell=f"lang={lang},loss={loss},seed={seed}", kind="trained",
-                         lang=lang, loss=loss, seed=str(seed), system="student",
+        value = 0.5 + (effect if loss == "ot-ranking-maxsim" else 0.0) + rng.normal(0, 0.01)
+        rows.append(dict(study="s", cell=f"lang={lang},loss={loss},seed={s}", kind="trained",
+                         lang=lang, loss=loss, seed=str(s), system="student",
                          dataset=f"afriqa-{lang}", metric="nDCG@10", value=repr(value),
                          num_queries="30"))
+  os.makedirs(directory, exist_ok=True)
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
   w.writeheader()
   w.writerows(rows)
-  (tmp_path / "results.csv").write_text(buf.getvalue())
+  with open(os.path.join(directory, "results.csv"), "w") as f:
+    f.write(buf.getvalue())
   meta = dict(name="s", axes={"lang": ["swa", "hau"], "loss": list(arms), "seed": ["0", "1", "2"]},
               seed_axis="seed", system="student",
               compare=[["loss=ot-ranking", "loss=ranking"],
@@ -307,9 +309,40 @@ def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path)
               pool_axes=["lang"], measures=["nDCG@10"], primary_measure="", confidence=0.95,
               alpha=0.05, correction="holm", n_permutations=200, permutation_seed=0,
               finished=24, cells=24)
-  (tmp_path / "report.json").write_text(json.dumps(meta))
+  with open(os.path.join(directory, "report.json"), "w") as f:
+    json.dump(meta, f)
+
+
+def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path):
+  """OT + ranking vs the ranking term asks the same question with pooled or MaxSim
+  ranking rows; a study with both pairs gives that question two primary tests."""
+  _ranking_page(str(tmp_path))
   lines = report.answer_markdown([str(tmp_path)], ["s"]).splitlines()
   assert lines[0].startswith("- **Token-level OT added to the ranking term")
   assert lines[0].endswith("holds in 1 of 2 primary test(s).") and len(lines) == 1
   table = report.answer_table_markdown([str(tmp_path)], ["s"])
   assert "| loss=ot-ranking-maxsim vs loss=ranking-maxsim | [s]" in table
+
+
+def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
+  """The README's yes/no line reads the pages docs/decisive.json declares: not yet while
+  one has no page, then yes in the settings where a corrected run-level test holds."""
+  studies = [dict(setting="a", label="Setting A", page="pa", seeds=3, arms="x"),
+             dict(setting="b", label="Setting B", page="pb", seeds=3, arms="x")]
+  (tmp_path / "docs" / "studies").mkdir(parents=True)
+  (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
+  _ranking_page(str(tmp_path / "docs" / "studies" / "other"))   # not declared: not read
+  assert report.decisive_markdown(str(tmp_path)).startswith(
+      "**Not answered yet**: 0 of the 2 settings have a published test stage.")
+  _ranking_page(str(tmp_path / "docs" / "studies" / "pa"))
+  text = report.decisive_markdown(str(tmp_path), "studies")
+  assert text.startswith("**Not answered yet**: 1 of the 2 settings have a published test "
+                         "stage; in 1 of them the corrected run-level test puts OT")
+  assert "- **Setting A** ([pa](studies/pa/summary.md)): ot-ranking − ranking = " in text
+  assert "OT + ranking significantly above." in text and "no significant difference" in text
+  assert "- **Setting B**, 3 seeds: no page yet." in text
+  _ranking_page(str(tmp_path / "docs" / "studies" / "pb"), effect=0.0, seed=2)
+  text = report.decisive_markdown(str(tmp_path))
+  assert text.startswith("**Yes in 1 of 2 settings**") and "no page yet" not in text
+  _ranking_page(str(tmp_path / "docs" / "studies" / "pa"), effect=0.0, seed=3)
+  assert report.decisive_markdown(str(tmp_path)).startswith("**No**: in none of the 2 settings")
