@@ -19,43 +19,48 @@
 #   DECISIVE="minilm" bash scripts/decisive.sh      # some of them
 #   OUT=/tmp/runs bash scripts/decisive.sh          # workdirs OUT/PAGE (default outputs/)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-outputs}
-PY=.venv/bin/python
-[ -x "$PY" ] || { echo "no .venv: run bash scripts/setup.sh first" >&2; exit 2; }
-CACHE="$OUT/cache"
-SPEC="configs/studies/ot_variants.py:cpu,langs=swa+hau+yor+zul"
-# setting page seeds arms, one study a line
-STUDIES=$($PY -c 'import json
-for s in json.load(open("docs/decisive.json"))["studies"]:
-  print(s["setting"], s["page"], s["seeds"], s["arms"])')
-KNOWN=$(echo "$STUDIES" | cut -d" " -f1 | tr "\n" " ")
-WANT=${DECISIVE:-$KNOWN}
-for s in $WANT; do
-  case " $KNOWN " in *" $s "*) ;; *)
-    echo "DECISIVE: unknown setting '$s' (docs/decisive.json has: ${KNOWN% })" >&2; exit 2;; esac
-done
+# Everything runs from main, which bash reads whole before it starts: editing this file
+# while it runs (for hours) does not change what the running copy does.
+main() {
+  cd "$(dirname "$0")/.."
+  OUT=${OUT:-outputs}
+  PY=.venv/bin/python
+  [ -x "$PY" ] || { echo "no .venv: run bash scripts/setup.sh first" >&2; exit 2; }
+  CACHE="$OUT/cache"
+  SPEC="configs/studies/ot_variants.py:cpu,langs=swa+hau+yor+zul"
+  # setting page seeds arms, one study a line
+  STUDIES=$($PY -c 'import json; [print(s["setting"], s["page"], s["seeds"], s["arms"])
+    for s in json.load(open("docs/decisive.json"))["studies"]]')
+  KNOWN=$(echo "$STUDIES" | cut -d" " -f1 | tr "\n" " ")
+  WANT=${DECISIVE:-$KNOWN}
+  for s in $WANT; do
+    case " $KNOWN " in *" $s "*) ;; *)
+      echo "DECISIVE: unknown setting '$s' (docs/decisive.json has: ${KNOWN% })" >&2; exit 2;; esac
+  done
 
-study() {   # PAGE WORKDIR ARGUMENT
-  local page="docs/studies/$1" archive="docs/cell-archives/$1" config="$SPEC,$3,cache_dir=$CACHE"
-  local moved=(--cells "$archive")
-  [ -d "$page/cells" ] && { archive="$page/cells"; moved=(); }
-  echo "== $(date -u +%H:%M) $1 (workdir $2, cell records in $archive)"
-  $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
-  # The page's command names where its records end up: a fresh clone restores from there.
-  $PY -m optical_jax.report --publish "$2" "$page" "${moved[@]}" --command \
-    "python study.py --config \"$config\" --workdir $2 --archive $page/cells --drop_trained"
+  study() {   # PAGE WORKDIR ARGUMENT
+    local page="docs/studies/$1" archive="docs/cell-archives/$1" config="$SPEC,$3,cache_dir=$CACHE"
+    local moved=(--cells "$archive")
+    [ -d "$page/cells" ] && { archive="$page/cells"; moved=(); }
+    echo "== $(date -u +%H:%M) $1 (workdir $2, cell records in $archive)"
+    $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
+    # The page's command names where its records end up: a fresh clone restores from there.
+    $PY -m optical_jax.report --publish "$2" "$page" "${moved[@]}" --command \
+      "python study.py --config \"$config\" --workdir $2 --archive $page/cells --drop_trained"
+  }
+
+  while read -r -u 3 setting page seeds arms; do
+    case " $WANT " in *" $setting "*) ;; *) continue;; esac
+    extra=""
+    if [ "$setting" = colbert-e5 ]; then
+      teacher="$OUT/teacher_colbert_e5"
+      echo "== $(date -u +%H:%M) ColBERT teacher on e5 (400 steps; resumes)"
+      $PY train.py --config configs/teacher_colbert.py:backbone=e5 --workdir "$teacher"
+      extra=",teacher_e5=$teacher/teacher"
+    fi
+    study "$page" "$OUT/$page" "settings=$setting,seeds=$seeds,arms=$arms$extra"
+  done 3<<< "$STUDIES"
+  echo "== $(date -u +%H:%M) done; render the README: $PY -m optical_jax.report --readme README.md docs/results.md"
 }
-
-while read -r -u 3 setting page seeds arms; do
-  case " $WANT " in *" $setting "*) ;; *) continue;; esac
-  extra=""
-  if [ "$setting" = colbert-e5 ]; then
-    teacher="$OUT/teacher_colbert_e5"
-    echo "== $(date -u +%H:%M) ColBERT teacher on e5 (400 steps; resumes)"
-    $PY train.py --config configs/teacher_colbert.py:backbone=e5 --workdir "$teacher"
-    extra=",teacher_e5=$teacher/teacher"
-  fi
-  study "$page" "$OUT/$page" "settings=$setting,seeds=$seeds,arms=$arms$extra"
-done 3<<< "$STUDIES"
-echo "== $(date -u +%H:%M) done; render the README: $PY -m optical_jax.report --readme README.md docs/results.md"
+main "$@"
+exit
