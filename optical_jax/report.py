@@ -80,11 +80,26 @@ def per_query_bytes(rows: Sequence[Tuple[str, str, str, str, str, float]]) -> by
   return buf.getvalue()
 
 
+RESULTS_COLUMNS = ("cell", "kind", "system", "dataset", "metric", "value")
+
+
 def _read_csv(path: str) -> List[Dict[str, str]]:
+  """results.csv's rows (InputError naming the line when a column or a value is bad)."""
   text = fileio.read_text(path)
   if text is None:
     raise InputError("cannot read the study's results", path)
-  return list(csv.DictReader(io.StringIO(text)))
+  reader = csv.DictReader(io.StringIO(text))
+  missing = [c for c in RESULTS_COLUMNS if c not in (reader.fieldnames or ())]
+  if missing:
+    raise InputError(f"results: no column {', '.join(missing)} in the header", path)
+  rows = list(reader)
+  for line, r in enumerate(rows, start=2):
+    try:
+      float(r["value"])
+    except (TypeError, ValueError):
+      raise InputError(f"results line {line}: value {r['value']!r} is not a number",
+                       path) from None
+  return rows
 
 
 def _read_per_query(path: str) -> Optional[Dict[Tuple[str, str, str], Dict[str, float]]]:
@@ -458,12 +473,20 @@ def section(markdown: str, heading: str) -> str:
 def write(directory: str) -> str:
   """Renders and writes summary.md and summary.json; returns the markdown."""
   markdown, numbers = render(directory)
+  _write_rendered(directory, markdown, numbers)
+  return markdown
+
+
+def _write_rendered(directory: str, markdown: str, numbers: Dict[str, Any]) -> None:
+  """summary.md, summary.json, and selection.md when there is a selection.json (else
+  none)."""
   fileio.write_text(_join(directory, SUMMARY), markdown)
   fileio.write_json(_join(directory, "summary.json"), _strict(numbers))
   selection = fileio.read_json(_join(directory, SELECTION))
   if selection:
     fileio.write_text(_join(directory, SELECTION_MD), selection_markdown(selection))
-  return markdown
+  else:
+    paths.remove(_join(directory, SELECTION_MD))
 
 
 PLOTS = "plots"
@@ -477,25 +500,40 @@ def publish(source: str, page: str, command: str, cells: str = "") -> Tuple[str,
   --archive`) into `page/cells/`, and renders summary.md / selection.md. The page's
   earlier data files and plots are replaced, its earlier cell records kept (a record
   moved in replaces the one of the same cell). Returns (summary markdown, "N of M cells
-  finished"). InputError before anything is written when `source` is not an aggregated
-  study or `command` is empty."""
+  finished").
+
+  Everything is read and rendered before the page is touched: InputError, with the page
+  unchanged, when `source` is not an aggregated study (or is `page`), its data do not
+  render, `command` is empty, or the archive holds a record of a cell the study did not
+  aggregate (re-aggregate after the last cell, or give the right archive)."""
+  from optical_jax import cell_archive  # pylint: disable=g-import-not-at-top
+  if paths.resolve(source).rstrip("/") == paths.resolve(page).rstrip("/"):
+    raise InputError("publish a study workdir into another folder, not onto itself", page)
   meta = fileio.read_json(_join(source, META))
   if not meta:
     raise InputError("no report.json: aggregate the study (study.py --aggregate) first",
                      _join(source, META))
   if not command.strip():
     raise InputError("say which command made the study (--command)", _join(source, META))
+  study = load(source)
+  markdown, numbers = render_data(study)
   data = {name: fileio.read_bytes(_join(source, name)) for name in (RESULTS, PER_QUERY, SELECTION)}
-  if data[RESULTS] is None:
-    raise InputError("no results.csv: aggregate the study (study.py --aggregate) first",
-                     _join(source, RESULTS))
   plots = _join(source, PLOTS)
-  pngs = sorted(n for n in paths.listdir(plots) if n.endswith(".png")) if paths.isdir(plots) else []
+  pngs = {n: fileio.read_bytes(_join(plots, n))
+          for n in sorted(paths.listdir(plots) if paths.isdir(plots) else []) if n.endswith(".png")}
   records = []
   if cells:
     if not paths.isdir(cells):
       raise InputError("no such cell archive", cells)
-    records = [rel for rel in paths.walk_files(cells) if rel.endswith(".json.gz")]
+    if paths.is_url(cells) != paths.is_url(page):
+      raise InputError("the cell archive and the page must both be local or both URLs", cells)
+    keys = {r["cell"] for r in study.rows} | {
+        f"select/{k}" for c in (study.selection or {}).get("candidates", []) for k in c["cells"]}
+    records = [rel for rel in paths.walk_files(cells) if rel.endswith(cell_archive.SUFFIX)]
+    stray = [rel for rel in records if rel[:-len(cell_archive.SUFFIX)] not in keys]
+    if stray:
+      raise InputError(f"{len(stray)} record(s) of cells the study did not aggregate, e.g. "
+                       f"{stray[0]}", cells)
   paths.makedirs(page)
   fileio.write_json(_join(page, META), {**meta, "command": command.strip()})
   for name, blob in data.items():
@@ -504,17 +542,16 @@ def publish(source: str, page: str, command: str, cells: str = "") -> Tuple[str,
     else:
       paths.remove(_join(page, name))
   paths.rmtree(_join(page, PLOTS))
-  for name in pngs:
+  for name, blob in pngs.items():
     paths.makedirs(_join(page, PLOTS))
-    fileio.write_bytes(_join(page, f"{PLOTS}/{name}"), fileio.read_bytes(_join(plots, name)))
+    fileio.write_bytes(_join(page, f"{PLOTS}/{name}"), blob)
   for rel in records:
     target = _join(page, f"cells/{rel}")
     paths.makedirs(paths.dirname(target))
     paths.replace(_join(cells, rel), target)
-  if not data[SELECTION]:
-    paths.remove(_join(page, SELECTION_MD))
+  _write_rendered(page, markdown, numbers)
   counts = f"{meta.get('finished', '?')} of {meta.get('cells', '?')} cells finished"
-  return write(page), counts
+  return markdown, counts
 
 
 def check(directory: str) -> Optional[str]:
@@ -655,53 +692,83 @@ def answer_table_markdown(study_dirs: Sequence[str], names: Sequence[str],
 
 
 DECISIVE_JSON = "docs/decisive.json"
-_SAYS = {"yes": "OT + ranking significantly above", "below": "significantly below",
-         "no": "no significant difference", "—": "one run per arm, not testable"}
+DECISIVE_KEYS = ("setting", "label", "page", "seeds", "arms")
+_SAYS = {"yes": "OT + ranking significantly above", "below": "OT + ranking significantly below",
+         "no": "no significant difference", "—": "not testable (one run per arm, or tied runs)"}
+
+
+def decisive_studies(root: str) -> List[Dict[str, Any]]:
+  """`docs/decisive.json`'s studies (InputError naming the file when one is malformed)."""
+  path = _join(root, DECISIVE_JSON)
+  spec = fileio.read_json(path)
+  studies = spec.get("studies") if isinstance(spec, dict) else None
+  if not studies:
+    raise InputError("no 'studies' list", path)
+  for i, s in enumerate(studies):
+    missing = [k for k in DECISIVE_KEYS if not isinstance(s, dict) or k not in s]
+    if missing:
+      raise InputError(f"study {i + 1}: no {', '.join(missing)}", path)
+  return studies
 
 
 def decisive_markdown(root: str, link_base: str = "docs/studies") -> str:
   """The README's answer to "does token-level OT add anything over the ranking term?",
   from the test stages `docs/decisive.json` declares: for each, the pooled primary tests
-  of the first of `QUESTIONS` on its published page (or that it has not run yet), and a
-  first line that says yes, no, or not yet, as the corrected run-level tests give it."""
-  spec = fileio.read_json(_join(root, DECISIVE_JSON))
-  if not spec or not spec.get("studies"):
-    return f"(No decisive comparison is declared: `{DECISIVE_JSON}` is missing or empty.)"
+  of the first of `QUESTIONS` on its published page (or why it cannot answer yet), and a
+  first line: yes, no, or not answered yet, as the corrected run-level tests give it. A
+  setting answers when its page has every cell and a testable pair; Holm corrects within
+  each study, and the line says that nothing corrects across the settings."""
+  studies = decisive_studies(root)
   pairs = QUESTIONS[0][0]
-  lines, ran, held = [], 0, 0
-  for s in spec["studies"]:
+  lines, answered, above, below = [], 0, 0, 0
+  for s in studies:
     page = _join(root, f"docs/studies/{s['page']}")
     if not fileio.read_json(_join(page, META)):
       lines.append(f"- **{s['label']}**, {s['seeds']} seeds: no page yet.")
       continue
     data = load(page)
+    declared = {"setting": [s["setting"]], "loss": s["arms"].split("+"),
+                "seed": [str(i) for i in range(int(s["seeds"]))]}
+    differ = [a for a, v in declared.items() if data.axes.get(a) != v]
+    if differ:
+      raise InputError(f"the page's {', '.join(differ)} axes are not what {DECISIVE_JSON} "
+                       f"declares for {s['setting']}", _join(page, META))
     tests = [c for c in comparisons(data) if c["family"] == "primary"
              and (c["a"], c["b"]) in pairs]
     if not tests:
       raise InputError(f"no primary test of {' or '.join(' vs '.join(p) for p in pairs)}",
                        _join(page, META))
-    ran += 1
-    held += any(_verdict(c) == "yes" for c in tests)
+    verdicts = [_verdict(c) for c in tests]
     finished, cells = data.meta.get("finished"), data.meta.get("cells")
-    partial = f", {finished} of {cells} cells" if finished != cells else ""
+    complete = finished == cells
+    if complete and any(v != "—" for v in verdicts):
+      answered += 1
+      above += "yes" in verdicts
+      below += "below" in verdicts
     said = "; ".join(
         f"{c['a'].split('=', 1)[1]} − {c['b'].split('=', 1)[1]} = {c['mean_diff']:+.3f} "
         f"{c['measure']} over {c['runs']} runs, run-level p {stats.format_p(c['run_t_p'])} "
-        f"(Holm {stats.format_p(c['run_t_p_adj'])}): {_SAYS[_verdict(c)]}" for c in tests)
+        f"(Holm {stats.format_p(c['run_t_p_adj'])}): {_SAYS[v]}" for c, v in zip(tests, verdicts))
     lines.append(f"- **{s['label']}** ([{s['page']}]({link_base}/{s['page']}/summary.md)"
-                 f"{partial}): {said}.")
-  total = len(spec["studies"])
-  if ran < total:
-    first = (f"**Not answered yet**: {ran} of the {total} settings have a published test stage"
-             + (f"; in {held} of them the corrected run-level test puts OT + ranking above the "
-                f"ranking term alone." if ran else "."))
-  elif held == 0:
+                 + ("" if complete else f", only {finished} of {cells} cells") + f"): {said}.")
+  total = len(studies)
+  lowered = f"; significantly below it in {below}" if below else ""
+  caveat = " (Holm within each study; nothing corrects across the settings)"
+  if answered < total:
+    first = (f"**Not answered yet**: {answered} of the {total} settings have a finished, "
+             "testable test stage" + (f"; the corrected run-level test puts OT + ranking above "
+                                      f"the ranking term alone in {above} of them{lowered}"
+                                      if answered else "") + ".")
+  elif above == 0:
     first = (f"**No**: in none of the {total} settings does the corrected run-level test put "
-             f"OT + ranking above the ranking term alone.")
+             f"OT + ranking above the ranking term alone{lowered}{caveat}.")
+  elif above == total:
+    first = (f"**Yes**: in all {total} settings the corrected run-level test puts OT + ranking "
+             f"above the ranking term alone{lowered}{caveat}.")
   else:
-    first = (f"**Yes in {held} of {total} settings**: there the corrected run-level test puts "
-             f"OT + ranking above the ranking term alone" + (";" if held < total else ".")
-             + (" elsewhere it does not." if held < total else ""))
+    first = (f"**In {above} of {total} settings only**: there the corrected run-level test "
+             f"puts OT + ranking above the ranking term alone, elsewhere not"
+             f"{lowered}{caveat}.")
   return "\n".join([first, ""] + lines)
 
 
@@ -798,7 +865,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fileio.write_text(path, new)
         print(f"{path}: generated blocks rendered")
       return 1 if differ else 0
-  except (InputError, IndexError, ValueError) as e:
+  except (InputError, IndexError, ValueError, OSError) as e:
     print(f"error: {e}" if not isinstance(e, IndexError) else USAGE, file=sys.stderr)
     return 2
   do_check = "--check" in args

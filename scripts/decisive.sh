@@ -8,7 +8,8 @@
 #               the ranking term on MaxSim rows too (ranking-maxsim, ot-ranking-maxsim);
 #   minilm      all-MiniLM-L6-v2, dense retrieval, 3 seeds (the shipped setting).
 # Each is configs/studies/ot_variants.py:cpu on AfriQA swa/hau/yor/zul test. Many hours
-# on 2 CPU cores (e5 cells ~5 min, MiniLM ~3). Safe to stop (SIGTERM/Ctrl-C) and rerun:
+# on 2 CPU cores (e5 cells ~5 min, MiniLM ~3). Safe to stop (SIGTERM or Ctrl-C: passed on
+# to the running program, which stops after a checkpoint or a cell) and rerun:
 # finished cells are kept, and their records are written to the study's cell archive
 # (docs/cell-archives/PAGE/, or the page's cells/ once it exists), from which another
 # workdir or a fresh clone restores them. When a study has run every cell its page is
@@ -21,6 +22,19 @@
 set -euo pipefail
 # Everything runs from main, which bash reads whole before it starts: editing this file
 # while it runs (for hours) does not change what the running copy does.
+child=0
+# Pass a stop on to the running program (bash would die at once and leave it running);
+# between programs, stop here.
+trap 'if [ "$child" -gt 0 ]; then kill -TERM "$child" 2>/dev/null; else exit 143; fi' TERM INT
+run() {   # a program in the background, waited for, so that the trap can reach it
+  local rc=0
+  "$@" & child=$!
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done
+  child=0
+  return "$rc"
+}
+
 main() {
   cd "$(dirname "$0")/.."
   OUT=${OUT:-outputs}
@@ -38,29 +52,33 @@ main() {
       echo "DECISIVE: unknown setting '$s' (docs/decisive.json has: ${KNOWN% })" >&2; exit 2;; esac
   done
 
-  study() {   # PAGE WORKDIR ARGUMENT
+  study() {   # PAGE WORKDIR ARGUMENT [COMMAND BEFORE IT]
     local page="docs/studies/$1" archive="docs/cell-archives/$1" config="$SPEC,$3,cache_dir=$CACHE"
-    local moved=(--cells "$archive")
-    [ -d "$page/cells" ] && { archive="$page/cells"; moved=(); }
+    local moved="--cells"
+    [ -d "$page/cells" ] && { archive="$page/cells"; moved=""; }
     echo "== $(date -u +%H:%M) $1 (workdir $2, cell records in $archive)"
-    $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
+    run $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
     # The page's command names where its records end up: a fresh clone restores from there.
-    $PY -m optical_jax.report --publish "$2" "$page" "${moved[@]}" --command \
-      "python study.py --config \"$config\" --workdir $2 --archive $page/cells --drop_trained"
+    local command="python study.py --config \"$config\" --workdir \"$2\" --archive \"$page/cells\" --drop_trained"
+    if [ -n "$moved" ]; then
+      run $PY -m optical_jax.report --publish "$2" "$page" --cells "$archive" --command "${4:-}$command"
+    else
+      run $PY -m optical_jax.report --publish "$2" "$page" --command "${4:-}$command"
+    fi
   }
 
   while read -r -u 3 setting page seeds arms; do
     case " $WANT " in *" $setting "*) ;; *) continue;; esac
-    extra=""
+    extra="" before=""
     if [ "$setting" = colbert-e5 ]; then
       teacher="$OUT/teacher_colbert_e5"
       echo "== $(date -u +%H:%M) ColBERT teacher on e5 (400 steps; resumes)"
-      $PY train.py --config configs/teacher_colbert.py:backbone=e5 --workdir "$teacher"
+      run $PY train.py --config configs/teacher_colbert.py:backbone=e5 --workdir "$teacher"
       extra=",teacher_e5=$teacher/teacher"
+      before="python train.py --config configs/teacher_colbert.py:backbone=e5 --workdir \"$teacher\" && "
     fi
-    study "$page" "$OUT/$page" "settings=$setting,seeds=$seeds,arms=$arms$extra"
+    study "$page" "$OUT/$page" "settings=$setting,seeds=$seeds,arms=$arms$extra" "$before"
   done 3<<< "$STUDIES"
   echo "== $(date -u +%H:%M) done; render the README: $PY -m optical_jax.report --readme README.md docs/results.md"
 }
-main "$@"
-exit
+main "$@"; exit   # one line: bash has read it before main starts

@@ -245,8 +245,9 @@ def test_cost_sheet_is_what_its_data_renders():
 
 def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
   """A workdir holding a committed page's data (report.json without its command, plots,
-  selection) and an archive of cell records, published: the page's bytes, the records
-  moved; a stale selection page goes when the study has no selection."""
+  selection) and an archive of its cells' records, published: the page's bytes, the
+  records moved; a stale selection page goes when the study has no selection; a failing
+  publish (stray record, bad data, the workdir itself as page) leaves the page as it was."""
   import shutil
   page = os.path.join(ROOT, "docs", "studies", "ot_variants_e5_select_cpu")
   work, archive, out = tmp_path / "work", tmp_path / "archive", tmp_path / "page"
@@ -258,11 +259,11 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
   meta = json.loads((work / "report.json").read_text())
   command = meta.pop("command")
   (work / "report.json").write_text(json.dumps(meta))
-  cells = os.path.join(ROOT, "docs", "studies", "ot_variants_e5_test_cpu", "cells")
-  records = sorted(os.listdir(cells))[:2]
+  selection = json.loads((work / "selection.json").read_text())
+  records = sorted(f"{k}.json.gz" for c in selection["candidates"] for k in c["cells"])[:2]
   (archive / "select").mkdir(parents=True)
-  for name in records:
-    shutil.copy(os.path.join(cells, name), archive / "select" / name)
+  for name in records:   # publish moves records; reading them is the study's job
+    (archive / "select" / name).write_bytes(name.encode())
   assert report.main(["--publish", str(work), str(out), "--command", command,
                       "--cells", str(archive)]) == 0
   for rel in ["report.json", "results.csv", "per_query.csv.gz", "selection.json",
@@ -271,6 +272,21 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
       assert a.read() == b.read(), rel
   assert sorted(os.listdir(out / "cells" / "select")) == records
   assert not os.listdir(archive / "select")
+
+  def snapshot():
+    return {p: open(os.path.join(r, p), "rb").read() for r, _, fs in os.walk(out) for p in fs}
+  before = snapshot()
+  (archive / "select" / "lang=xx.json.gz").write_bytes(b"x")   # no cell of this study
+  assert report.main(["--publish", str(work), str(out), "--command", command,
+                      "--cells", str(archive)]) == 2
+  results = (work / "results.csv").read_text()
+  (work / "results.csv").write_text(results.replace(",nDCG@10,0.", ",nDCG@10,x0.", 1))
+  assert report.main(["--publish", str(work), str(out), "--command", command]) == 2
+  (work / "results.csv").write_text("study,cell\n")
+  assert report.main(["--publish", str(work), str(out), "--command", command]) == 2
+  assert report.main(["--publish", str(out), str(out) + "/", "--command", command]) == 2
+  assert snapshot() == before and (archive / "select" / "lang=xx.json.gz").exists()
+  shutil.copy(out / "results.csv", work / "results.csv")
   (work / "selection.json").unlink()
   shutil.rmtree(work / "plots")
   assert report.main(["--publish", str(work), str(out), "--command", command]) == 0
@@ -281,20 +297,22 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
   assert report.main(["--publish", str(work), str(out), "--commnd", "x"]) == 2
 
 
-def _ranking_page(directory, effect=0.2, seed=1):
-  """A study page of 2 languages x 3 seeds with pooled and MaxSim ranking arms, each with
-  OT added; OT on MaxSim rows gains `effect` nDCG@10, the pooled one nothing."""
+ARMS = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
+
+
+def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24):
+  """A study page of one setting, 2 languages x 3 seeds, with pooled and MaxSim ranking
+  arms, each with OT added; OT on MaxSim rows moves nDCG@10 by `effect`, pooled OT not."""
   rng = np.random.default_rng(seed)
-  arms = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
   rows = []
   for s in range(3):
     for lang in ("swa", "hau"):
-      for loss in arms:
+      for loss in ARMS:
         value = 0.5 + (effect if loss == "ot-ranking-maxsim" else 0.0) + rng.normal(0, 0.01)
-        rows.append(dict(study="s", cell=f"lang={lang},loss={loss},seed={s}", kind="trained",
-                         lang=lang, loss=loss, seed=str(s), system="student",
-                         dataset=f"afriqa-{lang}", metric="nDCG@10", value=repr(value),
-                         num_queries="30"))
+        rows.append(dict(study="s", cell=f"setting={setting},lang={lang},loss={loss},seed={s}",
+                         kind="trained", setting=setting, lang=lang, loss=loss, seed=str(s),
+                         system="student", dataset=f"afriqa-{lang}", metric="nDCG@10",
+                         value=repr(value), num_queries="30"))
   os.makedirs(directory, exist_ok=True)
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -302,13 +320,14 @@ def _ranking_page(directory, effect=0.2, seed=1):
   w.writerows(rows)
   with open(os.path.join(directory, "results.csv"), "w") as f:
     f.write(buf.getvalue())
-  meta = dict(name="s", axes={"lang": ["swa", "hau"], "loss": list(arms), "seed": ["0", "1", "2"]},
+  meta = dict(name="s", axes={"setting": [setting], "lang": ["swa", "hau"], "loss": list(ARMS),
+                              "seed": ["0", "1", "2"]},
               seed_axis="seed", system="student",
               compare=[["loss=ot-ranking", "loss=ranking"],
                        ["loss=ot-ranking-maxsim", "loss=ranking-maxsim"]],
               pool_axes=["lang"], measures=["nDCG@10"], primary_measure="", confidence=0.95,
               alpha=0.05, correction="holm", n_permutations=200, permutation_seed=0,
-              finished=24, cells=24)
+              finished=finished, cells=24)
   with open(os.path.join(directory, "report.json"), "w") as f:
     json.dump(meta, f)
 
@@ -326,23 +345,42 @@ def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path)
 
 def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
   """The README's yes/no line reads the pages docs/decisive.json declares: not yet while
-  one has no page, then yes in the settings where a corrected run-level test holds."""
-  studies = [dict(setting="a", label="Setting A", page="pa", seeds=3, arms="x"),
-             dict(setting="b", label="Setting B", page="pb", seeds=3, arms="x")]
-  (tmp_path / "docs" / "studies").mkdir(parents=True)
+  one has no page or an unfinished one, then yes, no, or in some settings only."""
+  studies = [dict(setting=x, label=f"Setting {x.upper()}", page=f"p{x}", seeds=3,
+                  arms="+".join(ARMS)) for x in ("a", "b")]
+  studies_dir = tmp_path / "docs" / "studies"
+  studies_dir.mkdir(parents=True)
   (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
-  _ranking_page(str(tmp_path / "docs" / "studies" / "other"))   # not declared: not read
+  _ranking_page(str(studies_dir / "other"))   # not declared: not read
   assert report.decisive_markdown(str(tmp_path)).startswith(
-      "**Not answered yet**: 0 of the 2 settings have a published test stage.")
-  _ranking_page(str(tmp_path / "docs" / "studies" / "pa"))
+      "**Not answered yet**: 0 of the 2 settings have a finished, testable test stage.")
+  _ranking_page(str(studies_dir / "pa"))
   text = report.decisive_markdown(str(tmp_path), "studies")
-  assert text.startswith("**Not answered yet**: 1 of the 2 settings have a published test "
-                         "stage; in 1 of them the corrected run-level test puts OT")
+  assert text.startswith("**Not answered yet**: 1 of the 2 settings have a finished, testable "
+                         "test stage; the corrected run-level test puts OT + ranking above "
+                         "the ranking term alone in 1 of them.")
   assert "- **Setting A** ([pa](studies/pa/summary.md)): ot-ranking − ranking = " in text
   assert "OT + ranking significantly above." in text and "no significant difference" in text
   assert "- **Setting B**, 3 seeds: no page yet." in text
-  _ranking_page(str(tmp_path / "docs" / "studies" / "pb"), effect=0.0, seed=2)
+  _ranking_page(str(studies_dir / "pb"), effect=0.0, seed=5, setting="b", finished=20)
   text = report.decisive_markdown(str(tmp_path))
-  assert text.startswith("**Yes in 1 of 2 settings**") and "no page yet" not in text
-  _ranking_page(str(tmp_path / "docs" / "studies" / "pa"), effect=0.0, seed=3)
-  assert report.decisive_markdown(str(tmp_path)).startswith("**No**: in none of the 2 settings")
+  assert text.startswith("**Not answered yet**: 1 of the 2") and ", only 20 of 24 cells)" in text
+  _ranking_page(str(studies_dir / "pb"), effect=0.0, seed=5, setting="b")
+  text = report.decisive_markdown(str(tmp_path))
+  assert text.startswith("**In 1 of 2 settings only**: ") and "no page yet" not in text
+  assert text.splitlines()[0].endswith("nothing corrects across the settings).")
+  _ranking_page(str(studies_dir / "pa"), effect=-0.2, seed=3)
+  assert report.decisive_markdown(str(tmp_path)).startswith(
+      "**No**: in none of the 2 settings does the corrected run-level test put OT + ranking "
+      "above the ranking term alone; significantly below it in 1 (Holm")
+  _ranking_page(str(studies_dir / "pa"), effect=0.2, seed=3)
+  _ranking_page(str(studies_dir / "pb"), effect=0.2, seed=4, setting="b")
+  assert report.decisive_markdown(str(tmp_path)).startswith("**Yes**: in all 2 settings")
+  studies[1]["seeds"] = 5     # the page is not what the file declares
+  (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
+  with pytest.raises(Exception, match="seed axes are not what"):
+    report.decisive_markdown(str(tmp_path))
+  del studies[1]["arms"]
+  (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
+  with pytest.raises(Exception, match="study 2: no arms"):
+    report.decisive_markdown(str(tmp_path))

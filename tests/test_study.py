@@ -591,6 +591,24 @@ def test_ot_variants_colbert_e5_setting_plans_maxsim_cells(shared_data):
   del shared_data
 
 
+def test_decisive_studies_are_ot_variants_grids_that_ask_the_readme_question():
+  """Each study docs/decisive.json declares (what scripts/decisive.sh runs) builds, and
+  compares OT + ranking with the ranking term pooled over the four languages: a typo
+  surfaces here, not hours into the run."""
+  from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
+  from optical_jax import report  # pylint: disable=g-import-not-at-top
+  root = os.path.join(os.path.dirname(__file__), "..")
+  studies = report.decisive_studies(root)
+  assert [s["setting"] for s in studies] == ["e5", "colbert-e5", "minilm"]
+  for s in studies:
+    teacher = ",teacher_e5=/t" if s["setting"] == "colbert-e5" else ""
+    c = ot_variants.get_config(f"cpu,langs=swa+hau+yor+zul,settings={s['setting']},"
+                               f"seeds={s['seeds']},arms={s['arms']}{teacher}")
+    assert set(c.compare) & set(report.QUESTIONS[0][0]), s["setting"]
+    assert tuple(c.pool_axes) == ("lang",) and len(c.axes.seed) == s["seeds"]
+    assert {"sentence", "ranking", "ot", "ot-ranking"} <= set(c.axes.loss)
+
+
 def test_ot_variants_sets_each_ot_arm_against_its_own_ranking_term():
   from configs.studies import ot_variants  # pylint: disable=g-import-not-at-top
   c = ot_variants.get_config("cpu,settings=colbert-e5,langs=swa+hau,teacher_e5=/t,arms=sentence+"
