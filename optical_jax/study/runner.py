@@ -206,7 +206,7 @@ def aggregate(config, workdir: str, *, log: Log = monitor.stderr_line, archive: 
   primary = report.section(markdown, "### Primary family")
   if primary:
     log(primary)
-  plots = plot(config, col, paths.join(workdir, "plots")) if col.rows else []
+  plots = plot(config, col, paths.join(workdir, report.PLOTS)) if col.rows else []
   log(f"study {config.name}: aggregated {len(col.finished)}/{len(col.cells)} cells, "
       f"{len(col.rows)} rows -> {csv_path}, {summary_path}, {len(plots)} plot(s)")
   return Aggregate(csv_path, summary_path, plots, len(col.finished), len(col.cells), len(col.rows))
