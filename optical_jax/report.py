@@ -155,8 +155,9 @@ class StudyData:
 def load(directory: str) -> StudyData:
   """A study's data files (InputError naming the file when one is missing or bad)."""
   meta = fileio.read_json(_join(directory, META))
-  if not meta:
-    raise InputError("no report.json: aggregate the study (study.py --aggregate) first",
+  if not isinstance(meta, dict):
+    raise InputError("report.json is not a JSON object" if paths.exists(_join(directory, META))
+                     else "no report.json: aggregate the study (study.py --aggregate) first",
                      _join(directory, META))
   for key in ("name", "axes", "seed_axis", "system", "compare", "pool_axes", "measures"):
     if key not in meta:
@@ -509,13 +510,10 @@ def publish(source: str, page: str, command: str, cells: str = "") -> Tuple[str,
   from optical_jax import cell_archive  # pylint: disable=g-import-not-at-top
   if paths.resolve(source).rstrip("/") == paths.resolve(page).rstrip("/"):
     raise InputError("publish a study workdir into another folder, not onto itself", page)
-  meta = fileio.read_json(_join(source, META))
-  if not meta:
-    raise InputError("no report.json: aggregate the study (study.py --aggregate) first",
-                     _join(source, META))
+  study = load(source)
+  meta = study.meta
   if not command.strip():
     raise InputError("say which command made the study (--command)", _join(source, META))
-  study = load(source)
   markdown, numbers = render_data(study)
   data = {name: fileio.read_bytes(_join(source, name)) for name in (RESULTS, PER_QUERY, SELECTION)}
   plots = _join(source, PLOTS)
@@ -637,14 +635,30 @@ def write_demo(out: str, settings: Sequence[str], lang: str, seconds: int) -> st
   return text
 
 
-def _answers(study_dirs: Sequence[str], names: Sequence[str]):
+Tested = Dict[str, Tuple[StudyData, List[Dict[str, Any]]]]
+
+
+def _tested(directory: str, memo: Optional[Tested] = None
+            ) -> Tuple[StudyData, List[Dict[str, Any]]]:
+  """A study page's data and `comparisons`, computed once per `memo` (one render of the
+  README's blocks reads each page once)."""
+  key = directory.rstrip("/")
+  if memo is not None and key in memo:
+    return memo[key]
+  data = load(key)
+  out = (data, comparisons(data))
+  if memo is not None:
+    memo[key] = out
+  return out
+
+
+def _answers(study_dirs: Sequence[str], names: Sequence[str], memo: Optional[Tested] = None):
   """For each of `QUESTIONS`: the primary tests of every study that asks it, and how many
   the corrected run-level test holds in (rows: (question index, study, context, test))."""
   asks = {pair: i for i, (pairs, _) in enumerate(QUESTIONS) for pair in pairs}
   rows, count = [], [[0, 0, 0] for _ in QUESTIONS]   # above, tested, below
   for directory, name in zip(study_dirs, names):
-    data = load(directory)
-    for c in comparisons(data):
+    for c in _tested(directory, memo)[1]:
       i = asks.get((c["a"], c["b"]))
       if c["family"] != "primary" or i is None:
         continue
@@ -658,10 +672,11 @@ def _answers(study_dirs: Sequence[str], names: Sequence[str]):
   return rows, count
 
 
-def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
+def answer_markdown(study_dirs: Sequence[str], names: Sequence[str],
+                    memo: Optional[Tested] = None) -> str:
   """The README's answer block: for each of `QUESTIONS`, how many of the studies' primary
   tests of it the corrected run-level test holds in."""
-  rows, count = _answers(study_dirs, names)
+  rows, count = _answers(study_dirs, names, memo)
   lines = []
   for i, (_, text) in enumerate(QUESTIONS):
     held, total, below = count[i]
@@ -677,10 +692,10 @@ def answer_markdown(study_dirs: Sequence[str], names: Sequence[str]) -> str:
 
 
 def answer_table_markdown(study_dirs: Sequence[str], names: Sequence[str],
-                          link_base: str = "docs/studies") -> str:
+                          link_base: str = "docs/studies", memo: Optional[Tested] = None) -> str:
   """Every primary test behind the answer block, one row each, linking the study pages
   (`link_base`: the studies folder relative to the page holding the table)."""
-  rows, _ = _answers(study_dirs, names)
+  rows, _ = _answers(study_dirs, names, memo)
   lines = ["| question | study | dataset | setting | measure | mean A − B | runs | "
            "run t p | run p, adjusted | A above B |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]
   for _, name, ctx, c in rows:
@@ -711,7 +726,8 @@ def decisive_studies(root: str) -> List[Dict[str, Any]]:
   return studies
 
 
-def decisive_markdown(root: str, link_base: str = "docs/studies") -> str:
+def decisive_markdown(root: str, link_base: str = "docs/studies",
+                      memo: Optional[Tested] = None) -> str:
   """The README's answer to "does token-level OT add anything over the ranking term?",
   from the test stages `docs/decisive.json` declares: for each, the pooled primary tests
   of the first of `QUESTIONS` on its published page (or why it cannot answer yet), and a
@@ -723,17 +739,17 @@ def decisive_markdown(root: str, link_base: str = "docs/studies") -> str:
   lines, answered, above, below = [], 0, 0, 0
   for s in studies:
     page = _join(root, f"docs/studies/{s['page']}")
-    if not fileio.read_json(_join(page, META)):
+    if not paths.exists(_join(page, META)):
       lines.append(f"- **{s['label']}**, {s['seeds']} seeds: no page yet.")
       continue
-    data = load(page)
+    data, tested = _tested(page, memo)
     declared = {"setting": [s["setting"]], "loss": s["arms"].split("+"),
                 "seed": [str(i) for i in range(int(s["seeds"]))]}
     differ = [a for a, v in declared.items() if data.axes.get(a) != v]
     if differ:
       raise InputError(f"the page's {', '.join(differ)} axes are not what {DECISIVE_JSON} "
                        f"declares for {s['setting']}", _join(page, META))
-    tests = [c for c in comparisons(data) if c["family"] == "primary"
+    tests = [c for c in tested if c["family"] == "primary"
              and (c["a"], c["b"]) in pairs]
     if not tests:
       raise InputError(f"no primary test of {' or '.join(' vs '.join(p) for p in pairs)}",
@@ -786,12 +802,13 @@ def _blocks(root: str, page_dir: str) -> Dict[str, str]:
   for a page in `page_dir` (links relative to it)."""
   import glob as glob_lib  # pylint: disable=g-import-not-at-top
   dirs = sorted(d.rstrip("/") for d in glob_lib.glob(_join(root, "docs/studies/*/"))
-                if fileio.read_json(_join(d, META)))
+                if paths.exists(_join(d, META)))
   names = [d.rsplit("/", 1)[-1] for d in dirs]
   link_base = os.path.relpath(_join(root, "docs/studies"), page_dir).replace(os.sep, "/")
-  out = {"answer": answer_markdown(dirs, names),
-         "answer-table": answer_table_markdown(dirs, names, link_base),
-         "decisive": decisive_markdown(root, link_base)}
+  memo: Tested = {}
+  out = {"answer": answer_markdown(dirs, names, memo),
+         "answer-table": answer_table_markdown(dirs, names, link_base, memo),
+         "decisive": decisive_markdown(root, link_base, memo)}
   demo = fileio.read_json(_join(root, f"docs/demo/{DEMO_JSON}"))
   out["demo"] = (demo_markdown(demo, level=3) if demo else
                  f"(No demo run is committed: `docs/demo/{DEMO_JSON}` is missing.)")

@@ -38,6 +38,22 @@ def _t_p(d):
   return 2 * sp.t.sf(abs(t), d.size - 1)
 
 
+def _write_page(directory, rows, meta, pq_rows=None):
+  """A study's data files: results.csv from `rows`, report.json, per_query.csv.gz."""
+  os.makedirs(directory, exist_ok=True)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  with open(os.path.join(directory, "results.csv"), "w") as f:
+    f.write(buf.getvalue())
+  if pq_rows is not None:
+    with open(os.path.join(directory, "per_query.csv.gz"), "wb") as f:
+      f.write(report.per_query_bytes(pq_rows))
+  with open(os.path.join(directory, "report.json"), "w") as f:
+    json.dump(meta, f)
+
+
 def _synthetic(tmp_path, per_query=True):
   """lang x loss x seed, P@1 and nDCG@10 over 30 queries a language; ot is better."""
   rng = np.random.default_rng(0)
@@ -57,20 +73,13 @@ def _synthetic(tmp_path, per_query=True):
   rows.append(dict(study="s", cell="reference,lang=swa", kind="reference", lang="swa", loss="",
                    seed="", system="zeroshot", dataset="afriqa-swa", metric="P@1",
                    value="0.25", num_queries="30"))
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-  w.writeheader()
-  w.writerows(rows)
-  (tmp_path / "results.csv").write_text(buf.getvalue())
-  if per_query:
-    (tmp_path / "per_query.csv.gz").write_bytes(report.per_query_bytes(pq_rows))
   meta = dict(name="s", axes={"lang": ["swa", "hau"], "loss": ["ot", "sentence"],
                               "seed": ["0", "1"]},
               seed_axis="seed", system="student", compare=[["loss=ot", "loss=sentence"]],
               pool_axes=["lang"], measures=["P@1", "nDCG@10"], primary_measure="",
               confidence=0.95, alpha=0.05, correction="holm", n_permutations=2000,
               permutation_seed=0, finished=8, cells=10)
-  (tmp_path / "report.json").write_text(json.dumps(meta))
+  _write_page(str(tmp_path), rows, meta, pq_rows if per_query else None)
   return values
 
 
@@ -313,13 +322,6 @@ def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24):
                          kind="trained", setting=setting, lang=lang, loss=loss, seed=str(s),
                          system="student", dataset=f"afriqa-{lang}", metric="nDCG@10",
                          value=repr(value), num_queries="30"))
-  os.makedirs(directory, exist_ok=True)
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-  w.writeheader()
-  w.writerows(rows)
-  with open(os.path.join(directory, "results.csv"), "w") as f:
-    f.write(buf.getvalue())
   meta = dict(name="s", axes={"setting": [setting], "lang": ["swa", "hau"], "loss": list(ARMS),
                               "seed": ["0", "1", "2"]},
               seed_axis="seed", system="student",
@@ -328,8 +330,7 @@ def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24):
               pool_axes=["lang"], measures=["nDCG@10"], primary_measure="", confidence=0.95,
               alpha=0.05, correction="holm", n_permutations=200, permutation_seed=0,
               finished=finished, cells=24)
-  with open(os.path.join(directory, "report.json"), "w") as f:
-    json.dump(meta, f)
+  _write_page(directory, rows, meta)
 
 
 def test_answer_counts_the_maxsim_ranking_pair_under_the_same_question(tmp_path):
@@ -384,3 +385,25 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
   (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
   with pytest.raises(Exception, match="study 2: no arms"):
     report.decisive_markdown(str(tmp_path))
+
+
+def test_readme_render_tests_each_page_once_and_names_a_bad_report(tmp_path, monkeypatch):
+  """One render of the generated blocks reads and tests each study page once, though the
+  answer, its table and the decisive block all use it; a page whose report.json is not
+  JSON is named as such, not as missing."""
+  studies = [dict(setting="a", label="A", page="pa", seeds=3, arms="+".join(ARMS))]
+  (tmp_path / "docs" / "studies").mkdir(parents=True)
+  (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
+  _ranking_page(str(tmp_path / "docs" / "studies" / "pa"))
+  _ranking_page(str(tmp_path / "docs" / "studies" / "other"), setting="b")
+  calls = []
+  real = report.comparisons
+  monkeypatch.setattr(report, "comparisons", lambda data: calls.append(data.axes["setting"])
+                      or real(data))
+  blocks = report._blocks(str(tmp_path), str(tmp_path))
+  assert blocks["decisive"].startswith("**Yes**: in all 1 settings")
+  assert "| [pa](docs/studies/pa/summary.md) |" in blocks["answer-table"]
+  assert sorted(calls) == [["a"], ["b"]]
+  (tmp_path / "docs" / "studies" / "other" / "report.json").write_text("{not json")
+  with pytest.raises(Exception, match="report.json is not a JSON object"):
+    report._blocks(str(tmp_path), str(tmp_path))
