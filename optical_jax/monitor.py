@@ -312,10 +312,12 @@ class Progress:
 
   def line(self, step: int, metrics: Dict[str, float], now: Optional[float] = None) -> str:
     r = self.rate(step, now)
-    eta = (self.total - step) / r if r > 0 else float("nan")
+    # The first line comes before any timed step (the first one compiles): say so rather
+    # than print a rate of 0 (a resumed run used to look stalled).
+    speed = f"{r:.2f} steps/s | ETA {format_duration((self.total - step) / r)}" if r > 0 \
+        else "measuring steps/s, ETA next line"
     shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    return (f"{self.desc} {step}/{self.total} | {r:.2f} steps/s | "
-            f"ETA {format_duration(eta)} | {shown}")
+    return f"{self.desc} {step}/{self.total} | {speed} | {shown}"
 
   def update(self, step: int, metrics: Dict[str, float], force: bool = False) -> None:
     now = self._clock()

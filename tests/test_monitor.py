@@ -120,6 +120,7 @@ def test_training_progress_in_logs():
   # First update, then every 30 s, then the last state and the summary at close.
   assert [line.split(" | ")[0] for line in lines[:-1]] == [
       "distill 1/100", "distill 31/100", "distill 50/100"]
+  assert lines[0] == "distill 1/100 | measuring steps/s, ETA next line | loss=1"
   assert lines[1] == "distill 31/100 | 1.00 steps/s | ETA 01:09 | loss=0.03226"
   assert lines[-1] == msg == "distill: 50 steps in 00:50"
 
