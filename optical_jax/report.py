@@ -771,7 +771,8 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
   lowered = f"; significantly below it in {below}" if below else ""
   caveat = " (Holm within each study; nothing corrects across the settings)"
   if answered < total:
-    first = (f"**Not answered yet**: {answered} of the {total} settings have a finished, "
+    first = (f"**Not answered yet**: {answered} of the {total} settings "
+             f"{'has' if answered == 1 else 'have'} a finished, "
              "testable test stage" + (f"; the corrected run-level test puts OT + ranking above "
                                       f"the ranking term alone in {above} of them{lowered}"
                                       if answered else "") + ".")

@@ -357,7 +357,7 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
       "**Not answered yet**: 0 of the 2 settings have a finished, testable test stage.")
   _ranking_page(str(studies_dir / "pa"))
   text = report.decisive_markdown(str(tmp_path), "studies")
-  assert text.startswith("**Not answered yet**: 1 of the 2 settings have a finished, testable "
+  assert text.startswith("**Not answered yet**: 1 of the 2 settings has a finished, testable "
                          "test stage; the corrected run-level test puts OT + ranking above "
                          "the ranking term alone in 1 of them.")
   assert "- **Setting A** ([pa](studies/pa/summary.md)): ot-ranking − ranking = " in text
