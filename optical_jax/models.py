@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from optical_jax import assets, encoder as enc, fingerprint, paths, plain, scoring, weights
+from optical_jax import assets, encoder as enc, fileio, fingerprint, paths, plain, scoring, weights
 from optical_jax.errors import InputError
 from optical_jax.fileio import atomic_open, write_json
 from optical_jax.tokenizer import Tokenizer
@@ -563,6 +563,19 @@ def export_spec(path: str, **overrides) -> ml_collections.ConfigDict:
                     dtype=saved["encoder"].get("dtype", "float32"), **saved["text"])
   spec.update(overrides)
   return spec
+
+
+def export_identity(path: str) -> str:
+  """What an exported model is, for records that must notice when it changes: a digest of
+  the per-file sha256 checksums in its `optical_jax.json` (weights, tokenizer, configs as
+  written at export; `load_model` verifies the files against them), or of the whole file
+  for exports from before checksums. '' when `path` holds no export (cannot be checked
+  here). Reads only that file, also for a URL (nothing is downloaded)."""
+  where = path if paths.is_url(path) else assets.resolve(path)
+  saved = fileio.read_json(paths.join(where, SPEC_FILE))
+  if not isinstance(saved, dict):
+    return ""
+  return fingerprint.digest(saved.get("files") or saved, n=24)
 
 
 def export_teacher_spec(path: str) -> Optional[ml_collections.ConfigDict]:

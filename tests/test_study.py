@@ -737,3 +737,89 @@ def test_selection_margins_average_seeds_per_query_then_test_over_queries(tmp_pa
   md = (tmp_path / "selection.md").read_text()
   assert "| loss | minus ot | queries | changed | t-test p |" in md
   assert f"| ranking | {by['ranking']['vs_chosen']['mean_diff']:+.4f} | 20 | 20 |" in md
+
+
+def _export_random(out, tokenizer, seed):
+  """A tiny random-weight encoder exported to `out` (a stand-in for a teacher trained here)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from optical_jax import models  # pylint: disable=g-import-not-at-top
+  arch = dict(vocab_size=30522, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+              max_position_embeddings=64)
+  m = models.load_model(models.model_spec(weights="random", tokenizer=tokenizer, arch=arch),
+                        rng=jax.random.PRNGKey(seed))
+  models.export_model(out, m.cfg, m.params, m.spec, m.tokenizer)
+
+
+def test_finished_cells_with_an_exported_teacher_are_redone_when_it_changes(tmp_path, minilm_dir):
+  """A cell's configs name an exported teacher by path only: its record keeps the export's
+  identity, and the cell counts as finished (in the workdir or restored from an archive)
+  only with that same export, or when no export is there to check."""
+  import warnings as warnings_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from optical_jax import cell_archive, models  # pylint: disable=g-import-not-at-top
+  from optical_jax.study import cells as study_cells  # pylint: disable=g-import-not-at-top
+  tok = os.path.join(minilm_dir, "tokenizer.json")
+  teacher = str(tmp_path / "teacher")
+  _export_random(teacher, tok, 0)
+  first = models.export_identity(teacher)
+  _export_random(teacher, tok, 0)   # the same weights exported again: the same identity
+  assert first and models.export_identity(teacher) == first
+  assert models.export_identity(str(tmp_path / "none")) == ""
+
+  def train(_):
+    cfg = tiny.get_config("")
+    cfg.teacher = models.export_spec(teacher)
+    return cfg
+  c = _selection_study(tmp_path)
+  c.train = train
+  cell = study.grid(c)[0]
+  plan = study.plan_cell(c, cell, str(tmp_path / "w"))
+  assert plan.exports() == {teacher: first}
+  _finish(c, tmp_path / "w", cell, lambda cl, i: 0.5)
+  done_path = os.path.join(plan.directory, "done.json")
+  with open(done_path) as f:
+    done = json.load(f)
+
+  def status(exports):
+    done["exports"] = exports
+    if exports is None:
+      del done["exports"]
+    with open(done_path, "w") as f:
+      json.dump(done, f)
+    with warnings_lib.catch_warnings(record=True) as seen:
+      warnings_lib.simplefilter("always")
+      s = study.cell_status(plan)
+    return s, " ".join(str(w.message) for w in seen)
+
+  assert status({teacher: first}) == ("done", "")
+  s, why = status(None)
+  assert s == "todo" and "records no identity of the exported model" in why
+  # Archive the finished cell (with its identity), then retrain the teacher.
+  status({teacher: first})
+  with open(os.path.join(plan.directory, "cell.json"), "w") as f:
+    json.dump({"fingerprint": plan.fingerprint(), "resolved": plan.resolved(),
+               "exports": {teacher: first}}, f)
+  archive = str(tmp_path / "archive")
+  cell_archive.save(plan.directory, archive)
+  _export_random(teacher, tok, 1)
+  assert models.export_identity(teacher) not in ("", first)
+  s, why = status({teacher: first})
+  assert s == "todo" and "is not the one it ran with" in why
+  seen = []
+  fresh = study.plan_cell(c, cell, str(tmp_path / "w2"))
+  assert study.restore_cells(c, [fresh], archive, seen.append) == []
+  assert any("is not the one it ran with" in s and s.endswith("it reruns") for s in seen), seen
+  # Before the rerun, the training that started against the old teacher goes.
+  os.makedirs(os.path.join(plan.directory, "train", "checkpoints"))
+  study_cells._forget_other_exports(plan.directory, plan.exports(), seen.append)  # pylint: disable=protected-access
+  assert not os.path.exists(os.path.join(plan.directory, "train"))
+  assert not os.path.exists(done_path)
+  assert not os.path.exists(os.path.join(plan.directory, "eval"))
+  # The same teacher again: restored; no teacher here to check against: taken as it is.
+  _export_random(teacher, tok, 0)
+  assert study.restore_cells(c, [fresh], archive, seen.append) == [cell.key]
+  assert study.cell_status(fresh) == "done"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(teacher)
+  assert fresh.exports() == {teacher: ""}
+  assert status({}) == ("done", "")

@@ -39,6 +39,26 @@ class CellPlan:
   def fingerprint(self) -> str:
     return fingerprint.digest(self.resolved(), n=24)
 
+  def exports(self) -> Dict[str, str]:
+    """The exported models its configs load (specs with weights 'export': a teacher
+    trained here, say), path -> `models.export_identity` ('' for one absent here). The
+    configs name them by path only, so a retrained model at the same path would pass the
+    fingerprint; a finished cell records these and is redone when one changes."""
+    from optical_jax import models  # pylint: disable=g-import-not-at-top
+    found = set()
+
+    def walk(x):
+      if isinstance(x, Mapping):
+        if x.get("weights") == "export" and x.get("path"):
+          found.add(str(x["path"]))
+        for v in x.values():
+          walk(v)
+      elif isinstance(x, (list, tuple)):
+        for v in x:
+          walk(v)
+    walk(self.resolved())
+    return {p: models.export_identity(p) for p in sorted(found)}
+
 
 def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
   """The cell's train and eval configs from the study's template functions."""
@@ -84,14 +104,36 @@ def cell_status(plan: CellPlan) -> str:
     warnings.warn(f"study cell {plan.directory}: {problem}; it is redone", CellWarning,
                   stacklevel=2)
     return "todo"
-  if done.get("fingerprint") == plan.fingerprint():
-    return "done"
-  saved = fileio.read_json(paths.join(plan.directory, cell_archive.CELL)) or {}
-  shown = config_changes(saved.get("resolved", {}), plan)
-  if not shown:  # only fields added since (at their defaults) or how-not-what fields
-    return "done"
-  raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); use a "
-                   f"new --workdir, or delete {plan.directory} to rerun it", plan.directory)
+  if done.get("fingerprint") != plan.fingerprint():
+    saved = fileio.read_json(paths.join(plan.directory, cell_archive.CELL)) or {}
+    shown = config_changes(saved.get("resolved", {}), plan)
+    if shown:  # not only fields added since (at their defaults) or how-not-what fields
+      raise InputError(f"study cell {plan.cell.key} finished with another config ({shown}); "
+                       f"use a new --workdir, or delete {plan.directory} to rerun it",
+                       plan.directory)
+  stale = stale_exports(done.get("exports"), plan.exports())
+  if stale:
+    warnings.warn(f"study cell {plan.directory}: {stale}; it is redone", CellWarning,
+                  stacklevel=2)
+    return "todo"
+  return "done"
+
+
+def stale_exports(recorded: Optional[Mapping[str, str]], now: Mapping[str, str]) -> str:
+  """Why a cell run with the exported models `recorded` (its `exports`: path -> identity)
+  is not a run with the ones at those paths `now` (`CellPlan.exports`); '' when it is, or
+  when a model is absent here (it cannot be checked; training with it would fail). A
+  record without identities (cells from before they were recorded) cannot be checked
+  against a model that is here, so it does not pass."""
+  recorded = recorded or {}
+  for path, identity in now.items():
+    if not identity:
+      continue
+    if path not in recorded:
+      return f"it records no identity of the exported model {path}"
+    if recorded[path] != identity:
+      return f"the exported model {path} is not the one it ran with (trained or exported again)"
+  return ""
 
 
 class CellWarning(UserWarning):
@@ -129,6 +171,22 @@ def _forget_metrics(directory: str) -> None:
       paths.remove(paths.join(directory, rel))
   with contextlib.suppress(FileNotFoundError):
     paths.remove(paths.join(directory, DONE))
+
+
+def _forget_other_exports(directory: str, exports: Mapping[str, str], log: Log) -> None:
+  """Before a cell is (re)run under its lock: when what it started with (`cell.json`) used
+  other exported models than `exports`, its trainer workdir (a checkpoint would resume
+  training against the old teacher), evaluations and done.json go."""
+  started = fileio.read_json(paths.join(directory, cell_archive.CELL))
+  if not isinstance(started, dict) or not stale_exports(started.get("exports"), exports):
+    return
+  for sub in ("train", "eval"):
+    if paths.isdir(paths.join(directory, sub)):
+      paths.rmtree(paths.join(directory, sub))
+  with contextlib.suppress(FileNotFoundError):
+    paths.remove(paths.join(directory, DONE))
+  log(f"study: {directory} ran with other exported models; its training and evaluation are "
+      "started again")
 
 
 def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
@@ -186,9 +244,12 @@ def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str
     if cell_status(plan) == "done":   # another process finished it while this one waited
       log(f"[{key}] finished by another process; not redone")
       return fileio.read_json(paths.join(plan.directory, DONE))
+    exports = plan.exports()
     _forget_metrics(plan.directory)
+    _forget_other_exports(plan.directory, exports, log)
     write_json(paths.join(plan.directory, "cell.json"),
-               {"fingerprint": plan.fingerprint(), "resolved": plan.resolved()})
+               {"fingerprint": plan.fingerprint(), "resolved": plan.resolved(),
+                "exports": exports})
     systems: Dict[str, Any] = dict(plan.references)
     train_s = 0.0
     if plan.train is not None:
@@ -208,7 +269,7 @@ def run_cell(config, plan: CellPlan, log: Log = monitor.stderr_line) -> Dict[str
       evaluator.run(ecfg, out, log=lambda m, n=name: log(f"[{key}] {n}: {m}"))
       datasets[name] = {s: paths.join("eval", name, "metrics", f"{s}.json") for s in systems}
     done = {"key": key, "values": plan.cell.values, "reference": plan.cell.reference,
-            "fingerprint": plan.fingerprint(), "datasets": datasets,
+            "fingerprint": plan.fingerprint(), "exports": exports, "datasets": datasets,
             "checksums": _metrics_checksums(plan.directory, datasets),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
     write_json(paths.join(plan.directory, DONE), done)
@@ -234,6 +295,10 @@ def restore_cells(config, plans: Sequence[CellPlan], archive: str, log: Log) -> 
     if changes:
       log(f"study: the archived cell {plan.cell.key} finished with another config "
           f"({changes}); it reruns")
+      continue
+    stale = stale_exports(record["files"][cell_archive.DONE].get("exports"), plan.exports())
+    if stale:
+      log(f"study: the archived cell {plan.cell.key}: {stale}; it reruns")
       continue
     cell_archive.restore(record, plan.directory)
     restored.append(plan.cell.key)
