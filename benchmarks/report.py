@@ -199,6 +199,32 @@ def scaling_section(r):
   return out
 
 
+ALLOCATOR_RUNS = ("allocator", "allocator_glibc_tunables", "allocator_teacher_colbert_e5")
+
+
+def allocator_section(results_dir):
+  """One table per `benchmarks/allocator.py` run: steps/s, CPU split, faults, weights."""
+  out = []
+  for name in ALLOCATOR_RUNS:
+    r = _load(results_dir, name)
+    if r is None:
+      continue
+    if not out:
+      out = ["### Host allocator (`benchmarks/allocator.py`)", ""]
+    s = r["settings"]
+    out += [_head(r), "", f"`train.py --config {s['config']}`, {s['steps']} steps a run, "
+            f"{s['repeats']} round(s), variants interleaved; `{os.path.basename(name)}.json`.", ""]
+    out.append(C.table(r["rows"], ["variant", "round", "steps_per_s", "steps_timed", "user_s",
+                                   "sys_s", "sys_share", "minor_faults", "peak_rss_gib",
+                                   "same_weights_as_glibc", "failed"],
+                       ["allocator", "round", "steps/s", "steps timed", "user s", "sys s",
+                        "sys share", "minor faults", "peak RSS GiB", "weights = glibc's",
+                        "failed"],
+                       markdown=True))
+    out.append("")
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--results", default=C.RESULTS)
@@ -217,6 +243,7 @@ def main():
   section = embeddings_section(args.results)
   if section:
     lines += section + [""]
+  lines += allocator_section(args.results)
   print("\n".join(lines))
 
 

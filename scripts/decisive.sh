@@ -19,6 +19,15 @@
 #   bash scripts/decisive.sh                        # all of them, in order
 #   DECISIVE="minilm" bash scripts/decisive.sh      # some of them
 #   OUT=/tmp/runs bash scripts/decisive.sh          # workdirs OUT/PAGE (default outputs/)
+#   OPTICAL_JAX_MALLOC=glibc bash scripts/decisive.sh   # keep glibc's malloc (see below)
+#
+# Allocator: where Debian's libjemalloc2 is installed, the studies run with it preloaded
+# and keeping freed pages (MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1; the runner
+# hands them back between cells): glibc returns XLA's per-step buffers to the kernel and
+# faults them in again every step. MiniLM training ran 25-40% faster with bit-identical
+# weights (benchmarks/allocator.py, docs/performance.md). The ColBERT teacher keeps glibc:
+# kept pages took its peak from 13.5 to 19.1 GiB in 6 steps, too close to this machine's
+# 24 GiB for 400. Results do not depend on it; an LD_PRELOAD already set is kept.
 set -euo pipefail
 # Everything runs from main, which bash reads whole before it starts: editing this file
 # while it runs (for hours) does not change what the running copy does.
@@ -40,6 +49,23 @@ main() {
   OUT=${OUT:-outputs}
   PY=.venv/bin/python
   [ -x "$PY" ] || { echo "no .venv: run bash scripts/setup.sh first" >&2; exit 2; }
+  ALLOC=()   # put before the study programs (see the header); the teacher keeps glibc
+  case "${OPTICAL_JAX_MALLOC:-jemalloc}" in
+    glibc) echo "== allocator: glibc (OPTICAL_JAX_MALLOC=glibc)";;
+    jemalloc)
+      local lib conf=${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}
+      lib=$(ls /usr/lib/*/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | head -1 || true)
+      if [ -n "${LD_PRELOAD:-}" ]; then
+        echo "== allocator: LD_PRELOAD is set ($LD_PRELOAD); kept as it is"
+      elif [ -n "$lib" ]; then
+        ALLOC=(env "LD_PRELOAD=$lib" "MALLOC_CONF=$conf")
+        echo "== allocator: jemalloc for the studies ($lib, MALLOC_CONF=$conf); glibc for the teacher"
+      else
+        echo "== allocator: glibc (apt-get install libjemalloc2 for faster CPU training;" \
+             "docs/performance.md)"
+      fi;;
+    *) echo "OPTICAL_JAX_MALLOC: glibc or jemalloc, got '$OPTICAL_JAX_MALLOC'" >&2; exit 2;;
+  esac
   CACHE="$OUT/cache"
   SPEC="configs/studies/ot_variants.py:cpu,langs=swa+hau+yor+zul"
   # setting page seeds arms, one study a line
@@ -57,7 +83,7 @@ main() {
     local moved="--cells"
     [ -d "$page/cells" ] && { archive="$page/cells"; moved=""; }
     echo "== $(date -u +%H:%M) $1 (workdir $2, cell records in $archive)"
-    run $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
+    run "${ALLOC[@]}" $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
     # The page's command names where its records end up: a fresh clone restores from there.
     local command="python study.py --config \"$config\" --workdir \"$2\" --archive \"$page/cells\" --drop_trained"
     if [ -n "$moved" ]; then

@@ -823,3 +823,21 @@ def test_finished_cells_with_an_exported_teacher_are_redone_when_it_changes(tmp_
   shutil.rmtree(teacher)
   assert fresh.exports() == {teacher: ""}
   assert status({}) == ("done", "")
+
+
+def test_the_runner_hands_free_memory_back_after_each_cell(tmp_path, monkeypatch):
+  """After every cell it runs (not for cells found finished), the study calls
+  `release_free_memory`, which purges jemalloc's kept pages or trims glibc's heap."""
+  from optical_jax.study import runner  # pylint: disable=g-import-not-at-top
+  assert runner.release_free_memory() in ("jemalloc", "glibc")
+  config = _selection_study(tmp_path)
+  config.select.axis = ""
+  work = tmp_path / "w"
+  calls = []
+  monkeypatch.setattr(runner, "release_free_memory", lambda: calls.append(1))
+  monkeypatch.setattr(runner, "run_cell", lambda cfg, plan, log: _finish(
+      config, work, plan.cell, lambda c, i: 0.5))
+  first = study.run(config, str(work), log=_quiet, aggregate_after=False)
+  assert len(first.ran) == len(calls) == len(study.grid(config))
+  again = study.run(config, str(work), log=_quiet, aggregate_after=False)
+  assert again.ran == [] and len(calls) == len(study.grid(config))

@@ -3,7 +3,9 @@ progress lines, and aggregation into the files its page is rendered from."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import signal
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -93,6 +95,24 @@ def run(config, workdir: str, *, shard: Tuple[int, int] = (0, 1), log: Log = mon
                      result.aggregated)
 
 
+def release_free_memory() -> str:
+  """Hands the host allocator's free pages back to the kernel (after a cell: the next one
+  has other shapes). With jemalloc set to keep freed pages, as `scripts/decisive.sh` runs
+  studies, a long study would otherwise hold the sum of its cells' peaks; with glibc this
+  is `malloc_trim(0)`. Returns which was called ('' when neither is there)."""
+  gc.collect()   # the finished cell's arrays, before their memory is handed back
+  libc = ctypes.CDLL(None)
+  mallctl = getattr(libc, "mallctl", None)   # jemalloc, when preloaded
+  if mallctl is not None:
+    mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))   # 4096: every arena
+    return "jemalloc"
+  trim = getattr(libc, "malloc_trim", None)
+  if trim is not None:
+    trim(ctypes.c_size_t(0))
+    return "glibc"
+  return ""
+
+
 def _drop_trained(plan, log: Log) -> None:
   """Deletes a finished cell's trainer workdir (checkpoints, exported student)."""
   train = paths.join(plan.directory, "train")
@@ -138,6 +158,7 @@ def _run_grid(config, workdir: str, shard: Tuple[int, int], log: Log,
         cell_archive.save(p.directory, archive)
       if drop_trained:
         _drop_trained(p, log)
+      release_free_memory()
       ran.append(p.cell.key)
       _report_progress(config, plans, skipped, ran, todo, t0, p, log)
       if guard.should_stop() and len(ran) < len(todo):
