@@ -38,6 +38,7 @@ import glob
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,9 @@ VARIANTS = ("glibc", "glibc-retain", "jemalloc", "jemalloc-retain")
 
 def find_jemalloc() -> str:
   """The path of libjemalloc's shared library, '' when it is not installed."""
-  for pattern in ("/usr/lib/*/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2",
+  # This machine's architecture only: a multiarch host may hold others' builds too.
+  for pattern in (f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2",
                   "/usr/local/lib/libjemalloc.so*"):
     found = sorted(glob.glob(pattern))
     if found:
@@ -113,7 +116,12 @@ def run_once(args, variant: str, jemalloc: str, keep: str) -> dict:
   with open(os.path.join(workdir, "train.log"), "w", encoding="utf-8") as log:
     proc = subprocess.Popen(cmd, env=variant_env(variant, jemalloc), cwd=C.REPO, stdout=log,
                             stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)   # this child's own CPU, faults and peak RSS
+    try:
+      _, status, usage = os.wait4(proc.pid, 0)   # this child's own CPU, faults and peak RSS
+    except BaseException:   # Ctrl-C: no training left running in a removed workdir
+      proc.kill()
+      proc.wait()
+      raise
     proc.returncode = os.waitstatus_to_exitcode(status)
   wall = time.perf_counter() - t0
   failed = None

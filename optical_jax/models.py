@@ -570,8 +570,12 @@ def export_identity(path: str) -> str:
   the per-file sha256 checksums in its `optical_jax.json` (weights, tokenizer, configs as
   written at export; `load_model` verifies the files against them), or of the whole file
   for exports from before checksums. '' when `path` holds no export (cannot be checked
-  here). Reads only that file, also for a URL (nothing is downloaded)."""
-  where = path if paths.is_url(path) else assets.resolve(path)
+  here). Reads only that file, also for a URL (nothing is downloaded). A relative path is
+  read from the current directory, as training and evaluation read it."""
+  try:
+    where = path if paths.is_url(path) else assets.resolve(path)
+  except InputError:
+    return ""
   saved = fileio.read_json(paths.join(where, SPEC_FILE))
   if not isinstance(saved, dict):
     return ""

@@ -24,7 +24,7 @@
 # Allocator: where Debian's libjemalloc2 is installed, the studies run with it preloaded
 # and keeping freed pages (MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1; the runner
 # hands them back between cells): glibc returns XLA's per-step buffers to the kernel and
-# faults them in again every step. MiniLM training ran 25-40% faster with bit-identical
+# faults them in again every step. MiniLM training ran 25-42% faster with bit-identical
 # weights (benchmarks/allocator.py, docs/performance.md). The ColBERT teacher keeps glibc:
 # kept pages took its peak from 13.5 to 19.1 GiB in 6 steps, too close to this machine's
 # 24 GiB for 400. Results do not depend on it; an LD_PRELOAD already set is kept.
@@ -54,7 +54,11 @@ main() {
     glibc) echo "== allocator: glibc (OPTICAL_JAX_MALLOC=glibc)";;
     jemalloc)
       local lib conf=${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}
-      lib=$(ls /usr/lib/*/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | head -1 || true)
+      lib=""   # this machine's architecture only (a multiarch host has others)
+      for f in "/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2" /usr/lib64/libjemalloc.so.2 \
+               /usr/lib/libjemalloc.so.2; do
+        [ -f "$f" ] && { lib=$f; break; }
+      done
       if [ -n "${LD_PRELOAD:-}" ]; then
         echo "== allocator: LD_PRELOAD is set ($LD_PRELOAD); kept as it is"
       elif [ -n "$lib" ]; then
@@ -83,7 +87,7 @@ main() {
     local moved="--cells"
     [ -d "$page/cells" ] && { archive="$page/cells"; moved=""; }
     echo "== $(date -u +%H:%M) $1 (workdir $2, cell records in $archive)"
-    run "${ALLOC[@]}" $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
+    run ${ALLOC[@]+"${ALLOC[@]}"} $PY study.py --config "$config" --workdir "$2" --archive "$archive" --drop_trained
     # The page's command names where its records end up: a fresh clone restores from there.
     local command="python study.py --config \"$config\" --workdir \"$2\" --archive \"$page/cells\" --drop_trained"
     if [ -n "$moved" ]; then

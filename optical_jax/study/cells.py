@@ -94,7 +94,8 @@ def plan_cell(config, cell: Cell, workdir: str) -> CellPlan:
 
 def cell_status(plan: CellPlan) -> str:
   """'done' (finished with these configs), 'todo' (unfinished, or finished with metrics
-  that changed since: a warning, and `run_cell` redoes it under the cell's lock), or
+  that changed since or with other exported models than the ones at its configs' paths
+  now (`stale_exports`): a warning, and `run_cell` redoes it under the cell's lock), or
   raises InputError when the cell finished with other configs. Reads only."""
   done = fileio.read_json(paths.join(plan.directory, DONE))
   if not done:
@@ -178,15 +179,15 @@ def _forget_other_exports(directory: str, exports: Mapping[str, str], log: Log) 
   other exported models than `exports`, its trainer workdir (a checkpoint would resume
   training against the old teacher), evaluations and done.json go."""
   started = fileio.read_json(paths.join(directory, cell_archive.CELL))
-  if not isinstance(started, dict) or not stale_exports(started.get("exports"), exports):
+  why = stale_exports(started.get("exports"), exports) if isinstance(started, dict) else ""
+  if not why:
     return
   for sub in ("train", "eval"):
     if paths.isdir(paths.join(directory, sub)):
       paths.rmtree(paths.join(directory, sub))
   with contextlib.suppress(FileNotFoundError):
     paths.remove(paths.join(directory, DONE))
-  log(f"study: {directory} ran with other exported models; its training and evaluation are "
-      "started again")
+  log(f"study: {directory}: {why}; its training and evaluation start again")
 
 
 def config_changes(saved_resolved: Mapping[str, Any], plan: CellPlan) -> str:
@@ -286,7 +287,8 @@ def restore_cells(config, plans: Sequence[CellPlan], archive: str, log: Log) -> 
   restored = []
   for plan in plans:
     done = fileio.read_json(paths.join(plan.directory, DONE))
-    if done and not _damaged(plan.directory, done):
+    if done and not _damaged(plan.directory, done) and not stale_exports(
+        done.get("exports"), plan.exports()):
       continue
     record = cell_archive.load(archive, plan.cell.key, log)
     if record is None:

@@ -35,7 +35,10 @@ def collect(config, workdir: str) -> Collected:
   """Reads every finished cell's metrics into tidy rows (grid, dataset, metric order).
 
   A finished cell whose configs differ from what `config` gives it now stops with an
-  InputError naming the differences (results of another study are never mixed in).
+  InputError naming the differences (results of another study are never mixed in). One
+  whose metrics no longer verify, or that ran with other exported models than the ones
+  at its configs' paths now, is left out with a warning (`cell_status`): the next run
+  redoes it.
   """
   workdir = paths.resolve(workdir)
   ax = axes(config)

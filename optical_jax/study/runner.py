@@ -99,13 +99,14 @@ def release_free_memory() -> str:
   """Hands the host allocator's free pages back to the kernel (after a cell: the next one
   has other shapes). With jemalloc set to keep freed pages, as `scripts/decisive.sh` runs
   studies, a long study would otherwise hold the sum of its cells' peaks; with glibc this
-  is `malloc_trim(0)`. Returns which was called ('' when neither is there)."""
+  is `malloc_trim(0)`. Returns which one handed pages back ('' when neither is there, or
+  jemalloc's purge failed)."""
   gc.collect()   # the finished cell's arrays, before their memory is handed back
   libc = ctypes.CDLL(None)
   mallctl = getattr(libc, "mallctl", None)   # jemalloc, when preloaded
   if mallctl is not None:
-    mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))   # 4096: every arena
-    return "jemalloc"
+    rc = mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))  # 4096: all arenas
+    return "jemalloc" if rc == 0 else ""
   trim = getattr(libc, "malloc_trim", None)
   if trim is not None:
     trim(ctypes.c_size_t(0))
