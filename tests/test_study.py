@@ -750,12 +750,25 @@ def _export_random(out, tokenizer, seed):
   models.export_model(out, m.cfg, m.params, m.spec, m.tokenizer)
 
 
+def _study_with_teacher(tmp_path, teacher):
+  """`_selection_study` whose cells train the tiny config against the export `teacher`."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from optical_jax import models  # pylint: disable=g-import-not-at-top
+
+  def train(_):
+    cfg = tiny.get_config("")
+    cfg.teacher = models.export_spec(teacher)
+    return cfg
+  c = _selection_study(tmp_path)
+  c.train = train
+  return c
+
+
 def test_finished_cells_with_an_exported_teacher_are_redone_when_it_changes(tmp_path, minilm_dir):
   """A cell's configs name an exported teacher by path only: its record keeps the export's
   identity, and the cell counts as finished (in the workdir or restored from an archive)
   only with that same export, or when no export is there to check."""
   import warnings as warnings_lib  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
   from optical_jax import cell_archive, models  # pylint: disable=g-import-not-at-top
   tok = os.path.join(minilm_dir, "tokenizer.json")
   teacher = str(tmp_path / "teacher")
@@ -764,13 +777,7 @@ def test_finished_cells_with_an_exported_teacher_are_redone_when_it_changes(tmp_
   _export_random(teacher, tok, 0)   # the same weights exported again: the same identity
   assert first and models.export_identity(teacher) == first
   assert models.export_identity(str(tmp_path / "none")) == ""
-
-  def train(_):
-    cfg = tiny.get_config("")
-    cfg.teacher = models.export_spec(teacher)
-    return cfg
-  c = _selection_study(tmp_path)
-  c.train = train
+  c = _study_with_teacher(tmp_path, teacher)
   cell = study.grid(c)[0]
   plan = study.plan_cell(c, cell, str(tmp_path / "w"))
   assert plan.exports() == {teacher: first}
@@ -830,19 +837,12 @@ def test_run_cell_records_the_teacher_export_and_restarts_training_when_it_chang
   teacher is exported again, the cell is todo and its rerun first removes the training
   that ran against the old teacher (it would otherwise resume from its checkpoint)."""
   import warnings as warnings_lib  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
   from optical_jax import evaluator, models, trainer  # pylint: disable=g-import-not-at-top
   from optical_jax.study import cells as study_cells  # pylint: disable=g-import-not-at-top
   tok = os.path.join(minilm_dir, "tokenizer.json")
   teacher = str(tmp_path / "teacher")
   _export_random(teacher, tok, 0)
-
-  def train(_):
-    cfg = tiny.get_config("")
-    cfg.teacher = models.export_spec(teacher)
-    return cfg
-  c = _selection_study(tmp_path)
-  c.train = train
+  c = _study_with_teacher(tmp_path, teacher)
   plan = study.plan_cell(c, study.grid(c)[0], str(tmp_path / "w"))
   found_checkpoints = []
 
