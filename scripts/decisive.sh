@@ -103,9 +103,12 @@ main() {
     if [ "$setting" = colbert-e5 ]; then
       teacher="$OUT/teacher_colbert_e5"
       echo "== $(date -u +%H:%M) ColBERT teacher on e5 (400 steps; resumes)"
-      run $PY train.py --config configs/teacher_colbert.py:backbone=e5 --workdir "$teacher"
+      # A checkpoint every 20 steps (~4 min here; the config's 100 are ~25 min), so a
+      # session that ends without a signal loses little. It changes nothing trained.
+      local tcfg="configs/teacher_colbert.py:backbone=e5"
+      run $PY train.py --config "$tcfg" --workdir "$teacher" --config.train.checkpoint_every=20
       extra=",teacher_e5=$teacher/teacher"
-      before="python train.py --config configs/teacher_colbert.py:backbone=e5 --workdir \"$teacher\" && "
+      before="python train.py --config $tcfg --workdir \"$teacher\" --config.train.checkpoint_every=20 && "
     fi
     study "$page" "$OUT/$page" "settings=$setting,seeds=$seeds,arms=$arms$extra" "$before"
   done 3<<< "$STUDIES"
