@@ -733,10 +733,13 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
   of the first of `QUESTIONS` on its published page (or why it cannot answer yet), and a
   first line: yes, no, or not answered yet, as the corrected run-level tests give it. A
   setting answers when its page has every cell and a testable pair; Holm corrects within
-  each study, and the line says that nothing corrects across the settings."""
+  each study, and the line says that nothing corrects across the settings. "Yes" needs
+  every testable pair of every setting (a setting can ask with the ranking term on pooled
+  vectors and on MaxSim rows); a setting where some pairs hold and others not is named,
+  with the pairs, as holding for those only."""
   studies = decisive_studies(root)
   pairs = QUESTIONS[0][0]
-  lines, answered, above, below = [], 0, 0, 0
+  lines, answered, above, full, below, partial = [], 0, 0, 0, 0, []
   for s in studies:
     page = _join(root, f"docs/studies/{s['page']}")
     if not paths.exists(_join(page, META)):
@@ -760,15 +763,22 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
     if complete and any(v != "—" for v in verdicts):
       answered += 1
       above += "yes" in verdicts
+      full += all(v == "yes" for v in verdicts if v != "—")
       below += "below" in verdicts
+      if "yes" in verdicts and any(v not in ("yes", "—") for v in verdicts):
+        held = [_pair(c) for c, v in zip(tests, verdicts) if v == "yes"]
+        rest = [_pair(c) for c, v in zip(tests, verdicts) if v not in ("yes", "—")]
+        partial.append(f"in {s['label'].split(' (', 1)[0]} for {' and '.join(held)} only, "
+                       f"not for {' and '.join(rest)}")
     said = "; ".join(
-        f"{c['a'].split('=', 1)[1]} − {c['b'].split('=', 1)[1]} = {c['mean_diff']:+.3f} "
+        f"{_pair(c)} = {c['mean_diff']:+.3f} "
         f"{c['measure']} over {c['runs']} runs, run-level p {stats.format_p(c['run_t_p'])} "
         f"(Holm {stats.format_p(c['run_t_p_adj'])}): {_SAYS[v]}" for c, v in zip(tests, verdicts))
     lines.append(f"- **{s['label']}** ([{s['page']}]({link_base}/{s['page']}/summary.md)"
                  + ("" if complete else f", only {finished} of {cells} cells") + f"): {said}.")
   total = len(studies)
-  lowered = f"; significantly below it in {below}" if below else ""
+  lowered = (f"; significantly below it in {below}" if below else "") + "".join(
+      f"; {p}" for p in partial)
   caveat = " (Holm within each study; nothing corrects across the settings)"
   if answered < total:
     first = (f"**Not answered yet**: {answered} of the {total} settings "
@@ -779,14 +789,20 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
   elif above == 0:
     first = (f"**No**: in none of the {total} settings does the corrected run-level test put "
              f"OT + ranking above the ranking term alone{lowered}{caveat}.")
-  elif above == total:
+  elif full == total:
     first = (f"**Yes**: in all {total} settings the corrected run-level test puts OT + ranking "
              f"above the ranking term alone{lowered}{caveat}.")
   else:
-    first = (f"**In {above} of {total} settings only**: there the corrected run-level test "
-             f"puts OT + ranking above the ranking term alone, elsewhere not"
-             f"{lowered}{caveat}.")
+    first = ((f"**In {above} of {total} settings only**" if above < total else
+              f"**In all {total} settings, but not for every ranking term**")
+             + ": there the corrected run-level test puts OT + ranking above the ranking term "
+             f"alone{', elsewhere not' if above < total else ''}{lowered}{caveat}.")
   return "\n".join([first, ""] + lines)
+
+
+def _pair(c: Mapping[str, Any]) -> str:
+  """'ot-ranking − ranking': a test's two arms, without the axis name."""
+  return f"{c['a'].split('=', 1)[1]} − {c['b'].split('=', 1)[1]}"
 
 
 def _verdict(c: Mapping[str, Any]) -> str:

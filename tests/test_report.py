@@ -309,15 +309,17 @@ def test_publish_makes_the_committed_page_from_a_study_workdir(tmp_path):
 ARMS = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
 
 
-def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24):
+def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24, pooled=0.0):
   """A study page of one setting, 2 languages x 3 seeds, with pooled and MaxSim ranking
-  arms, each with OT added; OT on MaxSim rows moves nDCG@10 by `effect`, pooled OT not."""
+  arms, each with OT added; OT on MaxSim rows moves nDCG@10 by `effect`, pooled OT by
+  `pooled`."""
   rng = np.random.default_rng(seed)
+  shift = {"ot-ranking-maxsim": effect, "ot-ranking": pooled}
   rows = []
   for s in range(3):
     for lang in ("swa", "hau"):
       for loss in ARMS:
-        value = 0.5 + (effect if loss == "ot-ranking-maxsim" else 0.0) + rng.normal(0, 0.01)
+        value = 0.5 + shift.get(loss, 0.0) + rng.normal(0, 0.01)
         rows.append(dict(study="s", cell=f"setting={setting},lang={lang},loss={loss},seed={s}",
                          kind="trained", setting=setting, lang=lang, loss=loss, seed=str(s),
                          system="student", dataset=f"afriqa-{lang}", metric="nDCG@10",
@@ -357,9 +359,10 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
       "**Not answered yet**: 0 of the 2 settings have a finished, testable test stage.")
   _ranking_page(str(studies_dir / "pa"))
   text = report.decisive_markdown(str(tmp_path), "studies")
-  assert text.startswith("**Not answered yet**: 1 of the 2 settings has a finished, testable "
-                         "test stage; the corrected run-level test puts OT + ranking above "
-                         "the ranking term alone in 1 of them.")
+  assert text.splitlines()[0] == (
+      "**Not answered yet**: 1 of the 2 settings has a finished, testable test stage; the "
+      "corrected run-level test puts OT + ranking above the ranking term alone in 1 of them; "
+      "in Setting A for ot-ranking-maxsim − ranking-maxsim only, not for ot-ranking − ranking.")
   assert "- **Setting A** ([pa](studies/pa/summary.md)): ot-ranking − ranking = " in text
   assert "OT + ranking significantly above." in text and "no significant difference" in text
   assert "- **Setting B**, 3 seeds: no page yet." in text
@@ -368,15 +371,32 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
   assert text.startswith("**Not answered yet**: 1 of the 2") and ", only 20 of 24 cells)" in text
   _ranking_page(str(studies_dir / "pb"), effect=0.0, seed=5, setting="b")
   text = report.decisive_markdown(str(tmp_path))
-  assert text.startswith("**In 1 of 2 settings only**: ") and "no page yet" not in text
-  assert text.splitlines()[0].endswith("nothing corrects across the settings).")
+  assert text.splitlines()[0] == (
+      "**In 1 of 2 settings only**: there the corrected run-level test puts OT + ranking "
+      "above the ranking term alone, elsewhere not; in Setting A for ot-ranking-maxsim − "
+      "ranking-maxsim only, not for ot-ranking − ranking (Holm within each study; nothing "
+      "corrects across the settings).")
+  assert "no page yet" not in text
   _ranking_page(str(studies_dir / "pa"), effect=-0.2, seed=3)
   assert report.decisive_markdown(str(tmp_path)).startswith(
       "**No**: in none of the 2 settings does the corrected run-level test put OT + ranking "
       "above the ranking term alone; significantly below it in 1 (Holm")
   _ranking_page(str(studies_dir / "pa"), effect=0.2, seed=3)
   _ranking_page(str(studies_dir / "pb"), effect=0.2, seed=4, setting="b")
-  assert report.decisive_markdown(str(tmp_path)).startswith("**Yes**: in all 2 settings")
+  # OT helps the MaxSim ranking term in both settings but the pooled one in neither: not "yes"
+  first = report.decisive_markdown(str(tmp_path)).splitlines()[0]
+  assert first.startswith("**In all 2 settings, but not for every ranking term**: there the "
+                          "corrected run-level test puts OT + ranking above the ranking term "
+                          "alone; in Setting A for ot-ranking-maxsim − ranking-maxsim only, "
+                          "not for ot-ranking − ranking; in Setting B for ")
+  _ranking_page(str(studies_dir / "pb"), effect=0.2, seed=4, setting="b", pooled=0.2)
+  first = report.decisive_markdown(str(tmp_path)).splitlines()[0]
+  assert first.startswith("**In all 2 settings, but not for every ranking term**: ")
+  assert "in Setting A for" in first and "Setting B" not in first
+  _ranking_page(str(studies_dir / "pa"), effect=0.2, seed=3, pooled=0.2)
+  assert report.decisive_markdown(str(tmp_path)).startswith(
+      "**Yes**: in all 2 settings the corrected run-level test puts OT + ranking above the "
+      "ranking term alone (Holm")
   studies[1]["seeds"] = 5     # the page is not what the file declares
   (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
   with pytest.raises(Exception, match="seed axes are not what"):
@@ -401,7 +421,7 @@ def test_readme_render_tests_each_page_once_and_names_a_bad_report(tmp_path, mon
   monkeypatch.setattr(report, "comparisons", lambda data: calls.append(data.axes["setting"])
                       or real(data))
   blocks = report._blocks(str(tmp_path), str(tmp_path))
-  assert blocks["decisive"].startswith("**Yes**: in all 1 settings")
+  assert blocks["decisive"].startswith("**In all 1 settings, but not for every ranking term**")
   assert "| [pa](docs/studies/pa/summary.md) |" in blocks["answer-table"]
   assert sorted(calls) == [["a"], ["b"]]
   (tmp_path / "docs" / "studies" / "other" / "report.json").write_text("{not json")
