@@ -710,6 +710,9 @@ DECISIVE_JSON = "docs/decisive.json"
 DECISIVE_KEYS = ("setting", "label", "page", "seeds", "arms")
 _SAYS = {"yes": "OT + ranking significantly above", "below": "OT + ranking significantly below",
          "no": "no significant difference", "—": "not testable (one run per arm, or tied runs)"}
+# How the decisive line names a setting's pairs when their verdicts differ, in this order.
+_PARTLY = {"yes": "for {} only", "below": "significantly below for {}", "no": "not for {}",
+           "—": "not testable for {}"}
 
 
 def decisive_studies(root: str) -> List[Dict[str, Any]]:
@@ -763,13 +766,13 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
     if complete and any(v != "—" for v in verdicts):
       answered += 1
       above += "yes" in verdicts
-      full += all(v == "yes" for v in verdicts if v != "—")
-      below += "below" in verdicts
-      if "yes" in verdicts and any(v not in ("yes", "—") for v in verdicts):
-        held = [_pair(c) for c, v in zip(tests, verdicts) if v == "yes"]
-        rest = [_pair(c) for c, v in zip(tests, verdicts) if v not in ("yes", "—")]
-        partial.append(f"in {s['label'].split(' (', 1)[0]} for {' and '.join(held)} only, "
-                       f"not for {' and '.join(rest)}")
+      full += all(v == "yes" for v in verdicts)
+      if "yes" in verdicts and len(set(verdicts)) > 1:   # named with its pairs, below too
+        partial.append(f"in {s['label'].split(' (', 1)[0]} " + ", ".join(
+            _PARTLY[v].format(_series([_pair(c) for c, w in zip(tests, verdicts) if w == v]))
+            for v in _PARTLY if v in verdicts))
+      else:
+        below += "below" in verdicts
     said = "; ".join(
         f"{_pair(c)} = {c['mean_diff']:+.3f} "
         f"{c['measure']} over {c['runs']} runs, run-level p {stats.format_p(c['run_t_p'])} "
@@ -780,6 +783,7 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
   lowered = (f"; significantly below it in {below}" if below else "") + "".join(
       f"; {p}" for p in partial)
   caveat = " (Holm within each study; nothing corrects across the settings)"
+  every = f"all {total} settings" if total != 1 else "the 1 setting"
   if answered < total:
     first = (f"**Not answered yet**: {answered} of the {total} settings "
              f"{'has' if answered == 1 else 'have'} a finished, "
@@ -790,14 +794,21 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
     first = (f"**No**: in none of the {total} settings does the corrected run-level test put "
              f"OT + ranking above the ranking term alone{lowered}{caveat}.")
   elif full == total:
-    first = (f"**Yes**: in all {total} settings the corrected run-level test puts OT + ranking "
+    first = (f"**Yes**: in {every} the corrected run-level test puts OT + ranking "
              f"above the ranking term alone{lowered}{caveat}.")
+  elif above < total:
+    first = (f"**In {above} of {total} settings only**: there the corrected run-level test "
+             f"puts OT + ranking above the ranking term alone, elsewhere not"
+             f"{lowered}{caveat}.")
   else:
-    first = ((f"**In {above} of {total} settings only**" if above < total else
-              f"**In all {total} settings, but not for every ranking term**")
-             + ": there the corrected run-level test puts OT + ranking above the ranking term "
-             f"alone{', elsewhere not' if above < total else ''}{lowered}{caveat}.")
+    first = (f"**In {every}, but not for every ranking term**: the corrected run-level test "
+             f"puts OT + ranking above the ranking term alone{lowered}{caveat}.")
   return "\n".join([first, ""] + lines)
+
+
+def _series(items: Sequence[str]) -> str:
+  """'a', 'a and b', 'a, b and c'."""
+  return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _pair(c: Mapping[str, Any]) -> str:

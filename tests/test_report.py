@@ -312,14 +312,17 @@ ARMS = ("ranking", "ot-ranking", "ranking-maxsim", "ot-ranking-maxsim")
 def _ranking_page(directory, effect=0.2, seed=1, setting="a", finished=24, pooled=0.0):
   """A study page of one setting, 2 languages x 3 seeds, with pooled and MaxSim ranking
   arms, each with OT added; OT on MaxSim rows moves nDCG@10 by `effect`, pooled OT by
-  `pooled`."""
+  `pooled` (None: exactly 1/16 in every run, a constant difference that has no t-test)."""
   rng = np.random.default_rng(seed)
-  shift = {"ot-ranking-maxsim": effect, "ot-ranking": pooled}
+  shift = {"ot-ranking-maxsim": effect, "ot-ranking": pooled or 0.0}
   rows = []
   for s in range(3):
     for lang in ("swa", "hau"):
       for loss in ARMS:
         value = 0.5 + shift.get(loss, 0.0) + rng.normal(0, 0.01)
+        if pooled is None and loss in ("ranking", "ot-ranking"):   # dyadic: exact sums
+          value = (0.5 + int(rng.integers(16)) / 64 if loss == "ranking"
+                   else float(rows[-1]["value"]) + 1 / 16)
         rows.append(dict(study="s", cell=f"setting={setting},lang={lang},loss={loss},seed={s}",
                          kind="trained", setting=setting, lang=lang, loss=loss, seed=str(s),
                          system="student", dataset=f"afriqa-{lang}", metric="nDCG@10",
@@ -385,7 +388,7 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
   _ranking_page(str(studies_dir / "pb"), effect=0.2, seed=4, setting="b")
   # OT helps the MaxSim ranking term in both settings but the pooled one in neither: not "yes"
   first = report.decisive_markdown(str(tmp_path)).splitlines()[0]
-  assert first.startswith("**In all 2 settings, but not for every ranking term**: there the "
+  assert first.startswith("**In all 2 settings, but not for every ranking term**: the "
                           "corrected run-level test puts OT + ranking above the ranking term "
                           "alone; in Setting A for ot-ranking-maxsim − ranking-maxsim only, "
                           "not for ot-ranking − ranking; in Setting B for ")
@@ -407,6 +410,33 @@ def test_decisive_block_answers_from_the_declared_pages_only(tmp_path):
     report.decisive_markdown(str(tmp_path))
 
 
+def test_decisive_line_names_each_pair_of_a_setting_whose_pairs_disagree(tmp_path):
+  """A setting where OT + ranking holds for one ranking term and is significantly below,
+  or untestable, for the other is named with both pairs, and neither counts as "yes"."""
+  studies = [dict(setting=x, label=f"Setting {x.upper()} (details)", page=f"p{x}", seeds=3,
+                  arms="+".join(ARMS)) for x in ("a", "b")]
+  studies_dir = tmp_path / "docs" / "studies"
+  studies_dir.mkdir(parents=True)
+  (tmp_path / "docs" / "decisive.json").write_text(json.dumps({"studies": studies}))
+  _ranking_page(str(studies_dir / "pb"), effect=0.2, seed=4, setting="b", pooled=0.2)
+  _ranking_page(str(studies_dir / "pa"), effect=0.2, seed=3, pooled=-0.2)
+  first = report.decisive_markdown(str(tmp_path)).splitlines()[0]
+  assert first == (
+      "**In all 2 settings, but not for every ranking term**: the corrected run-level test "
+      "puts OT + ranking above the ranking term alone; in Setting A for ot-ranking-maxsim − "
+      "ranking-maxsim only, significantly below for ot-ranking − ranking (Holm within each "
+      "study; nothing corrects across the settings).")
+  _ranking_page(str(studies_dir / "pa"), effect=0.2, seed=3, pooled=None)
+  text = report.decisive_markdown(str(tmp_path))
+  assert "ot-ranking − ranking = +0.062 nDCG@10 over 6 runs, run-level p — (Holm —): " \
+      "not testable (one run per arm, or tied runs)" in text
+  assert text.splitlines()[0].startswith(
+      "**In all 2 settings, but not for every ranking term**: the corrected run-level test "
+      "puts OT + ranking above the ranking term alone; in Setting A for ot-ranking-maxsim − "
+      "ranking-maxsim only, not testable for ot-ranking − ranking (Holm")
+  assert report._series(["a", "b", "c"]) == "a, b and c" and report._series(["a"]) == "a"
+
+
 def test_readme_render_tests_each_page_once_and_names_a_bad_report(tmp_path, monkeypatch):
   """One render of the generated blocks reads and tests each study page once, though the
   answer, its table and the decisive block all use it; a page whose report.json is not
@@ -421,7 +451,7 @@ def test_readme_render_tests_each_page_once_and_names_a_bad_report(tmp_path, mon
   monkeypatch.setattr(report, "comparisons", lambda data: calls.append(data.axes["setting"])
                       or real(data))
   blocks = report._blocks(str(tmp_path), str(tmp_path))
-  assert blocks["decisive"].startswith("**In all 1 settings, but not for every ranking term**")
+  assert blocks["decisive"].startswith("**In the 1 setting, but not for every ranking term**")
   assert "| [pa](docs/studies/pa/summary.md) |" in blocks["answer-table"]
   assert sorted(calls) == [["a"], ["b"]]
   (tmp_path / "docs" / "studies" / "other" / "report.json").write_text("{not json")
