@@ -737,9 +737,9 @@ def decisive_markdown(root: str, link_base: str = "docs/studies",
   first line: yes, no, or not answered yet, as the corrected run-level tests give it. A
   setting answers when its page has every cell and a testable pair; Holm corrects within
   each study, and the line says that nothing corrects across the settings. "Yes" needs
-  every testable pair of every setting (a setting can ask with the ranking term on pooled
-  vectors and on MaxSim rows); a setting where some pairs hold and others not is named,
-  with the pairs, as holding for those only."""
+  every pair of every setting to hold (a setting can ask with the ranking term on pooled
+  vectors and on MaxSim rows); a setting where some pairs hold and others do not (or are
+  untestable) is named with each pair's verdict."""
   studies = decisive_studies(root)
   pairs = QUESTIONS[0][0]
   lines, answered, above, full, below, partial = [], 0, 0, 0, 0, []
